@@ -1,0 +1,51 @@
+"""The one error type of the plugin, carrying the CNI specification's error codes.
+
+Standard library only: the thin client imports it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+INCOMPATIBLE_VERSION = 1
+UNSUPPORTED_FIELD = 2
+UNKNOWN_CONTAINER = 3
+INVALID_ENV = 4
+IO_FAILURE = 5
+DECODE_FAILURE = 6
+INVALID_CONFIG = 7
+TRY_AGAIN_LATER = 11
+# Plugin-specific codes live at 100+ per the spec; we use them sparingly.
+PORT_CONFLICT = 100
+STATUS_UNAVAILABLE = 50
+STATUS_LIMITED = 51
+INTERNAL = 999
+
+
+class CNIError(Exception):
+    """A failure that is reported to the runtime as a CNI error object."""
+
+    def __init__(self, code: int, msg: str, details: str = "") -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.details = details
+
+    def to_dict(self, cni_version: str) -> dict[str, Any]:
+        return {
+            "cniVersion": cni_version,
+            "code": self.code,
+            "msg": self.msg,
+            "details": self.details,
+        }
+
+    def __repr__(self) -> str:
+        return f"CNIError({self.code}, {self.msg!r}, {self.details!r})"
+
+
+class MultiError(CNIError):
+    """Several best-effort failures (DEL, GC) reported together."""
+
+    def __init__(self, code: int, msg: str, errors: list[str]) -> None:
+        super().__init__(code, msg, "; ".join(errors))
+        self.errors = errors

@@ -1,0 +1,50 @@
+"""Undo stack for ADD: every side effect registers its undo right after it succeeds."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+
+class Rollback:
+    """Runs the registered undos in reverse order when the block fails.
+
+    An undo that fails is logged and skipped; it never masks the original error.
+    """
+
+    def __init__(self) -> None:
+        self._undos: list[tuple[str, Callable[[], object]]] = []
+
+    def push(self, what: str, undo: Callable[[], object]) -> None:
+        self._undos.append((what, undo))
+
+    def commit(self) -> None:
+        self._undos.clear()
+
+    def run(self) -> list[str]:
+        failures: list[str] = []
+        while self._undos:
+            what, undo = self._undos.pop()
+            try:
+                undo()
+            except Exception as exc:  # noqa: BLE001 - best effort, reported below
+                log.warning("rollback of %s failed: %s", what, exc)
+                failures.append(f"{what}: {exc}")
+        return failures
+
+    def __enter__(self) -> Rollback:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.run()
+        else:
+            self.commit()
