@@ -30,7 +30,7 @@ class Rollback:
             what, undo = self._undos.pop()
             try:
                 undo()
-            except Exception as exc:  # noqa: BLE001 - best effort, reported below
+            except Exception as exc:  # best effort, reported below
                 log.warning("rollback of %s failed: %s", what, exc)
                 failures.append(f"{what}: {exc}")
         return failures

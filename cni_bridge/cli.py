@@ -1,0 +1,106 @@
+"""The executable's entry point: the only reader of the environment and stdin, the only writer
+of stdout. Standard library only until a verb needs more, so the thin-client path stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import BinaryIO, NoReturn
+
+from cni_bridge.protocol.request import MAX_STDIN_BYTES
+
+USAGE = """\
+cni-bridge: a CNI plugin (run by container runtimes with CNI_COMMAND set) and its operator tools.
+
+  cni-bridge client add|check|del <network> <netns>   run a network (conflist) like cnitool
+  cni-bridge client gc|status|version <network>
+  cni-bridge ls [--network N] [--data-dir D]          list attachments from the state
+  cni-bridge status [--data-dir D]                    networks, pools, firewall health
+  cni-bridge gc [--network N] [--data-dir D]          remove attachments whose netns is gone
+  cni-bridge serve                                    run the warm resident (normally automatic)
+  cni-bridge --version
+"""
+RESIDENT_VERBS = frozenset({"ADD", "DEL", "CHECK", "STATUS", "GC"})
+
+
+def _setup_logging(env: Mapping[str, str]) -> None:
+    level = env.get("CNI_BRIDGE_LOG_LEVEL", "WARNING").upper()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    log_file = env.get("CNI_BRIDGE_LOG_FILE")
+    if log_file:
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(
+        level=getattr(logging, level, logging.WARNING),
+        format="%(asctime)s cni-bridge[%(process)d] %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+    )
+
+
+def _read_stdin(stream: BinaryIO) -> bytes:
+    # One byte over the bound is enough to tell "too large" without reading an endless stream.
+    return stream.read(MAX_STDIN_BYTES + 1)
+
+
+def plugin_main(env: Mapping[str, str], stdin: BinaryIO, stdout: BinaryIO) -> int:
+    data = _read_stdin(stdin)
+    answer: tuple[int, bytes] | None = None
+    if env.get("CNI_COMMAND") in RESIDENT_VERBS and env.get("CNI_BRIDGE_RESIDENT", "1") != "0":
+        from cni_bridge.resident.client import try_resident
+
+        answer = try_resident(env, data)
+    if answer is None:
+        from cni_bridge.engine import handle
+
+        answer = handle(env, data)
+    code, out = answer
+    stdout.write(out)
+    stdout.flush()
+    return code
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    stdin: BinaryIO | None = None,
+    stdout: BinaryIO | None = None,
+) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    env = os.environ if environ is None else environ
+    _setup_logging(env)
+    if args:
+        return operator_main(args, env)
+    return plugin_main(env, stdin or sys.stdin.buffer, stdout or sys.stdout.buffer)
+
+
+def operator_main(args: list[str], env: Mapping[str, str]) -> int:
+    cmd, rest = args[0], args[1:]
+    if cmd in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0
+    if cmd == "--version":
+        from cni_bridge import __version__
+
+        sys.stdout.write(f"cni-bridge {__version__}\n")
+        return 0
+    if cmd == "client":
+        from cni_bridge.client import main as client_main
+
+        return client_main(rest)
+    if cmd == "serve":
+        from cni_bridge.resident.server import main as serve_main
+
+        return serve_main(rest)
+    if cmd in ("ls", "status", "gc"):
+        from cni_bridge.operator import main as op_main
+
+        return op_main([cmd, *rest])
+    sys.stderr.write(f"unknown command {cmd!r}\n\n{USAGE}")
+    return 2
+
+
+def run() -> NoReturn:
+    sys.exit(main())

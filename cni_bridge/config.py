@@ -1,0 +1,346 @@
+"""Network configuration models (pydantic v2) and their validation.
+
+Field names follow the reference `bridge`, `host-local` and `portmap` plugins so a config written
+for that chain keeps working once its `type` says cni-bridge. Unknown fields are ignored, as the
+reference does; wrong types and impossible values are CNI error 7 naming the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from cni_bridge.errors import INVALID_CONFIG, CNIError
+from cni_bridge.ipam.ranges import Range, validate_range_sets
+from cni_bridge.protocol.cniargs import CniArgs, normalize_mac
+from cni_bridge.protocol.request import ifname_problem
+from cni_bridge.protocol.versions import DEFAULT_CONFIG_VERSION, require_supported
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_BRIDGE = "cni0"
+DEFAULT_DATA_DIR = "/var/lib/cni/networks"
+_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+
+def _network(value: Any, what: str = "subnet") -> IPNetwork:
+    try:
+        return ipaddress.ip_network(str(value), strict=True)
+    except ValueError as exc:
+        if "host bits set" in str(exc):
+            raise ValueError(f"{what} {value!r} has host bits set") from None
+        raise ValueError(f"{what} {value!r} is not a CIDR: {exc}") from None
+
+
+def _address(value: Any) -> IPAddress:
+    try:
+        return ipaddress.ip_address(str(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+class RangeConf(_Model):
+    subnet: IPNetwork
+    range_start: IPAddress | None = Field(None, alias="rangeStart")
+    range_end: IPAddress | None = Field(None, alias="rangeEnd")
+    gateway: IPAddress | None = None
+
+    @field_validator("subnet", mode="before")
+    @classmethod
+    def _subnet(cls, v: Any) -> IPNetwork:
+        return _network(v)
+
+    @field_validator("range_start", "range_end", "gateway", mode="before")
+    @classmethod
+    def _addr(cls, v: Any) -> IPAddress | None:
+        return None if v in (None, "") else _address(v)
+
+    def to_range(self) -> Range:
+        return Range(self.subnet, self.range_start, self.range_end, self.gateway)
+
+
+class RouteConf(_Model):
+    dst: IPNetwork
+    gw: IPAddress | None = None
+
+    @field_validator("dst", mode="before")
+    @classmethod
+    def _dst(cls, v: Any) -> IPNetwork:
+        return _network(v, "route dst")
+
+    @field_validator("gw", mode="before")
+    @classmethod
+    def _gw(cls, v: Any) -> IPAddress | None:
+        return None if v in (None, "") else _address(v)
+
+    @model_validator(mode="after")
+    def _same_family(self) -> RouteConf:
+        if self.gw is not None and self.gw.version != self.dst.version:
+            raise ValueError(f"route {self.dst} has a gateway of another IP family ({self.gw})")
+        return self
+
+
+class DNSConf(_Model):
+    nameservers: list[str] = Field(default_factory=list)
+    domain: str = ""
+    search: list[str] = Field(default_factory=list)
+    options: list[str] = Field(default_factory=list)
+
+
+class IPAMConf(_Model):
+    type: str = ""
+    ranges: list[list[RangeConf]] = Field(default_factory=list)
+    # The legacy single-range form of host-local.
+    subnet: IPNetwork | None = None
+    range_start: IPAddress | None = Field(None, alias="rangeStart")
+    range_end: IPAddress | None = Field(None, alias="rangeEnd")
+    gateway: IPAddress | None = None
+    routes: list[RouteConf] = Field(default_factory=list)
+    data_dir: str = Field(DEFAULT_DATA_DIR, alias="dataDir")
+    resolv_conf: str = Field("", alias="resolvConf")
+
+    @field_validator("subnet", mode="before")
+    @classmethod
+    def _subnet(cls, v: Any) -> IPNetwork | None:
+        return None if v in (None, "") else _network(v)
+
+    @field_validator("range_start", "range_end", "gateway", mode="before")
+    @classmethod
+    def _addr(cls, v: Any) -> IPAddress | None:
+        return None if v in (None, "") else _address(v)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"dataDir {v!r} must be an absolute path")
+        return v
+
+    def range_sets(self) -> list[tuple[Range, ...]]:
+        if self.ranges:
+            return [tuple(r.to_range() for r in rs) for rs in self.ranges]
+        if self.subnet is not None:
+            return [(Range(self.subnet, self.range_start, self.range_end, self.gateway),)]
+        return []
+
+
+class PortMappingConf(_Model):
+    host_port: Port = Field(alias="hostPort")
+    container_port: Port = Field(alias="containerPort")
+    protocol: Literal["tcp", "udp", "sctp"] = "tcp"
+    host_ip: IPAddress | None = Field(None, alias="hostIP")
+    # Extension: publish hostPort..hostPortEnd onto containerPort..containerPort+(end-start).
+    host_port_end: Port | None = Field(None, alias="hostPortEnd")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _any_case(cls, data: Any) -> Any:
+        # containerd's CRI sends HostPort/ContainerPort/Protocol/HostIP (Go decodes keys
+        # case-insensitively), podman sends camelCase: accept both.
+        if not isinstance(data, dict):
+            return data
+        canon = {
+            "hostport": "hostPort",
+            "containerport": "containerPort",
+            "protocol": "protocol",
+            "hostip": "hostIP",
+            "hostportend": "hostPortEnd",
+        }
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            name = canon.get(str(key).lower())
+            if name is not None:
+                out[name] = value
+        if isinstance(out.get("protocol"), str):
+            out["protocol"] = out["protocol"].lower() or "tcp"
+        if out.get("hostIP") in ("", None):
+            out.pop("hostIP", None)
+        return out
+
+    @model_validator(mode="after")
+    def _range(self) -> PortMappingConf:
+        if self.host_port_end is not None:
+            if self.host_port_end < self.host_port:
+                raise ValueError(f"hostPortEnd {self.host_port_end} is below hostPort {self.host_port}")
+            if self.container_port + (self.host_port_end - self.host_port) > 65535:
+                raise ValueError("the container port range would end beyond 65535")
+        return self
+
+    @property
+    def count(self) -> int:
+        return 1 if self.host_port_end is None else self.host_port_end - self.host_port + 1
+
+
+class RuntimeConf(_Model):
+    port_mappings: list[PortMappingConf] = Field(default_factory=list, alias="portMappings")
+    ips: list[str] = Field(default_factory=list)
+    mac: str = ""
+    ip_ranges: list[list[RangeConf]] = Field(default_factory=list, alias="ipRanges")
+
+
+class NetConf(_Model):
+    cni_version: str = Field(DEFAULT_CONFIG_VERSION, alias="cniVersion")
+    name: str
+    type: str = ""
+    bridge: str = DEFAULT_BRIDGE
+    is_gateway: bool = Field(False, alias="isGateway")
+    is_default_gateway: bool = Field(False, alias="isDefaultGateway")
+    force_address: bool = Field(False, alias="forceAddress")
+    ip_masq: bool = Field(False, alias="ipMasq")
+    mtu: int | None = Field(None, ge=68, le=65535)
+    hairpin_mode: bool = Field(False, alias="hairpinMode")
+    promisc_mode: bool = Field(False, alias="promiscMode")
+    vlan: int | None = Field(None, ge=0, le=4094)
+    vlan_trunk: list[int] = Field(default_factory=list, alias="vlanTrunk")
+    macspoofchk: bool = False
+    enabledad: bool = False
+    port_isolation: bool = Field(False, alias="portIsolation")
+    # Extension: Docker-style isolation between bridges of this plugin (on by default, as Docker).
+    isolation: bool = True
+    dns: DNSConf = Field(default_factory=DNSConf)
+    args: dict[str, Any] = Field(default_factory=dict)
+    ipam: IPAMConf = Field(default_factory=IPAMConf)
+    capabilities: dict[str, bool] = Field(default_factory=dict)
+    runtime_config: RuntimeConf = Field(default_factory=RuntimeConf, alias="runtimeConfig")
+    prev_result: dict[str, Any] | None = Field(None, alias="prevResult")
+
+    @field_validator("cni_version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        return require_supported(v)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NETWORK_NAME.match(v) or v in (".", ".."):
+            raise ValueError(
+                f"network name {v!r} must start with a letter or digit and hold only "
+                "letters, digits, '_', '.', '-' (at most 128)"
+            )
+        return v
+
+    @field_validator("bridge")
+    @classmethod
+    def _bridge(cls, v: str) -> str:
+        problem = ifname_problem(v)
+        if problem:
+            raise ValueError(f"bridge name {v!r} {problem}")
+        return v
+
+    @field_validator("vlan_trunk")
+    @classmethod
+    def _trunk(cls, v: list[int]) -> list[int]:
+        for vid in v:
+            if not 1 <= vid <= 4094:
+                raise ValueError(f"vlanTrunk id {vid} outside 1..4094")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> NetConf:
+        if self.ipam.type == "host-local":
+            if not self.ipam.ranges and self.ipam.subnet is None:
+                raise ValueError("ipam: host-local needs `ranges` or `subnet`")
+            try:
+                sets = self.ipam.range_sets()
+                validate_range_sets(sets)
+            except ValueError as exc:
+                raise ValueError(f"ipam.ranges: {exc}") from None
+            for route in self.ipam.routes:
+                fams = {r.subnet.version for rs in sets for r in rs}
+                if route.dst.version not in fams:
+                    raise ValueError(f"ipam.routes: {route.dst} has no range of its IP family")
+        if self.vlan and self.vlan_trunk:
+            raise ValueError("vlan and vlanTrunk cannot both be set")
+        if self.runtime_config.mac:
+            normalize_mac(self.runtime_config.mac, "runtimeConfig.mac")
+        return self
+
+    @property
+    def gateway_mode(self) -> bool:
+        # The reference bridge: isDefaultGateway implies isGateway.
+        return self.is_gateway or self.is_default_gateway
+
+    def port_mappings(self) -> list[PortMappingConf]:
+        if not self.capabilities.get("portMappings"):
+            return []
+        return list(self.runtime_config.port_mappings)
+
+    def requested_ips(self, cni_args: CniArgs) -> list[IPAddress]:
+        """Static IPs, from the sources host-local reads: runtimeConfig.ips, args.cni.ips, CNI_ARGS IP."""
+        raw: list[str] = []
+        if self.capabilities.get("ips"):
+            raw.extend(self.runtime_config.ips)
+        cni = self.args.get("cni") if isinstance(self.args, dict) else None
+        if isinstance(cni, dict) and isinstance(cni.get("ips"), list):
+            raw.extend(str(x) for x in cni["ips"])
+        out: list[IPAddress] = []
+        for text in raw:
+            try:
+                out.append(ipaddress.ip_interface(text).ip)
+            except ValueError:
+                raise CNIError(INVALID_CONFIG, f"requested IP {text!r} is not an IP address") from None
+        out.extend(cni_args.ips)
+        seen: list[IPAddress] = []
+        for ip in out:
+            if ip not in seen:
+                seen.append(ip)
+        return seen
+
+    def requested_mac(self, cni_args: CniArgs) -> str:
+        """MAC for the container interface: runtimeConfig.mac, then args.cni.mac, then CNI_ARGS MAC."""
+        if self.capabilities.get("mac") and self.runtime_config.mac:
+            return normalize_mac(self.runtime_config.mac, "runtimeConfig.mac")
+        cni = self.args.get("cni") if isinstance(self.args, dict) else None
+        if isinstance(cni, dict) and cni.get("mac"):
+            return normalize_mac(str(cni["mac"]), "args.cni.mac")
+        return cni_args.mac
+
+    def effective_range_sets(self) -> list[tuple[Range, ...]]:
+        if self.capabilities.get("ipRanges") and self.runtime_config.ip_ranges:
+            return [tuple(r.to_range() for r in rs) for rs in self.runtime_config.ip_ranges]
+        return self.ipam.range_sets()
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith("function-after") or part.startswith("function-before"):
+            continue
+        else:
+            out += ("." if out else "") + part
+    return out or "config"
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        msg = str(err.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"{_loc(tuple(err.get('loc', ())))}: {msg}")
+    return "; ".join(parts)
+
+
+def load_netconf(data: dict[str, Any]) -> NetConf:
+    """Validates a decoded network config; any problem is CNI error 7 naming the field."""
+    try:
+        return NetConf.model_validate(data)
+    except ValidationError as exc:
+        msg = format_validation_error(exc)
+        raise CNIError(INVALID_CONFIG, f"invalid network config: {msg}") from None

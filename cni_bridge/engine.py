@@ -1,0 +1,59 @@
+"""One CNI request in, one answer out: `handle(env, stdin) -> (exit code, stdout bytes)`.
+
+The same function serves the in-process path and the resident process. It never raises:
+every failure becomes one CNI error JSON object. Heavy modules are imported only by the verbs
+that need them, so VERSION stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from cni_bridge.errors import INTERNAL, CNIError
+from cni_bridge.protocol.request import parse_request
+from cni_bridge.protocol.versions import (
+    CURRENT_VERSION,
+    SUPPORTED_VERSIONS,
+    require_supported,
+    require_verb_allowed,
+)
+
+log = logging.getLogger("cni_bridge")
+
+
+def _dump(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode()
+
+
+def _reply_version(config: Mapping[str, Any]) -> str:
+    v = config.get("cniVersion")
+    return v if isinstance(v, str) and v in SUPPORTED_VERSIONS else CURRENT_VERSION
+
+
+def handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
+    reply_version = CURRENT_VERSION
+    try:
+        request = parse_request(env, stdin)
+        reply_version = _reply_version(request.config)
+        if request.command == "VERSION":
+            return 0, _dump(
+                {"cniVersion": reply_version, "supportedVersions": list(SUPPORTED_VERSIONS)}
+            )
+        require_supported(request.cni_version)
+        require_verb_allowed(request.command, request.cni_version)
+        from cni_bridge.commands import dispatch
+        from cni_bridge.config import load_netconf
+
+        conf = load_netconf(request.config)
+        result = dispatch(request, conf, env)
+        return 0, (_dump(result) if result is not None else b"")
+    except CNIError as exc:
+        log.info("%s failed: %s (%s)", env.get("CNI_COMMAND", "?"), exc.msg, exc.details)
+        return 1, _dump(exc.to_dict(reply_version))
+    except Exception as exc:  # the boundary: nothing escapes as a traceback
+        log.exception("internal error")
+        err = CNIError(INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        return 1, _dump(err.to_dict(reply_version))

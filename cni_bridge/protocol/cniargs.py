@@ -1,0 +1,68 @@
+"""CNI_ARGS: "K=V;K2=V2", with IgnoreUnknown as libcni/pkg/types.LoadArgs defines it."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from cni_bridge.errors import INVALID_ENV, CNIError
+
+KNOWN_KEYS = frozenset(
+    {
+        "IgnoreUnknown",
+        "IP",
+        "MAC",
+        "K8S_POD_NAME",
+        "K8S_POD_NAMESPACE",
+        "K8S_POD_INFRA_CONTAINER_ID",
+        "K8S_POD_UID",
+    }
+)
+_TRUE = {"1", "true", "True", "TRUE", "t", "T"}
+_FALSE = {"0", "false", "False", "FALSE", "f", "F", ""}
+
+
+@dataclass(frozen=True)
+class CniArgs:
+    ips: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    mac: str = ""
+    pod: dict[str, str] = field(default_factory=dict)
+    ignore_unknown: bool = False
+
+
+def parse_cni_args(text: str) -> CniArgs:
+    pairs: dict[str, str] = {}
+    for item in text.split(";"):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CNIError(INVALID_ENV, f"CNI_ARGS: invalid pair {item!r}, want KEY=VALUE")
+        pairs[key] = value
+    ignore = pairs.get("IgnoreUnknown", "")
+    if ignore not in _TRUE | _FALSE:
+        raise CNIError(INVALID_ENV, f"CNI_ARGS: IgnoreUnknown={ignore!r} is not a boolean")
+    ignore_unknown = ignore in _TRUE
+    unknown = sorted(k for k in pairs if k not in KNOWN_KEYS)
+    if unknown and not ignore_unknown:
+        raise CNIError(INVALID_ENV, f"CNI_ARGS: unknown args {unknown}")
+    ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for raw in filter(None, pairs.get("IP", "").split(",")):
+        try:
+            ips.append(ipaddress.ip_address(raw.strip()))
+        except ValueError:
+            raise CNIError(INVALID_ENV, f"CNI_ARGS: IP={raw!r} is not an IP address") from None
+    mac = pairs.get("MAC", "")
+    if mac:
+        mac = normalize_mac(mac, "CNI_ARGS MAC")
+    pod = {k: v for k, v in pairs.items() if k.startswith("K8S_POD_")}
+    return CniArgs(ips=tuple(ips), mac=mac, pod=pod, ignore_unknown=ignore_unknown)
+
+
+def normalize_mac(text: str, what: str) -> str:
+    parts = text.strip().lower().replace("-", ":").split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
+        raise CNIError(INVALID_ENV, f"{what}: {text!r} is not a MAC address")
+    if int(parts[0], 16) & 1:
+        raise CNIError(INVALID_ENV, f"{what}: {text!r} is a multicast MAC address")
+    return ":".join(parts)

@@ -1,0 +1,127 @@
+"""The invocation as the runtime made it: CNI_* environment plus stdin, validated.
+
+Pure and standard library only. Nothing here touches the system.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni_bridge.errors import DECODE_FAILURE, INVALID_ENV, CNIError
+from cni_bridge.protocol.versions import (
+    DEFAULT_CONFIG_VERSION,
+    REQUIRED_ENV,
+    VERBS,
+)
+
+MAX_STDIN_BYTES = 1 << 20
+# The spec (and pkg/skel) allow only these characters in a container ID; anything else could
+# escape a path built from it.
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+MAX_CONTAINER_ID = 1024
+MAX_IFNAME = 15  # IFNAMSIZ - 1
+MAX_CNI_ARGS = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Request:
+    command: str
+    container_id: str = ""
+    netns: str = ""
+    ifname: str = ""
+    args: str = ""
+    path: tuple[str, ...] = ()
+    stdin: bytes = b""
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cni_version(self) -> str:
+        v = self.config.get("cniVersion")
+        return v if isinstance(v, str) and v else DEFAULT_CONFIG_VERSION
+
+
+def validate_container_id(value: str) -> None:
+    if not value:
+        raise CNIError(INVALID_ENV, "empty CNI_CONTAINERID")
+    if len(value) > MAX_CONTAINER_ID or not _CONTAINER_ID.match(value):
+        raise CNIError(
+            INVALID_ENV,
+            "invalid characters in CNI_CONTAINERID",
+            f"must match {_CONTAINER_ID.pattern} and be at most {MAX_CONTAINER_ID} bytes",
+        )
+
+
+def ifname_problem(value: str) -> str | None:
+    """Why a Linux interface name is unusable, or None. The kernel's own rules (dev_valid_name)."""
+    raw = value.encode("utf-8", "surrogateescape")
+    if not raw:
+        return "is empty"
+    if len(raw) > MAX_IFNAME:
+        return f"is longer than {MAX_IFNAME} bytes"
+    if value in (".", ".."):
+        return "may not be '.' or '..'"
+    if "/" in value or ":" in value:
+        return "may not contain '/' or ':'"
+    if any(c.isspace() or ord(c) < 0x20 for c in value):
+        return "may not contain whitespace or control characters"
+    return None
+
+
+def validate_ifname(value: str, what: str = "CNI_IFNAME") -> None:
+    problem = ifname_problem(value)
+    if problem:
+        raise CNIError(INVALID_ENV, f"invalid {what} {value!r}: {problem}")
+
+
+def decode_config(stdin: bytes) -> dict[str, Any]:
+    if len(stdin) > MAX_STDIN_BYTES:
+        raise CNIError(DECODE_FAILURE, f"network config on stdin exceeds {MAX_STDIN_BYTES} bytes")
+    try:
+        data = json.loads(stdin)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CNIError(DECODE_FAILURE, "failed to decode network config JSON", str(exc)) from None
+    if not isinstance(data, dict):
+        raise CNIError(DECODE_FAILURE, "network config must be a JSON object")
+    return data
+
+
+def parse_request(env: Mapping[str, str], stdin: bytes) -> Request:
+    """Validates the environment for the verb and decodes stdin; raises CNIError."""
+    command = env.get("CNI_COMMAND", "")
+    if not command:
+        raise CNIError(INVALID_ENV, "required env variable CNI_COMMAND missing")
+    if command not in VERBS:
+        raise CNIError(INVALID_ENV, f"unknown CNI_COMMAND: {command!r}")
+
+    missing = [name for name in REQUIRED_ENV[command] if not env.get(name)]
+    if missing:
+        raise CNIError(INVALID_ENV, f"required env variables {missing} missing")
+
+    container_id = env.get("CNI_CONTAINERID", "")
+    ifname = env.get("CNI_IFNAME", "")
+    if command in ("ADD", "DEL", "CHECK"):
+        validate_container_id(container_id)
+        validate_ifname(ifname)
+    args = env.get("CNI_ARGS", "")
+    if len(args) > MAX_CNI_ARGS:
+        raise CNIError(INVALID_ENV, f"CNI_ARGS exceeds {MAX_CNI_ARGS} bytes")
+
+    if command == "VERSION" and not stdin.strip():
+        config: dict[str, Any] = {}
+    else:
+        config = decode_config(stdin)
+    path = tuple(p for p in env.get("CNI_PATH", "").split(":") if p)
+    return Request(
+        command=command,
+        container_id=container_id,
+        netns=env.get("CNI_NETNS", ""),
+        ifname=ifname,
+        args=args,
+        path=path,
+        stdin=stdin,
+        config=config,
+    )
