@@ -15,8 +15,14 @@ IO_FAILURE = 5
 DECODE_FAILURE = 6
 INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
-# Plugin-specific codes live at 100+ per the spec; we use them sparingly.
-PORT_CONFLICT = 100
+# Plugin-specific codes live at 100+ per the spec.
+PORT_CONFLICT = 100  # a host port is already published by another attachment
+ADDRESS_EXHAUSTED = 101  # no free address left in a range set
+ADDRESS_CONFLICT = 102  # a requested address belongs to another attachment
+INTERFACE_EXISTS = 103  # CNI_IFNAME exists in the container, or the attachment is already there
+NETWORK_FAILURE = 104  # a netlink operation failed (message says which)
+CHECK_MISMATCH = 105  # CHECK found the attachment differs from prevResult or is incomplete
+CLEANUP_FAILED = 106  # DEL or GC could not remove everything (details list what)
 STATUS_UNAVAILABLE = 50
 STATUS_LIMITED = 51
 INTERNAL = 999

@@ -1,0 +1,251 @@
+"""ADD: bridge, veth into the container, addresses and routes, firewall; all or nothing.
+
+Order of work (each step is recorded before it is made, and registers its undo right after):
+record -> IPAM -> bridge -> veth -> container addresses/routes -> firewall -> record ready.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Mapping
+from typing import Any
+
+from cni_bridge.commands.common import (
+    NetworkStores,
+    attachment_fw,
+    mapped_errors,
+    mapping_record,
+    network_fw,
+    network_subnets,
+)
+from cni_bridge.commands.deps import Deps, real_deps
+from cni_bridge.commands.teardown import release_ipam, teardown
+from cni_bridge.config import NetConf
+from cni_bridge.errors import INTERFACE_EXISTS, INVALID_ENV, CNIError
+from cni_bridge.ipam.ranges import IPAddress
+from cni_bridge.plan import AddPlan, build_plan, ipam_result_from, parse_resolv_conf, render_result
+from cni_bridge.protocol.cniargs import parse_cni_args
+from cni_bridge.protocol.request import Request
+from cni_bridge.protocol.result import DNS, Result, parse_result
+from cni_bridge.rollback import Rollback
+from cni_bridge.state import PHASE_READY, Attachment, boot_id, boot_time
+
+
+def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps | None = None) -> dict[str, Any]:
+    deps = deps or real_deps(env)
+    try:
+        with mapped_errors():
+            result = add(request, conf, env, deps)
+    finally:
+        deps.close()
+    return result.render(conf.cni_version)
+
+
+def check_netns(path: str) -> None:
+    """Before any change: the namespace must exist and be a namespace file (nsfs)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise CNIError(INVALID_ENV, f"CNI_NETNS {path!r} is not usable: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CNIError(INVALID_ENV, f"CNI_NETNS {path!r} is a directory, not a network namespace")
+
+
+def make_reclaim(conf: NetConf, stores: NetworkStores) -> Any:
+    """Addresses from an earlier boot whose attachment cannot be alive any more may be reused
+    when a pool runs dry. Never the address of an attachment whose namespace still exists."""
+    this_boot = boot_id()
+    booted_at = boot_time()
+
+    def reclaim(ip: IPAddress, owner: tuple[str, str]) -> bool:
+        try:
+            if stores.ipam.reserved_at(ip) >= booted_at:
+                return False
+        except (KeyError, OSError):
+            return False
+        cid, ifname = owner
+        rec = stores.state.get(conf.name, cid, ifname) if ifname else None
+        if rec is not None:
+            if rec.boot_id == this_boot:
+                return False
+            if rec.netns and os.path.exists(rec.netns):
+                return False
+            stores.state.remove(rec)
+        return True
+
+    return reclaim
+
+
+def ipam_add(
+    request: Request,
+    conf: NetConf,
+    env: Mapping[str, str],
+    stores: NetworkStores,
+) -> Result:
+    """Addresses for the attachment: built-in host-local, or the configured IPAM plugin."""
+    if conf.ipam.type == "host-local":
+        from cni_bridge.ipam.allocator import allocate
+
+        cni_args = parse_cni_args(request.args)
+        allocations = allocate(
+            stores.ipam,
+            conf.effective_range_sets(),
+            request.container_id,
+            request.ifname,
+            requested=conf.requested_ips(cni_args),
+            reclaim=make_reclaim(conf, stores),
+        )
+        dns = DNS()
+        if conf.ipam.resolv_conf:
+            try:
+                with open(conf.ipam.resolv_conf) as f:
+                    dns = parse_resolv_conf(f.read())
+            except OSError as exc:
+                raise CNIError(5, f"ipam.resolvConf {conf.ipam.resolv_conf!r}: {exc.strerror}") from None
+        return ipam_result_from(
+            [(a.address, a.gateway) for a in allocations],
+            [(r.dst, r.gw) for r in conf.ipam.routes],
+            dns,
+        )
+    if conf.ipam.type:
+        from cni_bridge.ipam.delegate import exec_plugin
+
+        out = exec_plugin(conf.ipam.type, "ADD", env, request.stdin, ":".join(request.path))
+        return parse_result(out, conf.cni_version)
+    return Result()  # no IPAM: a layer-2 attachment, as the reference allows
+
+
+def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> Result:
+    check_netns(request.netns)
+    cni_args = parse_cni_args(request.args)
+    mac = conf.requested_mac(cni_args)
+    mappings = conf.port_mappings()
+    stores = NetworkStores(conf)
+    att = Attachment.new(conf.name, request.container_id, request.ifname, request.netns)
+    att.bridge = conf.bridge
+    att.mac = mac
+    att.port_mappings = [mapping_record(pm) for pm in mappings]
+
+    rollback = Rollback()
+    try:
+        deps.hook("record")
+        with stores.lock():
+            existing = stores.state.get(conf.name, request.container_id, request.ifname)
+            if existing is not None and existing.phase == PHASE_READY:
+                raise CNIError(
+                    INTERFACE_EXISTS,
+                    f"container {request.container_id} interface {request.ifname} is already "
+                    f"attached to network {conf.name}; DEL it first",
+                )
+            if existing is not None:
+                # An ADD that died half-way: clear what it left before starting again.
+                teardown(conf, stores, existing, deps, env, request.stdin, request.netns)
+            stores.state.put(att)
+            stores.state.save_network(network_snapshot(request.config))
+        rollback.push("record", lambda: _locked(stores, lambda: stores.state.remove(att)))
+
+        deps.hook("ipam")
+        with stores.lock():
+            ipam_result = ipam_add(request, conf, env, stores)
+            att.ips = [str(ip.address) for ip in ipam_result.ips]
+            stores.state.put(att)
+        rollback.push(
+            "ipam", lambda: _locked(stores, lambda: release_ipam(conf, stores, att, env, request.stdin))
+        )
+        plan = build_plan(conf, ipam_result)
+        result = _datapath(request, conf, deps, att, plan, rollback, bool(mappings))
+
+        deps.hook("firewall")
+        fw_net = network_fw(conf, network_subnets(conf, att))
+        with stores.lock():
+            deps.firewall.add_attachment(fw_net, attachment_fw(att))
+        rollback.push("firewall", lambda: _fw_undo(conf, stores, deps, att))
+
+        deps.hook("ready")
+        att.result = result.render("1.1.0")
+        att.phase = PHASE_READY
+        with stores.lock():
+            stores.state.put(att)
+        rollback.commit()
+        return result
+    except BaseException:
+        rollback.run()
+        raise
+
+
+def _datapath(
+    request: Request,
+    conf: NetConf,
+    deps: Deps,
+    att: Attachment,
+    plan: AddPlan,
+    rollback: Rollback,
+    has_mappings: bool,
+) -> Result:
+    net = deps.net
+    deps.hook("bridge")
+    bridge = net.ensure_bridge(conf.bridge, conf.mtu, bool(conf.vlan or conf.vlan_trunk))
+    if plan.bridge_addrs:
+        net.ensure_bridge_addrs(conf.bridge, plan.bridge_addrs, conf.force_address)
+    fams = plan.families
+    if fams:
+        net.set_forwarding(4 in fams, 6 in fams)
+    if has_mappings and 4 in fams:
+        # 127.0.0.1:<hostPort> is DNATed out of the bridge; the firewall guards the other side.
+        net.set_route_localnet(conf.bridge)
+
+    deps.hook("veth")
+    host, cont = net.create_veth(
+        request.netns,
+        request.ifname,
+        att.host_veth,
+        conf.bridge,
+        mtu=conf.mtu,
+        container_mac=att.mac or None,
+        # A container reaching its own published port needs its packets sent back out of the
+        # port they came in on.
+        hairpin=conf.hairpin_mode or has_mappings,
+        promisc=conf.promisc_mode,
+        port_isolation=conf.port_isolation,
+        vlan=conf.vlan or None,
+        vlan_trunk=conf.vlan_trunk or None,
+    )
+    rollback.push("veth", lambda: net.delete_link(att.host_veth))
+
+    deps.hook("container")
+    net.configure_container(
+        request.netns,
+        request.ifname,
+        plan.container_addrs,
+        plan.kernel_routes(),
+        enable_dad=conf.enabledad,
+    )
+    return render_result(
+        plan,
+        (bridge.name, bridge.mac),
+        (host.name, host.mac),
+        (cont.name, cont.mac, cont.mtu),
+        request.netns,
+    )
+
+
+def network_snapshot(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The network's own config, without what belongs to one request."""
+    skip = {"runtimeConfig", "prevResult", "args"}
+    return {k: v for k, v in config.items() if k not in skip and not k.startswith("cni.dev/")}
+
+
+def _locked(stores: NetworkStores, fn: Any) -> None:
+    with stores.lock():
+        fn()
+
+
+def _fw_undo(conf: NetConf, stores: NetworkStores, deps: Deps, att: Attachment) -> None:
+    fw_net = network_fw(conf, network_subnets(conf, att))
+    with stores.lock():
+        deps.firewall.del_attachment(fw_net, attachment_fw(att), False)
+        others = [a for a in stores.state.all() if a.tag != att.tag]
+        if not others:
+            deps.firewall.del_network(fw_net)
+

@@ -1,0 +1,85 @@
+"""CHECK: the attachment still is what ADD reported (prevResult), in the kernel and on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from cni_bridge.commands.common import (
+    NetworkStores,
+    attachment_fw,
+    mapped_errors,
+    network_fw,
+    network_subnets,
+)
+from cni_bridge.commands.deps import Deps, real_deps
+from cni_bridge.config import NetConf
+from cni_bridge.errors import CHECK_MISMATCH, INVALID_CONFIG, UNKNOWN_CONTAINER, CNIError
+from cni_bridge.protocol.request import Request
+from cni_bridge.protocol.result import Interface, Result, parse_result
+from cni_bridge.state import PHASE_READY
+
+
+def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps | None = None) -> None:
+    deps = deps or real_deps(env)
+    try:
+        with mapped_errors():
+            problems = check(request, conf, deps)
+    finally:
+        deps.close()
+    if problems:
+        raise CNIError(CHECK_MISMATCH, "CHECK: " + "; ".join(problems))
+
+
+def check(request: Request, conf: NetConf, deps: Deps) -> list[str]:
+    if conf.prev_result is None:
+        raise CNIError(INVALID_CONFIG, "CHECK needs prevResult in the network config")
+    prev = parse_result(conf.prev_result, conf.cni_version)
+    stores = NetworkStores(conf)
+    with stores.lock():
+        att = stores.state.get(conf.name, request.container_id, request.ifname)
+        reserved = set(stores.ipam.get_by_id(request.container_id, request.ifname))
+    if att is None or att.phase != PHASE_READY:
+        raise CNIError(
+            UNKNOWN_CONTAINER,
+            f"no attachment of container {request.container_id} interface {request.ifname} "
+            f"on network {conf.name}",
+        )
+    problems: list[str] = []
+    view = deps.net.container_view(request.netns, request.ifname)
+    if view is None:
+        return [f"interface {request.ifname} is missing from {request.netns}"]
+    expected = _container_iface(prev, request.ifname, request.netns)
+    if expected is not None and expected.mac and expected.mac.lower() != view.mac.lower():
+        problems.append(f"{request.ifname} has MAC {view.mac}, prevResult says {expected.mac}")
+    have_addrs = {str(a) for a in view.addresses}
+    have_routes = {(str(d), str(g) if g else "") for d, g in view.routes}
+    for ip in prev.ips:
+        if ip.interface is not None and prev.interfaces[ip.interface].name != request.ifname:
+            continue
+        if str(ip.address) not in have_addrs:
+            problems.append(f"address {ip.address} is missing from {request.ifname}")
+        if conf.ipam.type == "host-local" and ip.address.ip not in reserved:
+            problems.append(f"address {ip.address.ip} is no longer reserved for this attachment")
+    gws = {ip.address.version: ip.gateway for ip in prev.ips if ip.gateway is not None}
+    for r in prev.routes:
+        gw = r.gw if r.gw is not None else gws.get(r.dst.version)
+        if (str(r.dst), str(gw) if gw else "") not in have_routes:
+            problems.append(f"route {r.dst} via {gw or 'link'} is missing from {request.ifname}")
+    host = deps.net.host_link(att.host_veth)
+    if host is None:
+        problems.append(f"host veth {att.host_veth} is missing")
+    else:
+        bridge = deps.net.host_link(conf.bridge)
+        if bridge is None or host.master != bridge.index:
+            problems.append(f"host veth {att.host_veth} is not attached to bridge {conf.bridge}")
+    fw_net = network_fw(conf, network_subnets(conf, att))
+    problems.extend(deps.firewall.check_attachment(fw_net, attachment_fw(att)))
+    return problems
+
+
+def _container_iface(prev: Result, ifname: str, netns: str) -> Interface | None:
+    for i in prev.interfaces:
+        if i.name == ifname and (not i.sandbox or i.sandbox == netns):
+            return i
+    return None
+

@@ -1,0 +1,125 @@
+"""What the verbs share: opening a network's stores, the firewall model, error mapping."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from cni_bridge.config import NetConf, PortMappingConf
+from cni_bridge.errors import (
+    ADDRESS_CONFLICT,
+    ADDRESS_EXHAUSTED,
+    INTERFACE_EXISTS,
+    INVALID_CONFIG,
+    INVALID_ENV,
+    NETWORK_FAILURE,
+    CNIError,
+)
+from cni_bridge.ipam.disk import DiskStore
+from cni_bridge.state import Attachment, StateStore
+
+if TYPE_CHECKING:
+    from cni_bridge.firewall.model import AttachmentFw, NetworkFw
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class NetworkStores:
+    """The IPAM reservations and attachment records of one network, under one flock."""
+
+    def __init__(self, conf: NetConf) -> None:
+        self.ipam = DiskStore(conf.name, conf.ipam.data_dir)
+        self.state = StateStore(self.ipam.dir)
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        return self.ipam.lock()
+
+
+@contextlib.contextmanager
+def mapped_errors() -> Iterator[None]:
+    """Turns the lower layers' exceptions into CNI errors with codes (once, at one place)."""
+    from cni_bridge.ipam.allocator import IPAMConflict, IPAMError, IPAMExhausted
+    from cni_bridge.net.ops import (
+        AddressConflict,
+        LinkExists,
+        NetError,
+        NetnsUnavailable,
+        NotABridge,
+    )
+
+    try:
+        yield
+    except CNIError:
+        raise
+    except IPAMExhausted as exc:
+        raise CNIError(ADDRESS_EXHAUSTED, str(exc)) from None
+    except IPAMConflict as exc:
+        raise CNIError(ADDRESS_CONFLICT, str(exc)) from None
+    except IPAMError as exc:
+        raise CNIError(INVALID_CONFIG, str(exc)) from None
+    except NetnsUnavailable as exc:
+        raise CNIError(INVALID_ENV, f"CNI_NETNS: {exc.msg}") from None
+    except LinkExists as exc:
+        raise CNIError(INTERFACE_EXISTS, exc.msg) from None
+    except (NotABridge, AddressConflict) as exc:
+        raise CNIError(INVALID_CONFIG, exc.msg) from None
+    except NetError as exc:
+        raise CNIError(NETWORK_FAILURE, exc.msg) from None
+
+
+def network_subnets(conf: NetConf, att: Attachment | None = None) -> list[IPNetwork]:
+    """The network's subnets: from host-local's ranges, else from the attachment's addresses."""
+    subnets: list[IPNetwork] = [r.subnet for rs in conf.effective_range_sets() for r in rs]
+    if not subnets and att is not None:
+        subnets = [ipaddress.ip_interface(ip).network for ip in att.ips]
+    return list(dict.fromkeys(subnets))
+
+
+def network_fw(conf: NetConf, subnets: list[IPNetwork]) -> NetworkFw:
+    from cni_bridge.firewall.model import NetworkFw
+
+    return NetworkFw(
+        name=conf.name,
+        bridge=conf.bridge,
+        subnets=subnets,
+        ip_masq=conf.ip_masq,
+        isolate=conf.isolation,
+    )
+
+
+def mapping_record(pm: PortMappingConf) -> dict[str, object]:
+    out: dict[str, object] = {
+        "hostPort": pm.host_port,
+        "containerPort": pm.container_port,
+        "protocol": pm.protocol,
+    }
+    if pm.host_ip is not None:
+        out["hostIP"] = str(pm.host_ip)
+    if pm.host_port_end is not None:
+        out["hostPortEnd"] = pm.host_port_end
+    return out
+
+
+def attachment_fw(att: Attachment) -> AttachmentFw:
+    from cni_bridge.firewall.model import AttachmentFw, PortMapping
+
+    mappings = []
+    for pm in att.port_mappings:
+        host_ip = pm.get("hostIP")
+        mappings.append(
+            PortMapping(
+                host_port=int(pm["hostPort"]),
+                container_port=int(pm["containerPort"]),
+                protocol=str(pm.get("protocol", "tcp")),
+                host_ip=ipaddress.ip_address(host_ip) if host_ip else None,
+                host_port_end=int(pm["hostPortEnd"]) if pm.get("hostPortEnd") else None,
+            )
+        )
+    return AttachmentFw(
+        tag=att.tag,
+        owner=f"{att.network}/{att.container_id}/{att.ifname}",
+        ips=[ipaddress.ip_interface(ip).ip for ip in att.ips],
+        port_mappings=mappings,
+    )

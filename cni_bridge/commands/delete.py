@@ -1,0 +1,54 @@
+"""DEL: remove everything the attachment owns. Idempotent; needs neither netns nor prevResult."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+
+from cni_bridge.commands.common import NetworkStores, mapped_errors, mapping_record
+from cni_bridge.commands.deps import Deps, real_deps
+from cni_bridge.commands.teardown import teardown
+from cni_bridge.config import NetConf
+from cni_bridge.errors import CLEANUP_FAILED, CNIError
+from cni_bridge.protocol.request import Request
+from cni_bridge.state import Attachment
+
+
+def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps | None = None) -> None:
+    deps = deps or real_deps(env)
+    try:
+        with mapped_errors():
+            errors = delete(request, conf, env, deps)
+    finally:
+        deps.close()
+    if errors:
+        raise CNIError(CLEANUP_FAILED, "DEL could not remove everything", "; ".join(errors))
+
+
+def delete(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> list[str]:
+    stores = NetworkStores(conf)
+    if not os.path.isdir(stores.ipam.dir):
+        # Nothing was ever reserved or recorded for this network here: do not create its
+        # directory just to lock it. The deterministic names still find a stray veth or rules.
+        att = _synthesized(request, conf, [])
+        return teardown(conf, stores, att, deps, env, request.stdin, request.netns)
+    with stores.lock():
+        att = stores.state.get(conf.name, request.container_id, request.ifname)
+        if att is None:
+            ips = [
+                str(ipaddress.ip_interface(ip))
+                for ip in stores.ipam.get_by_id(request.container_id, request.ifname)
+            ]
+            att = _synthesized(request, conf, ips)
+        return teardown(conf, stores, att, deps, env, request.stdin, request.netns)
+
+
+def _synthesized(request: Request, conf: NetConf, ips: list[str]) -> Attachment:
+    """No record (made by another plugin, or before the record was written): what the request
+    and the deterministic names tell us is all there is."""
+    att = Attachment.new(conf.name, request.container_id, request.ifname, request.netns)
+    att.bridge = conf.bridge
+    att.ips = ips
+    att.port_mappings = [mapping_record(pm) for pm in conf.port_mappings()]
+    return att

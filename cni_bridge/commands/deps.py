@@ -1,0 +1,81 @@
+"""The side-effect interfaces a command uses, built once per request.
+
+Unit tests pass fakes; the real ones are imported only here, lazily, so each verb pays only for
+what it touches. The crash-test hook comes from the environment (CNI_BRIDGE_TEST_KILL_AT=<step>)
+and lives in this per-request object, never in a module global.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cni_bridge.firewall.nft import Firewall
+    from cni_bridge.net.ops import NetOps
+
+KILL_AT_ENV = "CNI_BRIDGE_TEST_KILL_AT"
+
+
+def _no_hook(step: str) -> None:
+    return None
+
+
+def kill_hook(target: str) -> Callable[[str], None]:
+    def hook(step: str) -> None:
+        if step == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook
+
+
+@dataclass
+class Deps:
+    net_factory: Callable[[], NetOps]
+    firewall_factory: Callable[[], Firewall]
+    hook: Callable[[str], None] = _no_hook
+    _net: Any = field(default=None, repr=False)
+    _fw: Any = field(default=None, repr=False)
+
+    @property
+    def net(self) -> NetOps:
+        if self._net is None:
+            self._net = self.net_factory()
+        net: NetOps = self._net
+        return net
+
+    @property
+    def firewall(self) -> Firewall:
+        if self._fw is None:
+            self._fw = self.firewall_factory()
+        fw: Firewall = self._fw
+        return fw
+
+    def close(self) -> None:
+        if self._net is not None:
+            self._net.close()
+            self._net = None
+
+
+def _real_net() -> NetOps:
+    from cni_bridge.net.links import NetlinkOps
+
+    return NetlinkOps()
+
+
+def _real_firewall() -> Firewall:
+    from cni_bridge.firewall.nft import Firewall
+
+    return Firewall()
+
+
+def real_deps(env: Mapping[str, str]) -> Deps:
+    target = env.get(KILL_AT_ENV, "")
+    return Deps(
+        net_factory=_real_net,
+        firewall_factory=_real_firewall,
+        hook=kill_hook(target) if target else _no_hook,
+    )

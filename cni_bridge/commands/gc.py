@@ -1,0 +1,107 @@
+"""GC (CNI 1.1): remove everything of this network that belongs to no valid attachment.
+
+Covers what a record lists and what no record lists: reservations made by another plugin or by an
+ADD killed before its record, and host veths on the bridge left by a crash. Continues past errors
+and reports them together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from cni_bridge.commands.common import NetworkStores, mapped_errors, network_fw, network_subnets
+from cni_bridge.commands.deps import Deps, real_deps
+from cni_bridge.commands.teardown import teardown
+from cni_bridge.config import NetConf
+from cni_bridge.errors import CLEANUP_FAILED, INVALID_CONFIG, CNIError
+from cni_bridge.protocol.request import Request
+from cni_bridge.state import HOST_VETH_PREFIX, Attachment, host_veth_name
+
+VALID_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+
+
+def valid_attachments(config: Mapping[str, Any]) -> set[tuple[str, str]]:
+    raw: Any = None
+    for key in VALID_KEYS:
+        if key in config:
+            raw = config[key]
+            break
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise CNIError(INVALID_CONFIG, f"{VALID_KEYS[0]} must be a list")
+    out: set[tuple[str, str]] = set()
+    for item in raw:
+        if not isinstance(item, dict) or not isinstance(item.get("containerID"), str):
+            raise CNIError(INVALID_CONFIG, f"{VALID_KEYS[0]}: entries need containerID and ifname")
+        out.add((item["containerID"], str(item.get("ifname", ""))))
+    return out
+
+
+def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps | None = None) -> None:
+    deps = deps or real_deps(env)
+    try:
+        with mapped_errors():
+            errors = collect(conf, valid_attachments(request.config), deps, env, request.stdin)
+    finally:
+        deps.close()
+    if errors:
+        raise CNIError(CLEANUP_FAILED, "GC could not remove everything", "; ".join(errors))
+
+
+def _is_valid(valid: set[tuple[str, str]], cid: str, ifname: str) -> bool:
+    # Files written by old host-local versions name only the container.
+    return (cid, ifname) in valid or (not ifname and any(c == cid for c, _ in valid))
+
+
+def collect(
+    conf: NetConf,
+    valid: set[tuple[str, str]],
+    deps: Deps,
+    env: Mapping[str, str],
+    stdin: bytes,
+    extra_stale: Sequence[tuple[str, str]] = (),
+) -> list[str]:
+    import os
+
+    stores = NetworkStores(conf)
+    errors: list[str] = []
+    if not os.path.isdir(stores.ipam.dir):
+        return errors
+    with stores.lock():
+        for att in stores.state.all():
+            if not _is_valid(valid, att.container_id, att.ifname) or att.key in extra_stale:
+                errors.extend(teardown(conf, stores, att, deps, env, stdin))
+        if conf.ipam.type == "host-local":
+            for ip, (cid, ifname) in stores.ipam.reservations().items():
+                if not _is_valid(valid, cid, ifname):
+                    try:
+                        stores.ipam.release(ip)
+                    except OSError as exc:
+                        errors.append(f"release {ip}: {exc}")
+        keep = {host_veth_name(conf.name, cid, ifname) for cid, ifname in valid}
+        try:
+            ports = deps.net.bridge_ports(conf.bridge)
+        except Exception as exc:
+            errors.append(f"list ports of {conf.bridge}: {exc}")
+            ports = []
+        for port in ports:
+            if port.startswith(HOST_VETH_PREFIX) and port not in keep:
+                try:
+                    deps.net.delete_link(port)
+                except Exception as exc:
+                    errors.append(f"delete {port}: {exc}")
+        remaining = stores.state.all()
+        fw_net = network_fw(conf, network_subnets(conf))
+        keep_tags = {a.tag for a in remaining}
+        try:
+            errors.extend(deps.firewall.gc(fw_net, keep_tags))
+            if not remaining:
+                deps.firewall.del_network(fw_net)
+        except Exception as exc:
+            errors.append(f"firewall: {exc}")
+    return errors
+
+
+__all__ = ["Attachment", "collect", "run", "valid_attachments"]

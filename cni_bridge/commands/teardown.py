@@ -1,0 +1,77 @@
+"""Removing one attachment completely: shared by DEL, GC, a failed ADD and a stale record.
+
+Best effort: every step runs even when an earlier one failed, absence is success, and the
+failures are returned together. Works from the record and the deterministic names alone, so it
+needs neither the container's namespace nor prevResult.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+
+from cni_bridge.commands.common import (
+    NetworkStores,
+    attachment_fw,
+    network_fw,
+    network_subnets,
+)
+from cni_bridge.commands.deps import Deps
+from cni_bridge.config import NetConf
+from cni_bridge.state import Attachment
+
+log = logging.getLogger(__name__)
+
+
+def release_ipam(
+    conf: NetConf, stores: NetworkStores, att: Attachment, env: Mapping[str, str], stdin: bytes
+) -> None:
+    if conf.ipam.type == "host-local":
+        stores.ipam.release_by_id(att.container_id, att.ifname)
+    elif conf.ipam.type:
+        from cni_bridge.ipam.delegate import exec_plugin
+
+        child_env = dict(env)
+        child_env["CNI_CONTAINERID"] = att.container_id
+        child_env["CNI_IFNAME"] = att.ifname
+        child_env["CNI_NETNS"] = att.netns if att.netns and os.path.exists(att.netns) else ""
+        exec_plugin(conf.ipam.type, "DEL", child_env, stdin, child_env.get("CNI_PATH", ""))
+
+
+def delegate_stdin(conf_raw: Mapping[str, object]) -> bytes:
+    return json.dumps(conf_raw).encode()
+
+
+def teardown(
+    conf: NetConf,
+    stores: NetworkStores,
+    att: Attachment,
+    deps: Deps,
+    env: Mapping[str, str],
+    stdin: bytes,
+    netns: str = "",
+) -> list[str]:
+    """Removes everything `att` owns. The caller holds the network lock."""
+    errors: list[str] = []
+    fw_net = network_fw(conf, network_subnets(conf, att))
+
+    def step(what: str, fn: object) -> None:
+        try:
+            fn()  # type: ignore[operator]
+        except Exception as exc:  # best effort: report together
+            log.warning("teardown %s of %s: %s", what, att.tag, exc)
+            errors.append(f"{what}: {exc}")
+
+    step("firewall", lambda: deps.firewall.del_attachment(fw_net, attachment_fw(att), False))
+    step("host veth", lambda: deps.net.delete_link(att.host_veth))
+    if netns and os.path.exists(netns):
+        step("container interface", lambda: deps.net.delete_container_link(netns, att.ifname))
+    step("ipam", lambda: release_ipam(conf, stores, att, env, stdin))
+    if not errors:
+        # The record goes last: a teardown cut short is simply run again by the next DEL or GC.
+        stores.state.remove(att)
+        if not stores.state.all():
+            step("firewall network", lambda: deps.firewall.del_network(fw_net))
+    return errors

@@ -1,0 +1,172 @@
+"""Operator commands: `cni-bridge ls`, `cni-bridge status`, `cni-bridge gc`.
+
+They read the records that ADD writes beside host-local's reservations, so they need no runtime
+and no config files: each network's config is saved with its records at ADD.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from cni_bridge.config import DEFAULT_DATA_DIR, NetConf, load_netconf
+from cni_bridge.errors import CNIError
+from cni_bridge.state import STATE_DIR, Attachment, StateStore
+
+
+def networks(data_dir: str, only: str | None) -> Iterator[tuple[str, StateStore]]:
+    try:
+        names = sorted(os.listdir(data_dir))
+    except FileNotFoundError:
+        return
+    for name in names:
+        if only and name != only:
+            continue
+        net_dir = os.path.join(data_dir, name)
+        if os.path.isdir(os.path.join(net_dir, STATE_DIR)):
+            yield name, StateStore(net_dir)
+
+
+def _netns_alive(att: Attachment) -> bool:
+    return bool(att.netns) and os.path.exists(att.netns)
+
+
+def _row(att: Attachment) -> dict[str, Any]:
+    ports = [
+        f"{pm.get('hostIP', '')}:{pm['hostPort']}->{pm['containerPort']}/{pm.get('protocol', 'tcp')}"
+        for pm in att.port_mappings
+    ]
+    return {
+        "network": att.network,
+        "containerID": att.container_id,
+        "ifname": att.ifname,
+        "addresses": att.ips,
+        "hostVeth": att.host_veth,
+        "bridge": att.bridge,
+        "ports": ports,
+        "phase": att.phase,
+        "netns": att.netns,
+        "netnsAlive": _netns_alive(att),
+    }
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    rows = [_row(a) for _, st in networks(args.data_dir, args.network) for a in st.all()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'NETWORK':<16} {'CONTAINER':<14} {'IF':<6} {'ADDRESSES':<34} {'VETH':<16} {'PORTS':<24} STATE")
+    for r in rows:
+        state = r["phase"] if r["netnsAlive"] else f"{r['phase']} (netns gone)"
+        print(
+            f"{r['network']:<16} {r['containerID'][:14]:<14} {r['ifname']:<6} "
+            f"{','.join(r['addresses']):<34} {r['hostVeth']:<16} {','.join(r['ports']) or '-':<24} {state}"
+        )
+    return 0
+
+
+def _conf(st: StateStore) -> NetConf | None:
+    raw = st.load_network()
+    if raw is None:
+        return None
+    try:
+        return load_netconf(raw)
+    except CNIError:
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cni_bridge.commands.deps import real_deps
+    from cni_bridge.commands.status import problems
+
+    out = []
+    worst = 0
+    for name, st in networks(args.data_dir, args.network):
+        conf = _conf(st)
+        atts = st.all()
+        entry: dict[str, Any] = {
+            "network": name,
+            "attachments": len(atts),
+            "stale": sum(1 for a in atts if not _netns_alive(a)),
+        }
+        if conf is not None:
+            deps = real_deps({})
+            try:
+                fatal, limited = problems(conf, deps)
+                entry.update(bridge=conf.bridge, fatal=fatal, limited=limited)
+                entry["forwardAccept"] = deps.firewall.foreign_forward_accepts(conf.bridge)
+                from cni_bridge.ipam.allocator import free_count
+                from cni_bridge.ipam.disk import DiskStore
+
+                sets = conf.effective_range_sets()
+                if conf.ipam.type == "host-local":
+                    entry["free"] = free_count(DiskStore(name, args.data_dir), sets)
+            finally:
+                deps.close()
+            worst = max(worst, 2 if entry["fatal"] else 1 if entry["limited"] else 0)
+        out.append(entry)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for e in out:
+            health = "unavailable: " + "; ".join(e["fatal"]) if e.get("fatal") else (
+                "limited: " + "; ".join(e["limited"]) if e.get("limited") else "ok"
+            )
+            print(
+                f"{e['network']}: bridge {e.get('bridge', '?')}, {e['attachments']} attachments "
+                f"({e['stale']} with netns gone), free addresses per range set {e.get('free', '?')}, "
+                f"forward-accept rules in foreign tables: {e.get('forwardAccept', 0)}; {health}"
+            )
+    return worst
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from cni_bridge.commands.deps import real_deps
+    from cni_bridge.commands.gc import collect
+    from cni_bridge.ipam.disk import DiskStore
+
+    failed = False
+    for name, st in networks(args.data_dir, args.network):
+        conf = _conf(st)
+        if conf is None:
+            print(f"{name}: no readable network config saved; skipped", file=sys.stderr)
+            continue
+        atts = st.all()
+        stale = [a for a in atts if not _netns_alive(a)]
+        # Valid: live attachments, and reservations no record of ours describes (another
+        # plugin's, sharing the directory): a manual GC only removes what it knows is dead.
+        valid = {a.key for a in atts if _netns_alive(a)}
+        recorded = {a.key for a in atts}
+        store = DiskStore(name, args.data_dir)
+        with store.lock():
+            for owner in store.reservations().values():
+                if owner not in recorded:
+                    valid.add(owner)
+        deps = real_deps({})
+        try:
+            errors = collect(conf, valid, deps, {"CNI_PATH": os.environ.get("CNI_PATH", "")}, b"")
+        finally:
+            deps.close()
+        print(f"{name}: removed {len(stale)} attachment(s) whose netns is gone")
+        for e in errors:
+            failed = True
+            print(f"{name}: {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cni-bridge")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name, fn in (("ls", cmd_ls), ("status", cmd_status), ("gc", cmd_gc)):
+        p = sub.add_parser(name)
+        p.add_argument("--network", default=None)
+        p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(fn=fn)
+    args = parser.parse_args(argv)
+    result: int = args.fn(args)
+    return result
