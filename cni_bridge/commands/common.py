@@ -103,23 +103,11 @@ def mapping_record(pm: PortMappingConf) -> dict[str, object]:
 
 
 def attachment_fw(att: Attachment) -> AttachmentFw:
-    from cni_bridge.firewall.model import AttachmentFw, PortMapping
+    from cni_bridge.firewall.model import AttachmentFw, mapping_from_dict
 
-    mappings = []
-    for pm in att.port_mappings:
-        host_ip = pm.get("hostIP")
-        mappings.append(
-            PortMapping(
-                host_port=int(pm["hostPort"]),
-                container_port=int(pm["containerPort"]),
-                protocol=str(pm.get("protocol", "tcp")),
-                host_ip=ipaddress.ip_address(host_ip) if host_ip else None,
-                host_port_end=int(pm["hostPortEnd"]) if pm.get("hostPortEnd") else None,
-            )
-        )
     return AttachmentFw(
         tag=att.tag,
         owner=f"{att.network}/{att.container_id}/{att.ifname}",
         ips=[ipaddress.ip_interface(ip).ip for ip in att.ips],
-        port_mappings=mappings,
+        port_mappings=[mapping_from_dict(pm) for pm in att.port_mappings],
     )

@@ -8,6 +8,7 @@ on the host), success otherwise.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 
 from cni_bridge.commands.common import NetworkStores
@@ -49,8 +50,14 @@ def _data_dir_problems(data_dir: str) -> list[str]:
         if parent == probe:
             break
         probe = parent
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return [f"data dir {data_dir} is not writable"]
+    # Try for real: permission bits say nothing for root, and a read-only mount says nothing
+    # in them at all.
+    try:
+        fd, path = tempfile.mkstemp(prefix=".cni-bridge-status-", dir=probe)
+    except OSError as exc:
+        return [f"data dir {data_dir} is not writable: {exc.strerror}"]
+    os.close(fd)
+    os.unlink(path)
     return []
 
 

@@ -68,7 +68,8 @@ def teardown(
     step("host veth", lambda: deps.net.delete_link(att.host_veth))
     if netns and os.path.exists(netns):
         step("container interface", lambda: deps.net.delete_container_link(netns, att.ifname))
-    step("ipam", lambda: release_ipam(conf, stores, att, env, stdin))
+    if conf.ipam.type != "host-local" or os.path.isdir(stores.ipam.dir):
+        step("ipam", lambda: release_ipam(conf, stores, att, env, stdin))
     if not errors:
         # The record goes last: a teardown cut short is simply run again by the next DEL or GC.
         stores.state.remove(att)

@@ -1,0 +1,135 @@
+"""What the firewall layer needs to know about a network and one attachment.
+
+Standard library only: the lead's state records and the thin client may import it.
+Validation that depends on nftables limits (comment length, range sizes) lives in
+rules.py; this module only holds data and its JSON form.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any, Literal
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+Protocol = Literal["tcp", "udp", "sctp"]
+PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp", "sctp")
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """hostPort[..hostPortEnd] on host_ip (None: any local address) -> containerPort[..+n].
+
+    An unspecified host_ip (0.0.0.0 or ::) means any local address of that family only,
+    as the reference portmap plugin reads it; None means any address of both families.
+    """
+
+    host_port: int
+    container_port: int
+    protocol: Protocol = "tcp"
+    host_ip: IPAddress | None = None
+    host_port_end: int | None = None  # inclusive; None: a single port
+
+    @property
+    def count(self) -> int:
+        return 1 if self.host_port_end is None else self.host_port_end - self.host_port + 1
+
+
+@dataclass(frozen=True)
+class NetworkFw:
+    name: str
+    bridge: str
+    subnets: list[IPNetwork]
+    ip_masq: bool
+    isolate: bool = True
+
+
+@dataclass(frozen=True)
+class AttachmentFw:
+    tag: str  # short, safe ASCII, unique per (network, containerID, ifname)
+    owner: str  # human text, "network/containerID/ifname"
+    ips: list[IPAddress]
+    port_mappings: list[PortMapping] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ForeignChain:
+    """A base chain of another table hooked at forward with policy drop."""
+
+    family: str
+    table: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.family} {self.table} {self.name}"
+
+
+# JSON forms, for state records and for driving the firewall in another process.
+
+
+def network_to_dict(net: NetworkFw) -> dict[str, Any]:
+    return {
+        "name": net.name,
+        "bridge": net.bridge,
+        "subnets": [str(s) for s in net.subnets],
+        "ipMasq": net.ip_masq,
+        "isolate": net.isolate,
+    }
+
+
+def network_from_dict(d: dict[str, Any]) -> NetworkFw:
+    return NetworkFw(
+        name=str(d["name"]),
+        bridge=str(d["bridge"]),
+        subnets=[ipaddress.ip_network(s, strict=False) for s in d["subnets"]],
+        ip_masq=bool(d["ipMasq"]),
+        isolate=bool(d.get("isolate", True)),
+    )
+
+
+def mapping_to_dict(pm: PortMapping) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "hostPort": pm.host_port,
+        "containerPort": pm.container_port,
+        "protocol": pm.protocol,
+    }
+    if pm.host_ip is not None:
+        d["hostIP"] = str(pm.host_ip)
+    if pm.host_port_end is not None:
+        d["hostPortEnd"] = pm.host_port_end
+    return d
+
+
+def mapping_from_dict(d: dict[str, Any]) -> PortMapping:
+    proto = str(d.get("protocol", "tcp")).lower()
+    if proto not in PROTOCOLS:
+        raise ValueError(f"unsupported protocol {proto!r}")
+    host_ip = d.get("hostIP")
+    end = d.get("hostPortEnd")
+    return PortMapping(
+        host_port=int(d["hostPort"]),
+        container_port=int(d["containerPort"]),
+        protocol=proto,  # type: ignore[arg-type]  # checked against PROTOCOLS above
+        host_ip=ipaddress.ip_address(host_ip) if host_ip else None,
+        host_port_end=int(end) if end is not None else None,
+    )
+
+
+def attachment_to_dict(att: AttachmentFw) -> dict[str, Any]:
+    return {
+        "tag": att.tag,
+        "owner": att.owner,
+        "ips": [str(ip) for ip in att.ips],
+        "portMappings": [mapping_to_dict(pm) for pm in att.port_mappings],
+    }
+
+
+def attachment_from_dict(d: dict[str, Any]) -> AttachmentFw:
+    return AttachmentFw(
+        tag=str(d["tag"]),
+        owner=str(d["owner"]),
+        ips=[ipaddress.ip_address(ip) for ip in d["ips"]],
+        port_mappings=[mapping_from_dict(pm) for pm in d.get("portMappings", [])],
+    )

@@ -1,0 +1,150 @@
+"""In-memory stand-ins for the netlink and nftables layers, for command tests without root."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cni_bridge.firewall.model import AttachmentFw, NetworkFw
+from cni_bridge.net.ops import ContainerView, HostLink, LinkExists, LinkInfo
+
+
+class Boom(Exception):
+    pass
+
+
+@dataclass
+class FakeNet:
+    fail_at: str = ""
+    links: dict[str, dict[str, Any]] = field(default_factory=dict)  # host links
+    container: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    calls: list[str] = field(default_factory=list)
+
+    def _call(self, name: str) -> None:
+        self.calls.append(name)
+        if name == self.fail_at:
+            raise Boom(f"injected failure in {name}")
+
+    def ensure_bridge(self, name: str, mtu: int | None, vlan_filtering: bool) -> LinkInfo:
+        self._call("ensure_bridge")
+        self.links.setdefault(name, {"kind": "bridge", "index": len(self.links) + 1, "addrs": []})
+        return LinkInfo(name, self.links[name]["index"], "0a:00:00:00:00:01", mtu or 1500)
+
+    def ensure_bridge_addrs(self, name: str, addrs: Sequence[Any], force: bool) -> None:
+        self._call("ensure_bridge_addrs")
+        for a in addrs:
+            if a not in self.links[name]["addrs"]:
+                self.links[name]["addrs"].append(a)
+
+    def create_veth(self, netns_path: str, ifname: str, host_name: str, bridge: str, **kw: Any) -> tuple[LinkInfo, LinkInfo]:
+        self._call("create_veth")
+        if (netns_path, ifname) in self.container:
+            raise LinkExists(ifname, netns_path)
+        self.links[host_name] = {"kind": "veth", "index": 100 + len(self.links), "master": bridge, **kw}
+        self.container[(netns_path, ifname)] = {"host": host_name, "addrs": [], "routes": []}
+        return (
+            LinkInfo(host_name, self.links[host_name]["index"], "0a:00:00:00:00:02", 1500),
+            LinkInfo(ifname, 2, kw.get("container_mac") or "0a:00:00:00:00:03", 1500),
+        )
+
+    def configure_container(self, netns_path: str, ifname: str, addrs: Sequence[Any], routes: Sequence[Any], *, enable_dad: bool = False) -> None:
+        self._call("configure_container")
+        c = self.container[(netns_path, ifname)]
+        c["addrs"] = list(addrs)
+        c["routes"] = list(routes)
+
+    def container_view(self, netns_path: str, ifname: str) -> ContainerView | None:
+        c = self.container.get((netns_path, ifname))
+        if c is None:
+            return None
+        return ContainerView(ifname, 2, "0a:00:00:00:00:03", 1500, "veth", True, None, tuple(c["addrs"]), tuple(c["routes"]))
+
+    def host_link(self, name: str) -> HostLink | None:
+        link = self.links.get(name)
+        if link is None:
+            return None
+        master = link.get("master")
+        master_idx = self.links[master]["index"] if master in self.links else None
+        return HostLink(name, link["index"], "0a:00:00:00:00:02", 1500, link["kind"], master_idx, True, True, False, None)
+
+    def delete_link(self, name: str) -> bool:
+        self._call("delete_link")
+        link = self.links.pop(name, None)
+        if link is None:
+            return False
+        for key, c in list(self.container.items()):
+            if c["host"] == name:
+                del self.container[key]
+        return True
+
+    def delete_container_link(self, netns_path: str, ifname: str) -> bool:
+        c = self.container.pop((netns_path, ifname), None)
+        if c is None:
+            return False
+        self.links.pop(c["host"], None)
+        return True
+
+    def link_exists(self, name: str) -> bool:
+        return name in self.links
+
+    def host_links_with_prefix(self, prefix: str) -> list[str]:
+        return [n for n in self.links if n.startswith(prefix)]
+
+    def bridge_ports(self, bridge: str) -> list[str]:
+        return [n for n, link in self.links.items() if link.get("master") == bridge]
+
+    def set_forwarding(self, v4: bool, v6: bool) -> None:
+        self._call("set_forwarding")
+
+    def set_route_localnet(self, bridge: str) -> None:
+        self._call("set_route_localnet")
+
+    def set_sysctl(self, path: str, value: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeFirewall:
+    fail_at: str = ""
+    elements: dict[str, AttachmentFw] = field(default_factory=dict)
+    networks: set[str] = field(default_factory=set)
+    calls: list[str] = field(default_factory=list)
+
+    def add_attachment(self, net: NetworkFw, att: AttachmentFw) -> None:
+        self.calls.append("add_attachment")
+        if self.fail_at == "add_attachment":
+            raise Boom("injected firewall failure")
+        self.networks.add(net.name)
+        self.elements[att.tag] = att
+
+    def del_attachment(self, net: NetworkFw, att: AttachmentFw, last_in_network: bool = False) -> None:
+        self.calls.append("del_attachment")
+        self.elements.pop(att.tag, None)
+
+    def del_network(self, net: NetworkFw) -> None:
+        self.calls.append("del_network")
+        self.networks.discard(net.name)
+
+    def check_attachment(self, net: NetworkFw, att: AttachmentFw) -> list[str]:
+        return [] if att.tag in self.elements else [f"firewall elements of {att.tag} missing"]
+
+    def gc(self, net: NetworkFw, keep_tags: set[str]) -> list[str]:
+        for tag in list(self.elements):
+            if tag not in keep_tags:
+                del self.elements[tag]
+        return []
+
+    def status(self) -> str | None:
+        return None
+
+    def foreign_forward_accepts(self, bridge: str) -> int:
+        return 0
+
+
+def ip(text: str) -> Any:
+    return ipaddress.ip_interface(text)

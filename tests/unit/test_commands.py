@@ -1,0 +1,246 @@
+"""ADD/DEL/CHECK/GC/STATUS against fakes: sequencing, rollback at every step, idempotency."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni_bridge.commands import add, check, delete, gc, status
+from cni_bridge.commands.deps import Deps
+from cni_bridge.config import load_netconf
+from cni_bridge.errors import CNIError
+from cni_bridge.ipam.disk import DiskStore
+from cni_bridge.protocol.request import parse_request
+from cni_bridge.state import PHASE_READY, StateStore, host_veth_name
+from tests.unit.fakes import Boom, FakeFirewall, FakeNet
+
+
+@pytest.fixture
+def netns(tmp_path: Path) -> str:
+    p = tmp_path / "netns"
+    p.write_text("")  # stands in for an nsfs file; the fakes never open it
+    return str(p)
+
+
+def config(tmp_path: Path, **over: Any) -> dict[str, Any]:
+    c: dict[str, Any] = {
+        "cniVersion": "1.1.0",
+        "name": "unit",
+        "type": "cni-bridge",
+        "bridge": "cbu0",
+        "isGateway": True,
+        "isDefaultGateway": True,
+        "ipMasq": True,
+        "capabilities": {"portMappings": True},
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]},
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": "10.50.0.0/29"}], [{"subnet": "fd00:50::/120"}]],
+            "dataDir": str(tmp_path / "ipam"),
+        },
+    }
+    c.update(over)
+    return c
+
+
+class World:
+    def __init__(self, tmp_path: Path, netns: str) -> None:
+        self.tmp = tmp_path
+        self.netns = netns
+        self.net = FakeNet()
+        self.fw = FakeFirewall()
+
+    def deps(self) -> Deps:
+        return Deps(net_factory=lambda: self.net, firewall_factory=lambda: self.fw)  # type: ignore[arg-type,return-value]
+
+    def call(self, verb: str, cid: str = "c1", ifname: str = "eth0", netns: str | None = None, **over: Any) -> Any:
+        conf = config(self.tmp, **over)
+        env = {
+            "CNI_COMMAND": verb,
+            "CNI_CONTAINERID": cid,
+            "CNI_NETNS": self.netns if netns is None else netns,
+            "CNI_IFNAME": ifname,
+            "CNI_PATH": "/nonexistent",
+        }
+        req = parse_request(env, json.dumps(conf).encode())
+        nc = load_netconf(req.config)
+        mod = {"ADD": add, "DEL": delete, "CHECK": check, "GC": gc, "STATUS": status}[verb]
+        return mod.run(req, nc, env, self.deps())
+
+    def store(self) -> DiskStore:
+        return DiskStore("unit", str(self.tmp / "ipam"))
+
+    def records(self) -> list[Any]:
+        return StateStore(self.store().dir).all()
+
+
+@pytest.fixture
+def world(tmp_path: Path, netns: str) -> World:
+    return World(tmp_path, netns)
+
+
+def test_add_renders_result_and_records(world: World) -> None:
+    out = world.call("ADD")
+    assert [i["name"] for i in out["interfaces"]] == ["cbu0", host_veth_name("unit", "c1", "eth0"), "eth0"]
+    assert [ip["address"] for ip in out["ips"]] == ["10.50.0.2/29", "fd00:50::2/120"]
+    assert {r["dst"] for r in out["routes"]} == {"0.0.0.0/0", "::/0"}
+    (rec,) = world.records()
+    assert rec.phase == PHASE_READY and rec.ips == ["10.50.0.2/29", "fd00:50::2/120"]
+    assert world.net.links["cbu0"]["addrs"] == [
+        __import__("ipaddress").ip_interface("10.50.0.1/29"),
+        __import__("ipaddress").ip_interface("fd00:50::1/120"),
+    ]
+    # A published port turns hairpin on: a container may reach its own port.
+    assert world.net.links[rec.host_veth]["hairpin"] is True
+    assert rec.tag in world.fw.elements
+
+
+@pytest.mark.parametrize(
+    "step",
+    ["ensure_bridge", "ensure_bridge_addrs", "set_forwarding", "create_veth", "configure_container"],
+)
+def test_failure_at_each_net_step_rolls_back(world: World, step: str) -> None:
+    world.net.fail_at = step
+    with pytest.raises(Boom):
+        world.call("ADD")
+    assert world.records() == []
+    assert world.store().reservations() == {}
+    assert [n for n in world.net.links if n.startswith("vcb")] == []
+    assert world.fw.elements == {}
+
+
+def test_firewall_failure_rolls_back(world: World) -> None:
+    world.fw.fail_at = "add_attachment"
+    with pytest.raises(Boom):
+        world.call("ADD")
+    assert world.records() == [] and world.store().reservations() == {}
+    assert [n for n in world.net.links if n.startswith("vcb")] == []
+
+
+def test_requested_ip_taken_leaves_nothing(world: World) -> None:
+    world.call("ADD", cid="c1")
+    with pytest.raises(CNIError) as err:
+        world.call("ADD", cid="c2", args={"cni": {"ips": ["10.50.0.2"]}})
+    assert err.value.code == 102
+    assert [r.container_id for r in world.records()] == ["c1"]
+    assert sorted(o[0] for o in world.store().reservations().values()) == ["c1", "c1"]
+
+
+def test_exhaustion_is_a_clear_error(world: World, tmp_path: Path) -> None:
+    for i in range(5):  # a /29 has 5 addresses after the gateway
+        world.call("ADD", cid=f"c{i}", netns=str(tmp_path / f"n{i}") if (tmp_path / f"n{i}").write_text("") is not None else "")
+    (tmp_path / "n9").write_text("")
+    with pytest.raises(CNIError) as err:
+        world.call("ADD", cid="c9", netns=str(tmp_path / "n9"))
+    assert err.value.code == 101 and "no IP addresses available" in err.value.msg
+    assert len(world.records()) == 5
+
+
+def test_second_add_of_same_attachment_is_refused(world: World) -> None:
+    world.call("ADD")
+    with pytest.raises(CNIError) as err:
+        world.call("ADD")
+    assert err.value.code == 103
+
+
+def test_del_is_idempotent_and_needs_no_netns(world: World) -> None:
+    world.call("ADD")
+    assert world.call("DEL", netns="") is None
+    assert world.records() == [] and world.store().reservations() == {}
+    assert world.fw.elements == {} and "unit" not in world.fw.networks
+    assert [n for n in world.net.links if n.startswith("vcb")] == []
+    assert world.call("DEL", netns="") is None
+
+
+def test_del_of_unknown_network_creates_nothing(world: World) -> None:
+    world.call("DEL", netns="")
+    assert not (world.tmp / "ipam").exists()
+
+
+def test_network_rules_stay_until_last_attachment(world: World, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.write_text("")
+    world.call("ADD", cid="a")
+    world.call("ADD", cid="b", netns=str(other), runtimeConfig={})
+    world.call("DEL", cid="a")
+    assert "unit" in world.fw.networks
+    world.call("DEL", cid="b")
+    assert "unit" not in world.fw.networks
+
+
+def test_check(world: World) -> None:
+    out = world.call("ADD")
+    world.call("CHECK", prevResult=out)
+    tampered = json.loads(json.dumps(out))
+    tampered["ips"][0]["address"] = "10.50.0.6/29"
+    with pytest.raises(CNIError) as err:
+        world.call("CHECK", prevResult=tampered)
+    assert err.value.code == 105 and "10.50.0.6/29" in err.value.msg
+    world.fw.elements.clear()
+    with pytest.raises(CNIError) as err:
+        world.call("CHECK", prevResult=out)
+    assert "firewall" in err.value.msg
+
+
+def test_check_without_attachment(world: World) -> None:
+    with pytest.raises(CNIError) as err:
+        world.call("CHECK", prevResult={"cniVersion": "1.1.0"})
+    assert err.value.code == 3
+
+
+def test_crashed_add_is_cleaned_by_next_add(world: World) -> None:
+    world.net.fail_at = "configure_container"
+    # Simulate a crash: the record says "adding" and the veth is still there.
+    rec_store = None
+    with contextlib.suppress(Boom):
+        world.call("ADD")
+    assert world.records() == []
+    world.net.fail_at = ""
+    world.call("ADD")
+    assert rec_store is None and len(world.records()) == 1
+
+
+def test_gc_removes_what_is_not_valid(world: World, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.write_text("")
+    world.call("ADD", cid="keep")
+    world.call("ADD", cid="drop", netns=str(other), runtimeConfig={})
+    # A leftover veth of a crashed attachment and a reservation nobody recorded.
+    world.net.links["vcbdeadbeef0000"] = {"kind": "veth", "index": 999, "master": "cbu0"}
+    store = world.store()
+    with store.lock():
+        store.reserve("ghost", "eth0", __import__("ipaddress").ip_address("10.50.0.6"), "0")
+    world.call("GC", **{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})
+    assert [r.container_id for r in world.records()] == ["keep"]
+    assert {o[0] for o in store.reservations().values()} == {"keep"}
+    assert "vcbdeadbeef0000" not in world.net.links
+    assert set(world.fw.elements) == {world.records()[0].tag}
+
+
+def test_gc_with_empty_list_empties_the_network(world: World) -> None:
+    world.call("ADD")
+    world.call("GC", **{"cni.dev/attachments": []})
+    assert world.records() == [] and world.store().reservations() == {}
+    assert world.fw.elements == {} and "unit" not in world.fw.networks
+
+
+def test_status_exhausted_is_50(world: World, tmp_path: Path) -> None:
+    world.call("STATUS")
+    for i in range(5):
+        p = tmp_path / f"s{i}"
+        p.write_text("")
+        world.call("ADD", cid=f"s{i}", netns=str(p))
+    with pytest.raises(CNIError) as err:
+        world.call("STATUS")
+    assert err.value.code == 50 and "no IP addresses" in err.value.msg
+
+
+def test_status_unwritable_data_dir_is_50(world: World) -> None:
+    # /proc/sys refuses new files even to root, unlike a mode-0500 directory.
+    with pytest.raises(CNIError) as err:
+        world.call("STATUS", ipam={"type": "host-local", "subnet": "10.1.0.0/24", "dataDir": "/proc/sys/cni-bridge-test"})
+    assert err.value.code == 50 and "not writable" in err.value.msg
