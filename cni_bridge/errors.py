@@ -5,7 +5,6 @@ Standard library only: the thin client imports it.
 
 from __future__ import annotations
 
-from typing import Any
 
 INCOMPATIBLE_VERSION = 1
 UNSUPPORTED_FIELD = 2
@@ -37,7 +36,7 @@ class CNIError(Exception):
         self.msg = msg
         self.details = details
 
-    def to_dict(self, cni_version: str) -> dict[str, Any]:
+    def to_dict(self, cni_version: str) -> dict[str, object]:
         return {
             "cniVersion": cni_version,
             "code": self.code,

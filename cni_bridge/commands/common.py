@@ -15,6 +15,7 @@ from cni_bridge.errors import (
     INVALID_CONFIG,
     INVALID_ENV,
     NETWORK_FAILURE,
+    TRY_AGAIN_LATER,
     CNIError,
 )
 from cni_bridge.ipam.disk import DiskStore
@@ -44,6 +45,7 @@ def mapped_errors() -> Iterator[None]:
     from cni_bridge.net.ops import (
         AddressConflict,
         LinkExists,
+        LinkNotReady,
         NetError,
         NetnsUnavailable,
         NotABridge,
@@ -63,6 +65,8 @@ def mapped_errors() -> Iterator[None]:
         raise CNIError(INVALID_ENV, f"CNI_NETNS: {exc.msg}") from None
     except LinkExists as exc:
         raise CNIError(INTERFACE_EXISTS, exc.msg) from None
+    except LinkNotReady as exc:
+        raise CNIError(TRY_AGAIN_LATER, exc.msg) from None
     except (NotABridge, AddressConflict) as exc:
         raise CNIError(INVALID_CONFIG, exc.msg) from None
     except NetError as exc:

@@ -1,0 +1,226 @@
+"""The netlink side effects the commands need, as a Protocol the unit tests can fake.
+
+Standard library only: importing this module must not pull in pyroute2. `links.NetlinkOps` is the
+real implementation. "Host" means the network namespace the calling process is in; a container
+namespace is always given as a path (`/run/netns/x`, `/proc/<pid>/ns/net`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
+from typing import Protocol, runtime_checkable
+
+IPInterface = IPv4Interface | IPv6Interface
+IPNetwork = IPv4Network | IPv6Network
+IPAddress = IPv4Address | IPv6Address
+# (destination, gateway); a default route has destination 0.0.0.0/0 or ::/0; no gateway = on-link.
+Route = tuple[IPNetwork, IPAddress | None]
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+class NetError(Exception):
+    """A netlink or sysctl operation failed. `errno` is the kernel's, when there was one."""
+
+    def __init__(self, msg: str, *, errno: int | None = None) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.errno = errno
+
+
+class NetnsUnavailable(NetError):
+    """The netns path is empty, missing, or not a network namespace. Nothing was changed."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"network namespace {path!r} {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class LinkExists(NetError):
+    """A link we were asked to create already exists. `netns` is None for the host."""
+
+    def __init__(self, name: str, netns: str | None) -> None:
+        where = "the host" if netns is None else f"network namespace {netns!r}"
+        super().__init__(f"link {name!r} already exists in {where}")
+        self.name = name
+        self.netns = netns
+
+
+class LinkNotFound(NetError):
+    """A link the operation works on does not exist (e.g. the bridge for a new port)."""
+
+    def __init__(self, name: str, netns: str | None) -> None:
+        where = "the host" if netns is None else f"network namespace {netns!r}"
+        super().__init__(f"link {name!r} not found in {where}")
+        self.name = name
+        self.netns = netns
+
+
+class NotABridge(NetError):
+    def __init__(self, name: str, kind: str | None) -> None:
+        super().__init__(f"{name!r} already exists but is not a bridge (kind {kind or 'none'})")
+        self.name = name
+        self.kind = kind
+
+
+class AddressConflict(NetError):
+    """The bridge holds another address of the family (IPv4) or an overlapping one (IPv6)."""
+
+    def __init__(self, bridge: str, wanted: IPInterface, existing: IPInterface) -> None:
+        super().__init__(
+            f'"{bridge}" already has an IP address different from {wanted} ({existing})'
+        )
+        self.bridge = bridge
+        self.wanted = wanted
+        self.existing = existing
+
+
+class LinkNotReady(NetError):
+    """The link did not come up, or IPv6 duplicate address detection did not finish, in time."""
+
+
+# --- results --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    name: str
+    index: int
+    mac: str  # lower-case, colon separated
+    mtu: int
+
+
+@dataclass(frozen=True)
+class HostLink:
+    """A host link as CHECK needs to see it."""
+
+    name: str
+    index: int
+    mac: str
+    mtu: int
+    kind: str | None  # "bridge", "veth", ...; None for devices without a kind (physical)
+    master: int | None  # ifindex of the bridge it is attached to
+    up: bool  # administratively up
+    oper_up: bool
+    promisc: bool
+    peer_index: int | None  # a veth's peer ifindex (in the peer's namespace)
+    hairpin: bool | None = None  # bridge-port flags, None when not a bridge port
+    isolated: bool | None = None
+
+
+@dataclass(frozen=True)
+class ContainerView:
+    """The container interface as it is now (for CHECK)."""
+
+    name: str
+    index: int
+    mac: str
+    mtu: int
+    kind: str | None
+    oper_up: bool
+    peer_index: int | None  # ifindex of the host end, for a veth
+    addresses: tuple[IPInterface, ...] = field(default=())
+    routes: tuple[Route, ...] = field(default=())  # main-table routes through this interface
+
+
+# --- the operations -------------------------------------------------------------------------
+
+
+@runtime_checkable
+class NetOps(Protocol):
+    def ensure_bridge(self, name: str, mtu: int | None, vlan_filtering: bool) -> LinkInfo:
+        """Create the bridge or reuse an existing one; set MTU, bring it up, pin its MAC.
+
+        Raises NotABridge when `name` exists with another kind. Safe against a concurrent
+        creator. The caller undoes a creation with delete_link(name).
+        """
+        ...
+
+    def ensure_bridge_addrs(self, name: str, addrs: Sequence[IPInterface], force: bool) -> None:
+        """Add gateway addresses to the bridge (present ones are fine).
+
+        Another IPv4 address, or an overlapping IPv6 one, raises AddressConflict unless `force`,
+        which removes it. Addresses in `addrs` never conflict with each other.
+        """
+        ...
+
+    def create_veth(
+        self,
+        netns_path: str,
+        ifname: str,
+        host_name: str,
+        bridge: str,
+        *,
+        mtu: int | None = None,
+        container_mac: str | None = None,
+        hairpin: bool = False,
+        promisc: bool = False,
+        port_isolation: bool = False,
+        vlan: int | None = None,
+        vlan_trunk: Sequence[int] | None = None,
+    ) -> tuple[LinkInfo, LinkInfo]:
+        """Create a veth pair: `host_name` on `bridge` (up) and `ifname` in the container (down).
+
+        Returns (host end, container end). Raises LinkExists when either name is taken,
+        NetnsUnavailable, LinkNotFound for a missing bridge. Atomic: on failure nothing is left.
+        The caller undoes it with delete_link(host_name).
+        """
+        ...
+
+    def configure_container(
+        self,
+        netns_path: str,
+        ifname: str,
+        addrs: Sequence[IPInterface],
+        routes: Sequence[Route],
+        *,
+        enable_dad: bool = False,
+    ) -> None:
+        """Addresses, link up, routes; returns once the link (and the bridge port) carry traffic.
+
+        Raises LinkNotReady when that takes too long or IPv6 DAD fails.
+        """
+        ...
+
+    def container_view(self, netns_path: str, ifname: str) -> ContainerView | None:
+        """None when the namespace or the link is gone."""
+        ...
+
+    def host_link(self, name: str) -> HostLink | None: ...
+
+    def delete_link(self, name: str) -> bool:
+        """Delete a host link (a veth end takes its peer along). False if it was missing."""
+        ...
+
+    def delete_container_link(self, netns_path: str, ifname: str) -> bool:
+        """False when the namespace or the link is missing; never raises for absence."""
+        ...
+
+    def link_exists(self, name: str) -> bool: ...
+
+    def host_links_with_prefix(self, prefix: str) -> list[str]: ...
+
+    def bridge_ports(self, bridge: str) -> list[str]:
+        """Names of the links whose master is `bridge` (empty if the bridge is missing)."""
+        ...
+
+    def set_forwarding(self, v4: bool, v6: bool) -> None: ...
+
+    def set_route_localnet(self, bridge: str) -> None: ...
+
+    def set_sysctl(self, path: str, value: str) -> None:
+        """Write /proc/sys/<path> in the host namespace (`net/ipv4/ip_forward` or dotted)."""
+        ...
+
+    def close(self) -> None: ...
