@@ -98,7 +98,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             try:
                 fatal, limited = problems(conf, deps)
                 entry.update(bridge=conf.bridge, fatal=fatal, limited=limited)
-                entry["forwardAccept"] = deps.firewall.foreign_forward_accepts(conf.bridge)
+                entry["foreignDropChains"] = [str(c) for c in deps.firewall.foreign_forward_drop()]
                 from cni_bridge.ipam.allocator import free_count
                 from cni_bridge.ipam.disk import DiskStore
 
@@ -119,7 +119,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(
                 f"{e['network']}: bridge {e.get('bridge', '?')}, {e['attachments']} attachments "
                 f"({e['stale']} with netns gone), free addresses per range set {e.get('free', '?')}, "
-                f"forward-accept rules in foreign tables: {e.get('forwardAccept', 0)}; {health}"
+                f"foreign forward-drop chains given accept rules: {e.get('foreignDropChains') or 'none'}; {health}"
             )
     return worst
 

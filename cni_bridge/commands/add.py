@@ -244,8 +244,6 @@ def _locked(stores: NetworkStores, fn: Any) -> None:
 def _fw_undo(conf: NetConf, stores: NetworkStores, deps: Deps, att: Attachment) -> None:
     fw_net = network_fw(conf, network_subnets(conf, att))
     with stores.lock():
-        deps.firewall.del_attachment(fw_net, attachment_fw(att), False)
-        others = [a for a in stores.state.all() if a.tag != att.tag]
-        if not others:
-            deps.firewall.del_network(fw_net)
+        last = not any(a.tag != att.tag for a in stores.state.all())
+        deps.firewall.del_attachment(fw_net, attachment_fw(att), last)
 

@@ -96,9 +96,8 @@ def collect(
         fw_net = network_fw(conf, network_subnets(conf))
         keep_tags = {a.tag for a in remaining}
         try:
+            # With nothing kept, this also removes the network's own rules and elements.
             errors.extend(deps.firewall.gc(fw_net, keep_tags))
-            if not remaining:
-                deps.firewall.del_network(fw_net)
         except Exception as exc:
             errors.append(f"firewall: {exc}")
     return errors

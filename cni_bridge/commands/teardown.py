@@ -64,7 +64,9 @@ def teardown(
             log.warning("teardown %s of %s: %s", what, att.tag, exc)
             errors.append(f"{what}: {exc}")
 
-    step("firewall", lambda: deps.firewall.del_attachment(fw_net, attachment_fw(att), False))
+    # Decided under the network lock the caller holds: no ADD of this network runs meanwhile.
+    last = not any(a.tag != att.tag for a in stores.state.all())
+    step("firewall", lambda: deps.firewall.del_attachment(fw_net, attachment_fw(att), last))
     step("host veth", lambda: deps.net.delete_link(att.host_veth))
     if netns and os.path.exists(netns):
         step("container interface", lambda: deps.net.delete_container_link(netns, att.ifname))
@@ -73,6 +75,4 @@ def teardown(
     if not errors:
         # The record goes last: a teardown cut short is simply run again by the next DEL or GC.
         stores.state.remove(att)
-        if not stores.state.all():
-            step("firewall network", lambda: deps.firewall.del_network(fw_net))
     return errors

@@ -123,7 +123,7 @@ def test_late_failure_leaves_nothing(lab: Lab) -> None:
 def test_existing_interface_in_container_is_an_error(lab: Lab) -> None:
     conf = lab.conf()
     c = lab.container()
-    c.exec("ip", "link", "add", "eth0", "type", "dummy")
+    c.exec("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "other0")
     code, out = lab.plugin("ADD", conf, "dup", c.path)
     assert code != 0 and out["code"] == 103
     assert lab.reservations(conf["name"]) == []

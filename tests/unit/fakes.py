@@ -122,13 +122,11 @@ class FakeFirewall:
         self.networks.add(net.name)
         self.elements[att.tag] = att
 
-    def del_attachment(self, net: NetworkFw, att: AttachmentFw, last_in_network: bool = False) -> None:
+    def del_attachment(self, net: NetworkFw, att: AttachmentFw, last_in_network: bool) -> None:
         self.calls.append("del_attachment")
         self.elements.pop(att.tag, None)
-
-    def del_network(self, net: NetworkFw) -> None:
-        self.calls.append("del_network")
-        self.networks.discard(net.name)
+        if last_in_network:
+            self.networks.discard(net.name)
 
     def check_attachment(self, net: NetworkFw, att: AttachmentFw) -> list[str]:
         return [] if att.tag in self.elements else [f"firewall elements of {att.tag} missing"]
@@ -137,13 +135,15 @@ class FakeFirewall:
         for tag in list(self.elements):
             if tag not in keep_tags:
                 del self.elements[tag]
+        if not keep_tags:
+            self.networks.discard(net.name)
         return []
 
     def status(self) -> str | None:
         return None
 
-    def foreign_forward_accepts(self, bridge: str) -> int:
-        return 0
+    def foreign_forward_drop(self) -> list[object]:
+        return []
 
 
 def ip(text: str) -> Any:
