@@ -1,35 +1,43 @@
-# cni-bridge: every target installs what it needs on a fresh Debian machine (as root).
+# cni-bridge. Every target installs what it needs on a fresh Debian machine (as root):
+# system packages that are missing, then a virtual environment in .venv.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PIP := $(VENV)/bin/pip
 CNI_BIN_DIR ?= /opt/cni/bin
 DESTDIR ?=
+# nftables + libnftables1 + python3-nftables: the plugin's firewall (the binding is Debian's);
+# iproute2, iputils-ping, conntrack: tests observe kernel state; podman, containerd, runc,
+# busybox-static, containernetworking-plugins, iptables: real runtimes and the reference
+# plugins the tests and the benchmark compare with; time, hyperfine: the benchmark.
 APT_PACKAGES := nftables libnftables1 python3-nftables iproute2 iputils-ping conntrack \
-	containernetworking-plugins podman containerd runc busybox-static util-linux procps \
-	python3-venv hyperfine
-PYTEST_ARGS ?=
+	containernetworking-plugins podman containerd runc busybox-static iptables util-linux \
+	procps python3-venv time hyperfine
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+SOURCES := $(shell find cni_bridge -name '*.py') build/cni-bridge.spec build/build.sh \
+	build/rthook_multiprocessing_lazy.py
 
-.PHONY: all deps sysdeps venv lint unit integration e2e smoke test build install demo bench clean
+.PHONY: all deps sysdeps venv lint unit integration e2e smoke test build install uninstall \
+	demo bench bench-quick clean
 
 all: build
 
-# System packages: only what is missing, so a prepared machine pays nothing.
 sysdeps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	done); \
 	if [ -n "$$missing" ]; then \
-		echo "installing: $$missing"; \
-		if [ "$$(id -u)" != 0 ]; then echo "need root to install $$missing" >&2; exit 1; fi; \
+		echo "installing system packages:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "need root to install:" $$missing >&2; exit 1; fi; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# The nftables Python binding is Debian's (python3-nftables); link it into the venv.
 $(VENV)/.ok: pyproject.toml | sysdeps
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip >/dev/null
-	$(PIP) install -q -e '.[dev]'
-	ln -sfn /usr/lib/python3/dist-packages/nftables "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nftables"
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	ln -sfn /usr/lib/python3/dist-packages/nftables \
+		"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nftables"
 	$(PY) -c 'import nftables, pyroute2, pydantic'
 	touch $@
 
@@ -37,31 +45,50 @@ venv: $(VENV)/.ok
 deps: sysdeps venv
 
 lint: deps
-	$(VENV)/bin/ruff check cni_bridge tests bench
+	$(VENV)/bin/ruff check cni_bridge tests bench demo
 	$(VENV)/bin/mypy
 
 unit: deps
-	$(PY) -m pytest -q tests/unit $(PYTEST_ARGS)
+	$(PYTEST) tests/unit
 
-build: deps
-	bash build/build.sh
+dist/bin/cni-bridge: $(SOURCES) | deps
+	PYTHON=$(PY) build/build.sh
+
+build: dist/bin/cni-bridge
 
 install: build
-	bash build/install.sh "$(DESTDIR)" "$(CNI_BIN_DIR)"
+	DESTDIR=$(DESTDIR) CNI_BIN_DIR=$(CNI_BIN_DIR) build/install.sh
 
-# Everything: unit, integration in throwaway namespaces (in-process and resident modes, then
-# against the built binary), real runtimes, and the packaging smoke test.
+uninstall:
+	DESTDIR=$(DESTDIR) CNI_BIN_DIR=$(CNI_BIN_DIR) build/install.sh --uninstall
+
+integration: deps
+	$(PYTEST) tests/integration
+
+e2e: build
+	CNI_BRIDGE_PLUGIN_DIR=$(CURDIR)/dist/bin $(PYTEST) tests/e2e
+
+smoke: build
+	$(PYTEST) tests/smoke
+
+# Everything: lint; unit + integration (plugin in-process) + real runtimes + packaging smoke;
+# the plugin-level integration suites again through the warm resident and through the built
+# binary.
 test: deps build
-	$(VENV)/bin/ruff check cni_bridge tests bench
+	$(VENV)/bin/ruff check cni_bridge tests bench demo
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q -p no:cacheprovider tests $(PYTEST_ARGS)
-	CNI_BRIDGE_TEST_PLUGIN=binary $(PY) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+	$(PYTEST) tests
+	CNI_BRIDGE_TEST_RESIDENT=1 $(PYTEST) tests/integration -m plugin
+	CNI_BRIDGE_TEST_PLUGIN=binary $(PYTEST) tests/integration -m plugin
 
-demo: deps build
+demo: build
 	$(PY) -m demo
 
-bench: deps build
-	$(PY) -m bench.run
+bench: build
+	$(PY) -m bench.run --ours-bin $(CURDIR)/dist/bin/cni-bridge
+
+bench-quick: build
+	$(PY) -m bench.run --ours-bin $(CURDIR)/dist/bin/cni-bridge --n 10 --scale 1,50
 
 clean:
 	rm -rf dist build/pyinstaller-work $(VENV) .pytest_cache .mypy_cache .ruff_cache

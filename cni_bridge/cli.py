@@ -4,13 +4,12 @@ of stdout. Standard library only until a verb needs more, so the thin-client pat
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import BinaryIO, NoReturn
 
-from cni_bridge.protocol.request import MAX_STDIN_BYTES
+from cni_bridge.limits import MAX_STDIN_BYTES
 
 USAGE = """\
 cni-bridge: a CNI plugin (run by container runtimes with CNI_COMMAND set) and its operator tools.
@@ -24,19 +23,6 @@ cni-bridge: a CNI plugin (run by container runtimes with CNI_COMMAND set) and it
   cni-bridge --version
 """
 RESIDENT_VERBS = frozenset({"ADD", "DEL", "CHECK", "STATUS", "GC"})
-
-
-def _setup_logging(env: Mapping[str, str]) -> None:
-    level = env.get("CNI_BRIDGE_LOG_LEVEL", "WARNING").upper()
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    log_file = env.get("CNI_BRIDGE_LOG_FILE")
-    if log_file:
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(
-        level=getattr(logging, level, logging.WARNING),
-        format="%(asctime)s cni-bridge[%(process)d] %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-    )
 
 
 def _read_stdin(stream: BinaryIO) -> bytes:
@@ -70,8 +56,10 @@ def main(
 ) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if environ is None else environ
-    _setup_logging(env)
     if args:
+        from cni_bridge.engine import setup_logging
+
+        setup_logging(env)
         return operator_main(args, env)
     return plugin_main(env, stdin or sys.stdin.buffer, stdout or sys.stdout.buffer)
 

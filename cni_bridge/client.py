@@ -31,6 +31,7 @@ import signal
 import sys
 import time
 
+from cni_bridge.childenv import child_env
 from cni_bridge.errors import (
     DECODE_FAILURE,
     INCOMPATIBLE_VERSION,
@@ -481,7 +482,7 @@ def _spawn(path: str, env: Mapping[str, str]) -> tuple[int, int, int, int]:
             try:
                 # Python ignores SIGPIPE and the ignore survives exec: give plugins the default.
                 pid = os.posix_spawn(
-                    path, [path], env, file_actions=actions, setsigdef=(signal.SIGPIPE,)
+                    path, [path], child_env(env), file_actions=actions, setsigdef=(signal.SIGPIPE,)
                 )
                 break
             except OSError as exc:

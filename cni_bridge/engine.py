@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,7 +34,51 @@ def _reply_version(config: Mapping[str, Any]) -> str:
     return v if isinstance(v, str) and v in SUPPORTED_VERSIONS else CURRENT_VERSION
 
 
+def setup_logging(env: Mapping[str, str]) -> None:
+    level = env.get("CNI_BRIDGE_LOG_LEVEL", "WARNING").upper()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    log_file = env.get("CNI_BRIDGE_LOG_FILE")
+    if log_file:
+        try:
+            handlers.append(logging.FileHandler(log_file))
+        except OSError as exc:
+            sys.stderr.write(f"cni-bridge: cannot log to {log_file}: {exc}\n")
+    # force: a resident worker inherits its parent's handlers but must follow its caller's env.
+    logging.basicConfig(
+        force=True,
+        level=getattr(logging, level, logging.WARNING),
+        format="%(asctime)s cni-bridge[%(process)d] %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+    )
+
+
+def warm() -> None:
+    """Run once by the resident before it forks workers: load what the verbs import lazily,
+    so each worker starts with everything in memory. Opens no socket and no nftables context."""
+    import ctypes
+
+    import nftables  # noqa: F401
+
+    import cni_bridge.commands.add
+    import cni_bridge.commands.check
+    import cni_bridge.commands.delete
+    import cni_bridge.commands.gc
+    import cni_bridge.commands.status
+    import cni_bridge.config
+    import cni_bridge.firewall.conntrack
+    import cni_bridge.firewall.nft
+    import cni_bridge.firewall.rules
+    import cni_bridge.ipam.allocator
+    import cni_bridge.ipam.delegate
+    import cni_bridge.net.links
+    import cni_bridge.net.netns
+    import cni_bridge.net.sysctl  # noqa: F401
+
+    ctypes.CDLL("libnftables.so.1")
+
+
 def handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
+    setup_logging(env)
     reply_version = CURRENT_VERSION
     try:
         request = parse_request(env, stdin)

@@ -34,14 +34,14 @@ def delete(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) 
         att = _synthesized(request, conf, [])
         return teardown(conf, stores, att, deps, env, request.stdin, request.netns)
     with stores.lock():
-        att = stores.state.get(conf.name, request.container_id, request.ifname)
-        if att is None:
+        recorded = stores.state.get(conf.name, request.container_id, request.ifname)
+        if recorded is None:
             ips = [
                 str(ipaddress.ip_interface(ip))
                 for ip in stores.ipam.get_by_id(request.container_id, request.ifname)
             ]
-            att = _synthesized(request, conf, ips)
-        return teardown(conf, stores, att, deps, env, request.stdin, request.netns)
+            recorded = _synthesized(request, conf, ips)
+        return teardown(conf, stores, recorded, deps, env, request.stdin, request.netns)
 
 
 def _synthesized(request: Request, conf: NetConf, ips: list[str]) -> Attachment:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from cni_bridge.childenv import child_env
 from cni_bridge.errors import DECODE_FAILURE, INTERNAL, INVALID_CONFIG, CNIError
 
 _MAX_DETAIL = 4096
@@ -46,14 +47,14 @@ def exec_plugin(
     that is not one becomes code 999. The plugin's stderr is passed on to ours (it is a log).
     """
     path = find_in_path(plugin_type, cni_path)
-    child_env = dict(env)
-    child_env["CNI_COMMAND"] = command
-    child_env.setdefault("CNI_PATH", cni_path)
+    child = child_env(env)
+    child["CNI_COMMAND"] = command
+    child.setdefault("CNI_PATH", cni_path)
     try:
         proc = subprocess.run(
             [path],
             input=stdin,
-            env=child_env,
+            env=child,
             capture_output=True,
             timeout=timeout,
             check=False,

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni_bridge.errors import DECODE_FAILURE, INVALID_ENV, CNIError
+from cni_bridge.limits import MAX_STDIN_BYTES
 from cni_bridge.protocol.versions import (
     DEFAULT_CONFIG_VERSION,
     REQUIRED_ENV,
     VERBS,
 )
 
-MAX_STDIN_BYTES = 1 << 20
 # The spec (and pkg/skel) allow only these characters in a container ID; anything else could
 # escape a path built from it.
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")

@@ -7,6 +7,7 @@ machine's own namespace is never touched. Everything is removed in teardown, eve
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -203,8 +204,17 @@ class Lab:
 
     def close(self) -> None:
         for ns in reversed(self.namespaces):
+            kill_netns_processes(ns.name)
             subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
         self.namespaces.clear()
+
+
+def kill_netns_processes(name: str) -> None:
+    """Processes left in a test namespace (a warm resident, a test server) keep it alive."""
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), 9)
 
 
 def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.05) -> bool:

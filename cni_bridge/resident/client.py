@@ -1,0 +1,444 @@
+"""The thin client: hand one CNI request to the resident cni-bridge and relay its answer.
+
+Imported by every exec'd plugin before anything heavy, so it uses only the cheapest standard
+modules: `_socket` rather than `socket` (which pulls in `enum` and `selectors`, ~10 ms), no
+`typing`, `json`, `hashlib` or `subprocess` on the common path.
+
+    try_resident(env, stdin) -> (exit code, stdout) | None
+
+None means the request did not start in a resident (none is running, it refused, it did not
+answer READY in time): the caller runs it in-process. A tuple is the answer to relay; stderr
+text from the resident has already been written to fd 2. Once the client has sent GO it never
+returns None: a resident that dies or hangs mid-request yields a CNI error 11 ("try again
+later") instead, so no request ever runs twice (see `protocol`).
+
+The resident listens on an abstract unix socket named after the protocol version and a
+fingerprint of the code (`identity`), so an upgraded plugin never talks to an old resident.
+Abstract names live in the network namespace, so only callers in the resident's namespace can
+reach it; the server checks the peer further (root, same net/mount/user namespaces, the
+capabilities the work needs) and the client checks the server is root.
+
+If no resident answers, the client binds the name itself and starts `cni-bridge serve` with
+that socket inherited (systemd's LISTEN_FDS convention): whoever binds the name first starts
+the only resident, so a burst of first calls cannot start several. The resident inherits the
+caller's namespaces, runs in its own session with stdio on /dev/null (a runtime reading the
+plugin's stdout until EOF is not held up), and leaves after an idle period.
+
+Environment (read from the `env` given, i.e. the plugin's environment):
+    CNI_BRIDGE_RESIDENT                0/off: in-process only; 1/auto (default): use or start
+                                       a resident; connect: use one, never start one
+    CNI_BRIDGE_RESIDENT_IDLE           seconds a started resident stays idle (300; 0: forever)
+    CNI_BRIDGE_RESIDENT_TIMEOUT        seconds to wait for an answer after GO (120)
+    CNI_BRIDGE_RESIDENT_READY_TIMEOUT  seconds to wait for READY before running in-process (1)
+    CNI_BRIDGE_RESIDENT_LOG            file for a started resident's log (default: none)
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+import struct
+import sys
+import time
+
+from cni_bridge.resident import protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+MODE_VAR = "CNI_BRIDGE_RESIDENT"
+IDLE_VAR = "CNI_BRIDGE_RESIDENT_IDLE"
+TIMEOUT_VAR = "CNI_BRIDGE_RESIDENT_TIMEOUT"
+READY_TIMEOUT_VAR = "CNI_BRIDGE_RESIDENT_READY_TIMEOUT"
+LOG_VAR = "CNI_BRIDGE_RESIDENT_LOG"
+
+MODE_OFF = "off"
+MODE_AUTO = "auto"
+MODE_CONNECT = "connect"
+_MODES = {
+    **dict.fromkeys(("0", "off", "no", "false"), MODE_OFF),
+    **dict.fromkeys(("", "1", "auto", "on", "yes", "true"), MODE_AUTO),
+    MODE_CONNECT: MODE_CONNECT,
+}
+
+DEFAULT_IDLE = 300.0
+DEFAULT_TIMEOUT = 120.0
+DEFAULT_READY_TIMEOUT = 1.0
+DEFAULT_HANDLER = "cni_bridge.engine:handle"
+
+# Commands whose CNI_NETNS names a namespace to work in; for the others (VERSION with podman's
+# "dummy", GC, STATUS) the variable is forwarded as it is and no descriptor is sent.
+NETNS_COMMANDS = frozenset({"ADD", "DEL", "CHECK"})
+# Per-request variables a started resident must not inherit from the call that started it.
+REQUEST_VARS = frozenset(
+    {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH"}
+)
+
+_CRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
+_FD = struct.Struct("i")
+_NAME_PREFIX = b"\0cni-bridge/v%d/" % protocol.PROTOCOL_VERSION
+
+# `python -c` bootstrap for a resident started from a source or site-packages install: load the
+# package from the very directory this client came from, whatever sys.path the server gets.
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "from cni_bridge.resident.server import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        value = float(env.get(name, ""))
+    except ValueError:
+        return default
+    return value if value >= 0 and value == value and value != float("inf") else default
+
+
+class ClientConfig:
+    """How the client finds, uses and starts a resident. `from_env` reads the variables above."""
+
+    __slots__ = (
+        "handler",
+        "identity",
+        "idle",
+        "log_path",
+        "mode",
+        "ready_timeout",
+        "request_timeout",
+        "socket_name",
+    )
+
+    def __init__(
+        self,
+        *,
+        mode: str = MODE_AUTO,
+        ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        request_timeout: float = DEFAULT_TIMEOUT,
+        idle: float = DEFAULT_IDLE,
+        log_path: str = "",
+        handler: str = DEFAULT_HANDLER,
+        identity: str | None = None,
+        socket_name: bytes | None = None,
+    ) -> None:
+        if mode not in (MODE_OFF, MODE_AUTO, MODE_CONNECT):
+            raise ValueError(f"unknown resident mode {mode!r}")
+        self.mode = mode
+        self.ready_timeout = ready_timeout
+        self.request_timeout = request_timeout
+        self.idle = idle
+        self.log_path = log_path
+        self.handler = handler
+        if mode == MODE_OFF:  # don't pay for the fingerprint when it is not needed
+            self.identity = identity or ""
+        else:
+            self.identity = identity if identity is not None else build_identity()
+        self.socket_name = socket_name if socket_name is not None else name_for(self.identity)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ClientConfig:
+        mode = _MODES.get(env.get(MODE_VAR, "").strip().lower(), MODE_AUTO)
+        return cls(
+            mode=mode,
+            ready_timeout=env_seconds(env, READY_TIMEOUT_VAR, DEFAULT_READY_TIMEOUT),
+            request_timeout=env_seconds(env, TIMEOUT_VAR, DEFAULT_TIMEOUT),
+            idle=env_seconds(env, IDLE_VAR, DEFAULT_IDLE),
+            log_path=env.get(LOG_VAR, ""),
+        )
+
+
+# --- identity: which code a resident runs ----------------------------------------------------
+
+
+def package_parent() -> str:
+    """The directory holding the `cni_bridge` package this module was loaded from."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _file_sig(path: str) -> str:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "-"
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _tree_sig(root: str) -> str:
+    """Count, total size and newest mtime of the package's .py files (~0.2 ms for ~50 files)."""
+    count = size = newest = 0
+    stack = [root]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    if entry.name != "__pycache__":
+                        stack.append(entry.path)
+                elif entry.name.endswith(".py"):
+                    st = entry.stat()
+                    count += 1
+                    size += st.st_size
+                    newest = max(newest, st.st_mtime_ns)
+            except OSError:
+                continue
+    return f"{count}:{size}:{newest}"
+
+
+def build_identity() -> str:
+    """A fingerprint of the interpreter or frozen binary and the package files.
+
+    Any upgrade changes it, so a client never reaches a resident running other code. Frozen
+    builds carry their code inside the executable, so its own signature is enough.
+    """
+    exe = os.path.realpath(sys.executable) if sys.executable else ""
+    parts = [f"v{protocol.PROTOCOL_VERSION}", exe, _file_sig(exe)]
+    if not getattr(sys, "frozen", False):
+        root = os.path.join(package_parent(), "cni_bridge")
+        parts += [root, _tree_sig(root)]
+    return "|".join(parts)
+
+
+def name_for(identity: str) -> bytes:
+    """The abstract socket name for an identity: FNV-1a 64, no hashlib (it costs ~12 ms)."""
+    digest = 0xCBF29CE484222325
+    for byte in identity.encode("utf-8", "surrogateescape"):
+        digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return _NAME_PREFIX + b"%016x" % digest
+
+
+# --- the exchange -----------------------------------------------------------------------------
+
+
+def try_resident(
+    env: Mapping[str, str], stdin: bytes, config: ClientConfig | None = None
+) -> tuple[int, bytes] | None:
+    """Run one CNI request in the resident; None if it did not start there (run it in-process)."""
+    cfg = config if config is not None else ClientConfig.from_env(env)
+    if cfg.mode == MODE_OFF or os.geteuid() != 0:
+        return None
+    netns_fd = _open_netns(env)
+    if netns_fd == -2:
+        return None
+    try:
+        try:
+            sock = connect(cfg)
+        except (ConnectionRefusedError, FileNotFoundError):
+            if cfg.mode == MODE_AUTO:
+                spawn(cfg)
+            return None
+        except OSError:  # backlog full, timeout: busy, not absent
+            return None
+        try:
+            return exchange(sock, env, stdin, netns_fd, cfg)
+        finally:
+            sock.close()
+    finally:
+        if netns_fd >= 0:
+            os.close(netns_fd)
+
+
+def _open_netns(env: Mapping[str, str]) -> int:
+    """The container netns as an O_PATH descriptor; -1: none to send; -2: run in-process.
+
+    O_PATH opens nothing (no side effect, no blocking on a FIFO). A path that is missing or is
+    not a namespace file is left to the in-process path, which reports it as it always does.
+    """
+    if env.get("CNI_COMMAND", "") not in NETNS_COMMANDS:
+        return -1
+    path = env.get("CNI_NETNS", "")
+    if not path:
+        return -1
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return -2
+    try:
+        if os.fstat(fd).st_dev != os.stat("/proc/self/ns/net").st_dev:  # not on nsfs
+            os.close(fd)
+            return -2
+    except OSError:
+        os.close(fd)
+        return -2
+    return fd
+
+
+def connect(cfg: ClientConfig) -> _socket.socket:
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(cfg.ready_timeout)
+        sock.connect(cfg.socket_name)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def exchange(
+    sock: _socket.socket,
+    env: Mapping[str, str],
+    stdin: bytes,
+    netns_fd: int,
+    cfg: ClientConfig,
+) -> tuple[int, bytes] | None:
+    """REQUEST → READY → GO → RESULT on a connected socket; see try_resident for the contract."""
+    try:
+        cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _CRED.size)
+        if _CRED.unpack(cred)[1] != 0:  # anyone can bind an abstract name; only root may answer
+            return None
+        umask = os.umask(0o077)
+        os.umask(umask)
+        frame = protocol.encode_frame(
+            protocol.REQUEST,
+            protocol.encode_request(
+                env, stdin, umask=umask, has_netns_fd=netns_fd >= 0, identity=cfg.identity
+            ),
+        )
+        deadline = time.monotonic() + cfg.ready_timeout
+        _send_request(sock, frame, netns_fd, deadline)
+        kind, _ = protocol.recv_frame(sock, deadline)
+        if kind != protocol.READY:  # REFUSE: nothing ran
+            return None
+        # If GO cannot be sent whole, the server cannot have read it, so nothing runs.
+        protocol.send_all(
+            sock, protocol.encode_frame(protocol.GO), time.monotonic() + cfg.ready_timeout
+        )
+    except (OSError, protocol.ProtocolError):
+        return None
+    # Committed: the request runs (or ran) in the resident; never fall back from here.
+    try:
+        kind, payload = protocol.recv_frame(sock, time.monotonic() + cfg.request_timeout)
+        if kind != protocol.RESULT:
+            raise protocol.ProtocolError(f"unexpected {protocol.KIND_NAMES[kind]} frame")
+        code, out, err = protocol.decode_result(payload)
+    except TimeoutError:
+        return try_again_later(stdin, f"no answer within {cfg.request_timeout:g}s")
+    except (OSError, protocol.ProtocolError) as exc:
+        return try_again_later(stdin, f"connection lost mid-request: {exc}")
+    if err:
+        _write_all(2, err)
+    return code, out
+
+
+def _send_request(sock: _socket.socket, frame: bytes, netns_fd: int, deadline: float) -> None:
+    if netns_fd < 0:
+        protocol.send_all(sock, frame, deadline)
+        return
+    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    # The descriptor rides on the first segment; the rest of a large frame follows plainly.
+    sent = sock.sendmsg([frame], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FD.pack(netns_fd))])
+    protocol.send_all(sock, frame[sent:], deadline)
+
+
+def try_again_later(stdin: bytes, reason: str) -> tuple[int, bytes]:
+    """CNI error 11 for a request that reached the resident but got no answer (rare: lazy json)."""
+    import json
+
+    version = "1.1.0"
+    try:
+        conf = json.loads(stdin)
+        if isinstance(conf, dict) and isinstance(conf.get("cniVersion"), str):
+            version = conf["cniVersion"]
+    except ValueError:
+        pass
+    msg = "the cni-bridge resident did not complete the request"
+    _write_all(2, f"cni-bridge: {msg}: {reason}\n".encode("utf-8", "replace"))
+    error = {"cniVersion": version, "code": 11, "msg": msg, "details": reason}
+    return 1, json.dumps(error).encode() + b"\n"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        pass
+
+
+# --- starting a resident ----------------------------------------------------------------------
+
+
+def server_argv(cfg: ClientConfig) -> list[str]:
+    """The same executable and code as this client, running `serve`."""
+    if getattr(sys, "frozen", False):
+        argv = [sys.executable, "serve"]
+    else:
+        argv = [sys.executable, "-c", _BOOT, package_parent()]
+    argv += ["--idle", repr(cfg.idle), "--identity", cfg.identity]
+    if cfg.handler != DEFAULT_HANDLER:
+        argv += ["--handler", cfg.handler]
+    return argv
+
+
+def server_environ() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in REQUEST_VARS and not k.startswith("LISTEN_") and k != "NOTIFY_SOCKET"
+    }
+
+
+def spawn(cfg: ClientConfig) -> bool:
+    """Start a resident unless the name is taken; True if one was started.
+
+    Binding the name here is the lock: a second caller gets EADDRINUSE and starts nothing, and
+    so does every caller while a started resident warms up (its socket is bound, not listening,
+    so connections are refused until it is ready).
+    """
+    if not sys.executable:
+        return False
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        sock.bind(cfg.socket_name)
+    except OSError:
+        sock.close()
+        return False
+    argv = server_argv(cfg)
+    env = server_environ()
+    try:
+        pid = os.fork()
+    except OSError:
+        sock.close()
+        return False
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.setsid()  # leave the caller's session and process group
+            if os.fork() == 0:  # the grandchild is reparented, so nobody has to reap it
+                _exec_server(sock.fileno(), argv, env, cfg.log_path)
+        finally:
+            os._exit(0)
+    sock.close()
+    try:  # noqa: SIM105 - contextlib costs ~3 ms of imports
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    return True
+
+
+def _exec_server(sock_fd: int, argv: list[str], env: dict[str, str], log_path: str) -> None:
+    """In the grandchild: stdio on /dev/null, the socket as fd 3, no other descriptor, exec."""
+    try:
+        import fcntl
+
+        high = fcntl.fcntl(sock_fd, fcntl.F_DUPFD, 10)  # out of the way of 0..3
+        null = os.open(os.devnull, os.O_RDWR)
+        err = null
+        if log_path:
+            try:  # noqa: SIM105
+                err = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            except OSError:
+                pass
+        os.dup2(null, 0)
+        os.dup2(null, 1)  # never the caller's stdout: the runtime reads it until EOF
+        os.dup2(err, 2)
+        os.dup2(high, 3)
+        os.closerange(4, max(os.sysconf("SC_OPEN_MAX"), 1024))
+        os.chdir("/")
+        env["LISTEN_FDS"] = "1"
+        env["LISTEN_PID"] = str(os.getpid())
+        os.execve(argv[0], argv, env)
+    finally:
+        os._exit(127)

@@ -1,0 +1,1 @@
+"""End-to-end tests: real container runtimes drive the plugin inside namespaces of our own."""

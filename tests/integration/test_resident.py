@@ -1,0 +1,778 @@
+"""The resident mode end to end: real servers and clients in throwaway network namespaces (cbF-*).
+
+Servers run a FAKE engine (`fake_handle` below, loaded by module path) that records every call
+it serves in a file named by the request, with the namespace inode it sees, so the tests can
+check what really ran, how often, and where. Clients run as separate processes under
+`nsenter --net`, like a runtime exec'ing the plugin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cni_bridge.resident import client, protocol, server
+
+ROOT = Path(__file__).resolve().parents[2]
+HANDLER = "tests.integration.test_resident:fake_handle"
+NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root and network namespaces"),
+]
+
+
+# --- the fake engine (runs inside the resident's workers) -------------------------------------
+
+
+def _ino(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino if path.startswith("/") else None
+    except OSError:
+        return None
+
+
+def _record(path: str, entry: dict[str, Any]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, json.dumps(entry).encode() + b"\n")
+    finally:
+        os.close(fd)
+
+
+def fake_handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
+    """A stand-in engine driven by the request's `fake` section."""
+    conf = json.loads(stdin)
+    fake = conf.get("fake", {})
+    netns = env.get("CNI_NETNS", "")
+    umask = os.umask(0)
+    os.umask(umask)
+    entry = {
+        "id": fake.get("id"),
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "command": env.get("CNI_COMMAND"),
+        "netns": netns,
+        "netns_ino": _ino(netns),
+        "original_netns": env.get(server.ORIGINAL_NETNS_VAR),
+        "umask": umask,
+        "cni_args": env.get("CNI_ARGS"),
+        "environ_args": os.environ.get("CNI_ARGS"),
+        "secret": env.get("FAKE_SECRET"),
+    }
+    _record(fake["record"], entry)
+    mode = fake.get("mode", "ok")
+    if mode == "hang":
+        time.sleep(fake.get("seconds", 60))
+    elif mode == "crash":
+        os._exit(3)
+    elif mode == "raise":
+        raise RuntimeError("fake engine failure")
+    elif mode == "wait_flag":
+        deadline = time.monotonic() + 30
+        while not os.path.exists(fake["flag"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        _record(fake["record"], {"id": fake.get("id"), "after_flag_ino": _ino(netns)})
+    sys.stderr.write(f"fake engine log for {fake.get('id')}\n")
+    out = {"cniVersion": conf.get("cniVersion"), "id": fake.get("id"), "netns_ino": _ino(netns)}
+    return fake.get("exit", 0), json.dumps(out).encode()
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+CLIENT_SCRIPT = r"""
+import _socket, ctypes, json, os, sys
+spec = json.loads(sys.argv[1])
+sys.path.insert(0, spec["root"])
+from cni_bridge.resident import client
+if spec.get("umask") is not None:
+    os.umask(spec["umask"])
+if spec["config"].get("socket_name"):
+    spec["config"]["socket_name"] = bytes.fromhex(spec["config"]["socket_name"])
+cfg = client.ClientConfig(**spec["config"])
+env, stdin = spec["env"], spec["stdin"].encode()
+if spec.get("how") == "try":
+    result = client.try_resident(env, stdin, cfg)
+else:  # by hand, to reach the server from unusual places
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    if spec.get("move_to"):  # the socket stays in this netns, the process leaves it
+        fd = os.open(spec["move_to"], os.O_RDONLY)
+        if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+    if spec.get("as_nobody"):
+        os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    sock.settimeout(5)
+    try:
+        sock.connect(cfg.socket_name)
+    except OSError:
+        result = None
+    else:
+        result = client.exchange(sock, env, stdin, client._open_netns(env), cfg)
+print(json.dumps(None if result is None else [result[0], result[1].decode()]), flush=True)
+if spec.get("hold"):  # stay alive until the test closes our stdin
+    sys.stdin.read()
+"""
+
+SQUATTER_SCRIPT = r"""
+import os, socket, sys
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.bind(bytes.fromhex(sys.argv[2]))
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+sock.listen(8)  # the peer credentials a client sees are the listener's, taken here
+print("listening", flush=True)
+conn, _ = sock.accept()
+conn.settimeout(10)
+got = b""
+try:
+    while chunk := conn.recv(65536):
+        got += chunk
+except OSError:
+    pass
+print(len(got), flush=True)
+"""
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie left to a parent that does not reap counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def pids_in_netns(ns: str) -> list[int]:
+    target = os.stat(NETNS_DIR / ns)
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                st = os.stat(f"/proc/{entry}/ns/net")
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                pids.append(int(entry))
+    return pids
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def residents_in(ns: str) -> list[int]:
+    """Resident parents (not their workers, which share the command line) in a namespace."""
+    found = [
+        p for p in pids_in_netns(ns) if "cni_bridge.resident.server" in cmdline(p) and alive(p)
+    ]
+    return [
+        p
+        for p in found
+        if int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[1]) not in found
+    ]
+
+
+class Env:
+    """Namespaces, records and processes of one test; everything is removed at the end."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.tag = secrets.token_hex(3)
+        self.namespaces: list[str] = []
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.record = str(tmp / "calls.jsonl")
+        self.counter = 0
+        # A fixed identity for servers and clients: other work editing the package meanwhile
+        # must not move the socket name under the test's feet.
+        self.identity = f"cbF-test-{self.tag}"
+        self.name = client.name_for(self.identity)
+
+    def netns(self, name: str) -> str:
+        ns = f"cbF-{self.tag}-{name}"
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        self.namespaces.append(ns)
+        return ns
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for ns in self.namespaces:
+            if (NETNS_DIR / ns).exists():
+                # Residents a client started in our namespace, and their workers.
+                for pid in pids_in_netns(ns):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                subprocess.run(["ip", "netns", "del", ns], check=False)
+
+    def start_server(self, ns: str, *extra: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp / f"server-{ns}.log", "ab")  # noqa: SIM115 - lives with the process
+        argv = ["nsenter", f"--net={NETNS_DIR / ns}", sys.executable, "-c", client._BOOT, str(ROOT)]
+        argv += ["--handler", HANDLER, "--idle", "0", "--identity", self.identity, *extra]
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            start_new_session=True,
+            cwd="/",
+        )
+        log.close()
+        self.procs.append(proc)
+        assert wait_until(lambda: self.ping(ns) is not None), self.server_log(ns)
+        return proc
+
+    def server_log(self, ns: str) -> str:
+        path = self.tmp / f"server-{ns}.log"
+        return path.read_text() if path.exists() else ""
+
+    def request(
+        self, command: str = "ADD", netns: str = "", mode: str = "ok", **fake: Any
+    ) -> tuple[dict[str, str], str, str]:
+        self.counter += 1
+        rid = f"r{self.counter}"
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": f"ctr-{rid}",
+            "CNI_IFNAME": "eth0",
+            "CNI_NETNS": netns,
+            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAME={rid}",
+            "CNI_PATH": "/opt/cni/bin",
+            "FAKE_SECRET": "not-forwarded",
+        }
+        stdin = {
+            "cniVersion": "1.0.0",
+            "name": "cbF",
+            "fake": {"id": rid, "record": self.record, "mode": mode, **fake},
+        }
+        return env, json.dumps(stdin), rid
+
+    def run_client(
+        self,
+        ns: str,
+        env: Mapping[str, str],
+        stdin: str,
+        *,
+        how: str = "try",
+        timeout: float = 60,
+        **options: Any,
+    ) -> subprocess.CompletedProcess[str]:
+        config = {
+            "mode": "connect",
+            "handler": HANDLER,
+            "identity": self.identity,
+            **options.pop("config", {}),
+        }
+        spec = {
+            "root": str(ROOT),
+            "env": dict(env),
+            "stdin": stdin,
+            "config": config,
+            "how": how,
+            **options,
+        }
+        return subprocess.run(
+            [
+                "nsenter",
+                f"--net={NETNS_DIR / ns}",
+                sys.executable,
+                "-c",
+                CLIENT_SCRIPT,
+                json.dumps(spec),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd="/",
+        )
+
+    def call(self, ns: str, env: Mapping[str, str], stdin: str, **options: Any) -> Any:
+        done = self.run_client(ns, env, stdin, **options)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def ping(self, ns: str) -> Any:
+        env, stdin, _ = self.request("VERSION", netns="dummy")
+        return self.call(ns, env, stdin)
+
+    def calls(self, rid: str | None = None) -> list[dict[str, Any]]:
+        if not os.path.exists(self.record):
+            return []
+        entries = [json.loads(line) for line in Path(self.record).read_text().splitlines()]
+        return [e for e in entries if rid is None or e.get("id") == rid]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    try:
+        yield e
+    finally:
+        e.cleanup()
+
+
+# --- round trips ------------------------------------------------------------------------------
+
+
+def test_request_round_trips_with_the_netns_as_a_descriptor(env: Env) -> None:
+    host = env.netns("host")
+    container = env.netns("ctr")
+    env.start_server(host)
+    req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / container), exit=0)
+    done = env.run_client(host, req_env, stdin, umask=0o027)
+    assert done.returncode == 0, done.stderr
+    code, out = json.loads(done.stdout)
+    expected_ino = os.stat(NETNS_DIR / container).st_ino
+    assert code == 0
+    assert json.loads(out) == {"cniVersion": "1.0.0", "id": rid, "netns_ino": expected_ino}
+    assert f"fake engine log for {rid}" in done.stderr  # stderr relayed
+    [call] = env.calls(rid)
+    # The engine got a path to the descriptor the client sent, naming the same namespace.
+    assert call["netns"] == f"/proc/{call['pid']}/fd/{call['netns'].rsplit('/', 1)[1]}"
+    assert call["netns_ino"] == expected_ino
+    assert call["original_netns"] == str(NETNS_DIR / container)
+    assert call["umask"] == 0o027
+    assert call["cni_args"] == call["environ_args"] == req_env["CNI_ARGS"]
+    assert call["secret"] is None  # only CNI_* and an allow-list travel
+    assert call["command"] == "ADD"
+
+
+def test_exit_code_and_error_output_are_relayed(env: Env) -> None:
+    host = env.netns("host")
+    env.start_server(host)
+    req_env, stdin, rid = env.request("DEL", exit=1)
+    assert env.call(host, req_env, stdin)[0] == 1
+    req_env, stdin, rid = env.request("DEL", mode="raise")
+    done = env.run_client(host, req_env, stdin)
+    code, out = json.loads(done.stdout)
+    assert code == 1
+    assert json.loads(out)["code"] == 999
+    assert "fake engine failure" in done.stderr
+    assert len(env.calls(rid)) == 1
+
+
+def test_version_with_a_dummy_netns_sends_no_descriptor(env: Env) -> None:
+    host = env.netns("host")
+    env.start_server(host)
+    req_env, stdin, rid = env.request("VERSION", netns="dummy")
+    assert env.call(host, req_env, stdin)[0] == 0
+    [call] = env.calls(rid)
+    assert call["netns"] == "dummy"
+    assert call["original_netns"] is None
+
+
+def test_the_namespace_stays_pinned_when_its_mount_goes(env: Env) -> None:
+    host = env.netns("host")
+    container = env.netns("ctr")
+    env.start_server(host)
+    expected_ino = os.stat(NETNS_DIR / container).st_ino
+    flag = env.tmp / "flag"
+    req_env, stdin, rid = env.request(
+        "ADD", netns=str(NETNS_DIR / container), mode="wait_flag", flag=str(flag)
+    )
+    result: list[Any] = []
+    runner = threading.Thread(target=lambda: result.append(env.call(host, req_env, stdin)))
+    runner.start()
+    try:
+        assert wait_until(lambda: len(env.calls(rid)) == 1)
+        subprocess.run(["ip", "netns", "del", container], check=True)
+        assert not (NETNS_DIR / container).exists()
+    finally:
+        flag.touch()
+        runner.join(60)
+    assert result and result[0][0] == 0
+    assert env.calls(rid)[1]["after_flag_ino"] == expected_ino
+
+
+def test_a_missing_netns_is_left_to_the_in_process_path(env: Env) -> None:
+    host = env.netns("host")
+    env.start_server(host)
+    req_env, stdin, rid = env.request("DEL", netns=str(NETNS_DIR / f"cbF-{env.tag}-never"))
+    assert env.call(host, req_env, stdin) is None
+    assert env.calls(rid) == []
+
+
+def test_requests_run_concurrently_each_once(env: Env) -> None:
+    host = env.netns("host")
+    env.start_server(host)
+    requests = [env.request("ADD", mode="hang", seconds=0.3) for _ in range(6)]
+    results: dict[str, Any] = {}
+
+    def run(req: tuple[dict[str, str], str, str]) -> None:
+        results[req[2]] = env.call(host, req[0], req[1])
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in requests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(results[rid] is not None and results[rid][0] == 0 for _, _, rid in requests)
+    calls = [env.calls(rid) for _, _, rid in requests]
+    assert all(len(c) == 1 for c in calls)
+    assert len({c[0]["pid"] for c in calls}) == len(requests)  # one worker per request
+
+
+# --- who may call -----------------------------------------------------------------------------
+
+
+def test_a_caller_in_another_netns_cannot_reach_it(env: Env) -> None:
+    host = env.netns("host")
+    other = env.netns("other")
+    env.start_server(host)
+    req_env, stdin, rid = env.request("VERSION", netns="dummy")
+    assert env.call(other, req_env, stdin) is None
+    assert env.call(host, req_env, stdin) is not None  # the same call from the right place works
+    assert len(env.calls(rid)) == 1
+
+
+def test_a_caller_whose_process_left_the_netns_is_refused(env: Env) -> None:
+    host = env.netns("host")
+    other = env.netns("other")
+    env.start_server(host)
+    req_env, stdin, rid = env.request("VERSION", netns="dummy")
+    # The socket is made in `host` (so the name resolves) but the process then moves to `other`.
+    assert env.call(host, req_env, stdin, how="raw", move_to=str(NETNS_DIR / other)) is None
+    assert env.calls(rid) == []
+    assert "another net namespace" in env.server_log(host)
+    assert env.call(host, req_env, stdin, how="raw") is not None
+    assert len(env.calls(rid)) == 1
+
+
+def test_a_non_root_caller_is_refused(env: Env) -> None:
+    host = env.netns("host")
+    env.start_server(host)
+    req_env, stdin, rid = env.request("VERSION", netns="dummy")
+    assert env.call(host, req_env, stdin, how="raw", as_nobody=True) is None
+    assert env.calls(rid) == []
+    assert "uid 65534 is not root" in env.server_log(host)
+    assert env.call(host, req_env, stdin, how="raw") is not None
+    assert len(env.calls(rid)) == 1
+
+
+def test_the_client_ignores_a_resident_that_is_not_root(env: Env) -> None:
+    host = env.netns("host")
+    squatter = subprocess.Popen(
+        [
+            "nsenter",
+            f"--net={NETNS_DIR / host}",
+            sys.executable,
+            "-c",
+            SQUATTER_SCRIPT,
+            str(ROOT),
+            env.name.hex(),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    env.procs.append(squatter)
+    assert squatter.stdout is not None
+    assert squatter.stdout.readline().strip() == "listening"
+    req_env, stdin, _ = env.request("ADD", netns=str(NETNS_DIR / host))
+    assert env.call(host, req_env, stdin) is None
+    assert squatter.stdout.readline().strip() == "0"  # not one byte of the request was sent
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+
+def test_a_hung_engine_gives_try_again_later_and_runs_once(env: Env) -> None:
+    host = env.netns("host")
+    env.start_server(host)
+    req_env, stdin, rid = env.request("ADD", mode="hang", seconds=30)
+    done = env.run_client(host, req_env, stdin, config={"request_timeout": 1.0})
+    code, out = json.loads(done.stdout)
+    assert code == 1
+    assert json.loads(out)["code"] == 11
+    assert json.loads(out)["cniVersion"] == "1.0.0"
+    assert "did not complete" in done.stderr
+    time.sleep(1.0)  # long enough for a (wrong) second run to show up
+    assert len(env.calls(rid)) == 1
+
+
+def test_a_worker_dying_mid_request_gives_try_again_later(env: Env) -> None:
+    host = env.netns("host")
+    env.start_server(host)
+    req_env, stdin, rid = env.request("ADD", mode="crash")
+    code, out = env.call(host, req_env, stdin)
+    assert (code, json.loads(out)["code"]) == (1, 11)
+    assert len(env.calls(rid)) == 1
+    assert env.ping(host) is not None  # the resident itself lives on
+    assert "exited with status 3" in env.server_log(host)
+
+
+def test_a_hung_worker_is_ended_by_the_hard_timeout(env: Env) -> None:
+    host = env.netns("host")
+    env.start_server(host, "--hard-timeout", "1")
+    req_env, stdin, rid = env.request("ADD", mode="hang", seconds=60)
+    code, out = env.call(host, req_env, stdin)
+    assert (code, json.loads(out)["code"]) == (1, 11)
+    assert wait_until(lambda: "killed by signal 14" in env.server_log(host))
+    assert len(env.calls(rid)) == 1
+
+
+def test_no_ready_in_time_means_in_process_and_the_request_never_runs(env: Env) -> None:
+    host = env.netns("host")
+    container = env.netns("ctr")
+    proc = env.start_server(host)
+    req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / container))
+    spec = {
+        "root": str(ROOT),
+        "env": req_env,
+        "stdin": stdin,
+        "how": "try",
+        "hold": True,
+        "config": {"mode": "connect", "identity": env.identity, "ready_timeout": 0.5},
+    }
+    os.kill(proc.pid, signal.SIGSTOP)  # the connection is queued, nobody answers
+    caller = subprocess.Popen(
+        [
+            "nsenter",
+            f"--net={NETNS_DIR / host}",
+            sys.executable,
+            "-c",
+            CLIENT_SCRIPT,
+            json.dumps(spec),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    env.procs.append(caller)
+    try:
+        assert caller.stdout is not None and caller.stdin is not None
+        assert json.loads(caller.stdout.readline()) is None  # gave up: runs it in-process
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    # The resident now takes the queued connection from a caller that is still alive (so the
+    # peer checks pass), sends READY to a closed socket, and must not run the request.
+    assert wait_until(lambda: "caller left before GO" in env.server_log(host)), env.server_log(host)
+    caller.stdin.close()
+    caller.wait(30)
+    assert env.ping(host) is not None
+    assert env.calls(rid) == []
+
+
+def test_a_killed_resident_means_in_process(env: Env) -> None:
+    host = env.netns("host")
+    proc = env.start_server(host)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    req_env, stdin, rid = env.request("VERSION", netns="dummy")
+    assert env.call(host, req_env, stdin) is None
+    assert env.calls(rid) == []
+
+
+def test_a_refused_identity_means_in_process(env: Env) -> None:
+    host = env.netns("host")
+    env.start_server(host)
+    req_env, stdin, rid = env.request("VERSION", netns="dummy")
+    # Reach the resident's name while claiming to run other code.
+    config = {"identity": "other code", "socket_name": env.name.hex()}
+    assert env.call(host, req_env, stdin, config=config) is None
+    assert env.calls(rid) == []
+    assert "other code than this resident" in env.server_log(host)
+
+
+def test_refused_callers_do_not_keep_a_resident_alive(env: Env) -> None:
+    host = env.netns("host")
+    proc = env.start_server(host, "--idle", "2")
+    req_env, stdin, rid = env.request("VERSION", netns="dummy")
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        assert env.call(host, req_env, stdin, how="raw", as_nobody=True) is None
+    assert proc.poll() == 0
+    assert "idle, leaving" in env.server_log(host)
+    assert env.calls(rid) == []
+
+
+def test_sigterm_lets_running_requests_finish(env: Env) -> None:
+    host = env.netns("host")
+    proc = env.start_server(host)
+    req_env, stdin, rid = env.request("ADD", mode="hang", seconds=1.0)
+    result: list[Any] = []
+    runner = threading.Thread(target=lambda: result.append(env.call(host, req_env, stdin)))
+    runner.start()
+    try:
+        assert wait_until(lambda: len(env.calls(rid)) == 1)
+        proc.terminate()
+    finally:
+        runner.join(60)
+    assert proc.wait(30) == 0
+    assert result and result[0][0] == 0
+    assert "stopping; 1 request(s) still running" in env.server_log(host)
+    req_env, stdin, _ = env.request("VERSION", netns="dummy")
+    assert env.call(host, req_env, stdin) is None
+
+
+# --- starting on first use --------------------------------------------------------------------
+
+
+def test_first_use_starts_a_resident_that_leaves_when_idle(env: Env) -> None:
+    host = env.netns("host")
+    container = env.netns("ctr")
+    auto = {"mode": "auto", "idle": 2.0}
+    req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / container))
+    assert env.call(host, req_env, stdin, config=auto) is None  # first call: in-process
+    assert env.calls(rid) == []
+
+    def served() -> bool:
+        req = env.request("ADD", netns=str(NETNS_DIR / container))
+        return env.call(host, req[0], req[1], config=auto) is not None
+
+    assert wait_until(served)
+    [resident] = residents_in(host)
+    last = env.calls()[-1]
+    assert last["ppid"] == resident
+    assert last["netns_ino"] == os.stat(NETNS_DIR / container).st_ino
+    # It lives in the caller's namespace, in its own session, with stdio on /dev/null.
+    assert os.stat(f"/proc/{resident}/ns/net").st_ino == os.stat(NETNS_DIR / host).st_ino
+    assert os.getsid(resident) not in (os.getsid(0), resident)  # a session of its own, not leader
+    for fd in (0, 1, 2):
+        assert os.readlink(f"/proc/{resident}/fd/{fd}") == "/dev/null"
+    assert wait_until(lambda: not alive(resident), timeout=60)
+    req_env, stdin, rid = env.request("VERSION", netns="dummy")
+    assert env.call(host, req_env, stdin) is None  # gone: connect mode finds nothing
+
+
+def test_a_started_resident_does_not_hold_the_callers_stdout(env: Env) -> None:
+    host = env.netns("host")
+    req_env, stdin, _ = env.request("VERSION", netns="dummy")
+    # The runtime's view: read the plugin's stdout until EOF. The resident stays for 60 s.
+    done = env.run_client(host, req_env, stdin, config={"mode": "auto", "idle": 60.0}, timeout=30)
+    assert done.returncode == 0
+    assert json.loads(done.stdout) is None
+    assert wait_until(lambda: len(residents_in(host)) == 1)
+    [resident] = residents_in(host)
+    assert alive(resident)  # still there, yet the pipe reached EOF
+
+
+def test_a_burst_of_first_calls_starts_one_resident(env: Env) -> None:
+    host = env.netns("host")
+    auto = {"mode": "auto", "idle": 30.0}
+    requests = [env.request("VERSION", netns="dummy") for _ in range(6)]
+    threads = [
+        threading.Thread(target=env.call, args=(host, r[0], r[1]), kwargs={"config": auto})
+        for r in requests
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert wait_until(lambda: env.ping(host) is not None)
+    time.sleep(0.5)  # any second resident would be up by now
+    assert len(residents_in(host)) == 1
+
+
+def test_a_resident_that_cannot_load_the_engine_holds_the_name(env: Env) -> None:
+    host = env.netns("host")
+    config = {"mode": "auto", "idle": 30.0, "handler": "tests.integration.no_such_module:handle"}
+    req_env, stdin, _ = env.request("VERSION", netns="dummy")
+    assert env.call(host, req_env, stdin, config=config) is None
+    assert wait_until(lambda: len(residents_in(host)) == 1)
+    [broken] = residents_in(host)
+    # Later calls are refused at once and start nothing more while it holds the name.
+    for _ in range(3):
+        assert env.call(host, req_env, stdin, config=config) is None
+    assert residents_in(host) == [broken]
+
+
+# --- the exchange itself, on a socket pair (both ends in this process) ------------------------
+
+
+def _pair_handler(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
+    return 0, b"pair:" + stdin
+
+
+def _serve_in_child(conn: socket.socket, identity: str) -> int:
+    """serve_connection in a forked child, as in the resident (it sets umask, environ, fd 2)."""
+    pid = os.fork()
+    if pid == 0:
+        status = 2
+        try:
+            status = 0 if server.serve_connection(conn, _pair_handler, identity=identity) else 1
+        finally:
+            os._exit(status)
+    conn.close()
+    return pid
+
+
+def _ran(pid: int) -> bool:
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    assert code in (0, 1)
+    return code == 0
+
+
+def _request_frame(env: dict[str, str], identity: str, *, fd: bool = False) -> bytes:
+    payload = protocol.encode_request(env, b"{}", umask=0o22, has_netns_fd=fd, identity=identity)
+    return protocol.encode_frame(protocol.REQUEST, payload)
+
+
+def test_serve_connection_runs_only_after_go() -> None:
+    identity = client.build_identity()
+    cfg = client.ClientConfig(mode="connect", identity=identity)
+    a, b = socket.socketpair()
+    worker = _serve_in_child(b, identity)
+    with a:
+        assert client.exchange(a, {"CNI_COMMAND": "VERSION"}, b"{}", -1, cfg) == (0, b"pair:{}")
+    assert _ran(worker)
+
+    # The client never says GO: the server sends READY and stops there.
+    a, b = socket.socketpair()
+    worker = _serve_in_child(b, identity)
+    with a:
+        a.sendall(_request_frame({"CNI_COMMAND": "VERSION"}, identity))
+        assert protocol.recv_frame(a, time.monotonic() + 10)[0] == protocol.READY
+    assert not _ran(worker)
+
+
+def test_the_server_refuses_a_path_without_its_descriptor() -> None:
+    identity = client.build_identity()
+    a, b = socket.socketpair()
+    worker = _serve_in_child(b, identity)
+    with a:
+        a.sendall(_request_frame({"CNI_COMMAND": "ADD", "CNI_NETNS": "/run/netns/x"}, identity))
+        kind, reason = protocol.recv_frame(a, time.monotonic() + 10)
+    assert kind == protocol.REFUSE and b"without its descriptor" in reason
+    assert not _ran(worker)
+
+
+def test_the_server_refuses_a_descriptor_that_is_not_a_netns() -> None:
+    identity = client.build_identity()
+    a, b = socket.socketpair()
+    worker = _serve_in_child(b, identity)
+    uts = os.open("/proc/self/ns/uts", os.O_RDONLY)  # a namespace, but not a network one
+    with a:
+        frame = _request_frame({"CNI_COMMAND": "ADD", "CNI_NETNS": "/x"}, identity, fd=True)
+        a.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, uts.to_bytes(4, sys.byteorder))])
+        os.close(uts)
+        kind, reason = protocol.recv_frame(a, time.monotonic() + 10)
+    assert kind == protocol.REFUSE and b"not a network namespace" in reason
+    assert not _ran(worker)
