@@ -32,7 +32,9 @@ def sh(*cmd: str, check: bool = True, input: bytes | None = None, env: dict[str,
 
 
 def ns(name: str, *cmd: str, check: bool = True, env: dict[str, str] | None = None) -> str:
-    return sh("ip", "netns", "exec", name, *cmd, check=check, env=env)
+    # nsenter, not `ip netns exec`: the latter makes a new mount namespace per call, and the
+    # warm resident serves only callers in its own network and mount namespace.
+    return sh("nsenter", f"--net=/run/netns/{name}", *cmd, check=check, env=env)
 
 
 def title(text: str) -> None:
@@ -93,7 +95,7 @@ def setup(tmp: Path) -> dict[str, str]:
         "NETCONFPATH": str(netconf),
         "CNI_PATH": str(BIN.parent),
         "CNI_CACHE_DIR": str(tmp / "cache"),
-        "CNI_BRIDGE_RESIDENT": os.environ.get("CNI_BRIDGE_RESIDENT", "0"),
+        "CNI_BRIDGE_RESIDENT": os.environ.get("CNI_BRIDGE_RESIDENT", "1"),
     }
 
 
@@ -138,7 +140,7 @@ def main() -> int:
             print(ns(C1, "ip", "-br", "addr", "show", "eth0").rstrip())
             print(ns(C1, "ip", "route").rstrip())
             title("c1 serves HTTP on port 80, published as host port 8080")
-            subprocess.Popen(["ip", "netns", "exec", C1, "busybox", "httpd", "-f", "-p", "80", "-h", str(tmp / "www")])
+            subprocess.Popen(["nsenter", f"--net=/run/netns/{C1}", "busybox", "httpd", "-f", "-p", "80", "-h", str(tmp / "www")])
             sh("sleep", "0.3")
             print(f"  from outside  -> {HOST_ADDR}:8080 : {fetch(OUT, f'http://{HOST_ADDR}:8080/')}")
             print(f"  from the host -> 127.0.0.1:8080  : {fetch(HOST, 'http://127.0.0.1:8080/')}")

@@ -170,7 +170,9 @@ class Lab:
                timeout: float = 60) -> tuple[int, Any]:
         """Runs the plugin process inside the host namespace; returns (exit code, JSON or None)."""
         env = self.env(command, cid, netns, ifname, extra)
-        cmd = ["ip", "netns", "exec", self.host.name, "env", "-i",
+        # nsenter keeps our mount namespace (`ip netns exec` makes a new one per call), so the
+        # warm resident, which serves only callers in its own namespaces, can serve these.
+        cmd = ["nsenter", f"--net={self.host.path}", "env", "-i",
                *[f"{k}={v}" for k, v in env.items()], *plugin_command()]
         proc = subprocess.run(cmd, input=json.dumps(conf).encode(), capture_output=True,
                               timeout=timeout, cwd=ROOT)
