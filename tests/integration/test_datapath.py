@@ -11,7 +11,7 @@ import pytest
 
 from tests.integration.harness import Lab, ping, run
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.plugin]
 
 VERSIONS = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 
@@ -175,3 +175,17 @@ def test_mtu_mac_and_static_ip(lab: Lab) -> None:
     assert link["mtu"] == 1400 and link["address"] == "0a:58:0a:42:00:4d"
     assert out["interfaces"][2]["mac"] == "0a:58:0a:42:00:4d"
     assert ipaddress.ip_interface(c.addrs("eth0")[0]) == ipaddress.ip_interface("10.66.0.77/24")
+
+
+def test_resident_mode_really_uses_the_resident(lab: Lab) -> None:
+    """In the resident pass of `make test`, the requests must be served by a warm resident in
+    the host namespace, not silently in-process."""
+    if lab.resident != "1":
+        pytest.skip("in-process pass")
+    conf = lab.conf()
+    c1, c2 = lab.container(), lab.container()
+    lab.add(conf, "warm1", c1)  # starts the resident
+    lab.add(conf, "warm2", c2)
+    pids = run(["ip", "netns", "pids", lab.host.name]).stdout.decode().split()
+    cmdlines = [open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0") for pid in pids]
+    assert any(b"serve" in b" ".join(argv) for argv in cmdlines), cmdlines
