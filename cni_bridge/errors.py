@@ -5,7 +5,6 @@ Standard library only: the thin client imports it.
 
 from __future__ import annotations
 
-
 INCOMPATIBLE_VERSION = 1
 UNSUPPORTED_FIELD = 2
 UNKNOWN_CONTAINER = 3

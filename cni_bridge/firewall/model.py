@@ -54,6 +54,9 @@ class AttachmentFw:
     port_mappings: list[PortMapping] = field(default_factory=list)
 
 
+# What the kernel holds, as read back through libnftables.
+
+
 @dataclass(frozen=True)
 class ForeignChain:
     """A base chain of another table hooked at forward with policy drop."""
@@ -64,6 +67,53 @@ class ForeignChain:
 
     def __str__(self) -> str:
         return f"{self.family} {self.table} {self.name}"
+
+
+@dataclass(frozen=True)
+class Element:
+    """A set or map element; its comment is "<network> <tag> <owner>" for an
+    attachment's element and "<network>" for a network's."""
+
+    key: Any  # libnftables JSON, usable as is in a delete command
+    data: Any  # the data of a map element (JSON), None in a set
+    comment: str
+
+    @property
+    def network(self) -> str:
+        return self.comment.split(" ", 1)[0]
+
+    @property
+    def tag(self) -> str:
+        parts = self.comment.split(" ", 2)
+        return parts[1] if len(parts) > 1 else ""
+
+    @property
+    def owner(self) -> str:
+        parts = self.comment.split(" ", 2)
+        return parts[2] if len(parts) > 2 else self.comment
+
+
+@dataclass(frozen=True)
+class Rule:
+    handle: int
+    comment: str
+    expr: list[dict[str, Any]]
+
+
+@dataclass
+class TableView:
+    """Our table as read: rule comments by chain, elements by set. A partial read
+    leaves out the elements of the sets it did not need."""
+
+    exists: bool = False
+    sets: dict[str, list[Element]] = field(default_factory=dict)
+    chains: dict[str, list[Rule]] = field(default_factory=dict)
+
+
+@dataclass
+class ForeignView:
+    chain: ForeignChain
+    rules: list[Rule]
 
 
 # JSON forms, for state records and for driving the firewall in another process.
@@ -111,7 +161,7 @@ def mapping_from_dict(d: dict[str, Any]) -> PortMapping:
     return PortMapping(
         host_port=int(d["hostPort"]),
         container_port=int(d["containerPort"]),
-        protocol=proto,  # type: ignore[arg-type]  # checked against PROTOCOLS above
+        protocol=proto,
         host_ip=ipaddress.ip_address(host_ip) if host_ip else None,
         host_port_end=int(end) if end is not None else None,
     )

@@ -1,0 +1,326 @@
+"""Applies cni-bridge's firewall through libnftables' JSON API: the only importer of
+`nftables`. Every ADD, DEL and GC is one transaction (one libnftables call), planned by
+the pure functions of rules.py from what the kernel holds right before.
+
+Reads are sized so that ADD and DEL cost the same with 1 or 1000 containers:
+- ADD reads the layout without set elements (terse listing) and the small per-network
+  sets, never the port maps: the kernel itself refuses a conflicting or duplicate port
+  inside the transaction. Only if that transaction fails does ADD read everything
+  (to name the owner of a taken port, to see the attachment is already in place, or
+  to repair), plan again and retry once.
+- DEL of one attachment reads only the small specific-address maps and deletes its
+  every-address mappings by key, guarded in the transaction by their claims (see
+  rules.py); anything unexpected falls back to reading everything.
+- the last DEL of a network, GC and CHECK read the whole table.
+
+Callers serialise work on one network (the network's IPAM lock).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from cni_bridge.errors import INTERNAL, PORT_CONFLICT, CNIError
+from cni_bridge.firewall import rules
+from cni_bridge.firewall.model import (
+    AttachmentFw,
+    Element,
+    ForeignChain,
+    ForeignView,
+    NetworkFw,
+    Rule,
+    TableView,
+)
+from cni_bridge.firewall.rules import Json
+
+log = logging.getLogger(__name__)
+
+
+class NftablesError(CNIError):
+    def __init__(self, what: str, error: str) -> None:
+        super().__init__(INTERNAL, f"nftables: {what} failed", error.strip())
+        self.error = error
+
+
+# ---------------------------------------------------------------- parsing listings (pure)
+
+
+def _is_ours(obj: Json) -> bool:
+    return bool(obj.get("family") == rules.FAMILY and obj.get("table") == rules.TABLE)
+
+
+def _element(raw: Any) -> Element:
+    data = None
+    if isinstance(raw, list):  # a map element: [key, data]
+        raw, data = raw
+    if isinstance(raw, dict) and "elem" in raw:
+        inner = raw["elem"]
+        return Element(inner["val"], data, str(inner.get("comment", "")))
+    return Element(raw, data, "")
+
+
+def _rule(obj: Json) -> Rule:
+    return Rule(int(obj.get("handle", 0)), str(obj.get("comment", "")), list(obj.get("expr", [])))
+
+
+def parse_table(listing: Sequence[Json], view: TableView | None = None) -> TableView:
+    """Our table's objects in a listing (other tables' objects are skipped)."""
+    view = view or TableView()
+    for obj in listing:
+        if "table" in obj and obj["table"].get("family") == rules.FAMILY:
+            view.exists = view.exists or obj["table"].get("name") == rules.TABLE
+        for kind in ("set", "map"):
+            if kind in obj and _is_ours(obj[kind]):
+                s = obj[kind]
+                view.sets[s["name"]] = [_element(e) for e in s.get("elem", [])]
+        if "chain" in obj and _is_ours(obj["chain"]):
+            view.chains.setdefault(obj["chain"]["name"], [])
+        if "rule" in obj and _is_ours(obj["rule"]):
+            view.chains.setdefault(obj["rule"]["chain"], []).append(_rule(obj["rule"]))
+    return view
+
+
+def parse_foreign_drop_chains(listing: Sequence[Json]) -> list[ForeignChain]:
+    """Base chains of other tables hooked at forward with policy drop."""
+    found = []
+    for obj in listing:
+        c = obj.get("chain")
+        if not c or c.get("hook") != "forward" or c.get("policy") != "drop":
+            continue
+        if c["family"] not in ("ip", "ip6", "inet"):
+            continue  # bridge-family forward filters frames, not routed traffic
+        if not _is_ours(c):
+            found.append(ForeignChain(c["family"], c["table"], c["name"]))
+    return found
+
+
+def parse_foreign_rules(chain: ForeignChain, listing: Sequence[Json]) -> ForeignView:
+    where = (chain.family, chain.table, chain.name)
+    rules_ = [
+        _rule(o["rule"])
+        for o in listing
+        if "rule" in o and (o["rule"]["family"], o["rule"]["table"], o["rule"]["chain"]) == where
+    ]
+    return ForeignView(chain, rules_)
+
+
+# ---------------------------------------------------------------- the firewall
+
+
+class Firewall:
+    def __init__(self, nft: Any = None) -> None:
+        self._nft = nft  # an nftables.Nftables, created on first use
+
+    def _ctx(self) -> Any:
+        if self._nft is None:
+            import nftables
+
+            nft = nftables.Nftables()
+            # JSON input is parsed only when JSON output is on (1.0.6).
+            nft.set_json_output(True)
+            nft.set_handle_output(True)
+            self._nft = nft
+        return self._nft
+
+    def _call(self, what: str, cmds: Sequence[Json]) -> list[list[Json]]:
+        """One libnftables call; returns the "nftables" arrays it printed (one per list)."""
+        rc, out, err = self._ctx().cmd(json.dumps({"nftables": list(cmds)}))
+        if rc != 0:
+            raise NftablesError(what, str(err))
+        docs: list[list[Json]] = []
+        decoder = json.JSONDecoder()
+        text, pos = str(out), 0
+        while True:
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+            if pos >= len(text):
+                return docs
+            doc, pos = decoder.raw_decode(text, pos)
+            docs.append(list(doc.get("nftables", [])))
+
+    def _list(self, what: str, cmd: Json) -> list[Json]:
+        # One list command per call: libnftables 1.0.6 builds one cache filter for a
+        # whole batch, so a second list in the same call sees only the first's table.
+        (listing,) = self._call(what, [{"list": cmd}])
+        return listing
+
+    @contextmanager
+    def _terse(self) -> Iterator[None]:
+        """Listings without set elements (honoured by `list ruleset`, not `list table`)."""
+        ctx = self._ctx()
+        ctx.set_terse_output(True)
+        try:
+            yield
+        finally:
+            ctx.set_terse_output(False)
+
+    def apply(self, cmds: Sequence[Json], what: str = "transaction") -> None:
+        """Run the commands as one atomic transaction (nothing to do: no call)."""
+        if cmds:
+            self._call(what, cmds)
+
+    def _foreign(self, chains: Sequence[Json], listed: Sequence[Json] = ()) -> list[ForeignView]:
+        out = []
+        for c in parse_foreign_drop_chains(chains):
+            listing: Sequence[Json] = listed
+            if c.family != rules.FAMILY or not listed:
+                cmd = {"chain": {"family": c.family, "table": c.table, "name": c.name}}
+                listing = self._list("listing a foreign forward chain", cmd)
+            out.append(parse_foreign_rules(c, listing))
+        return out
+
+    def read(self) -> tuple[TableView, list[ForeignView]]:
+        """Everything: our table with all elements, and the foreign forward chains with
+        policy drop with their rules."""
+        chains = self._list("listing chains", {"chains": None})
+        view = TableView()
+        if any(_is_ours(o["chain"]) for o in chains if "chain" in o):
+            try:
+                table = {"table": {"family": rules.FAMILY, "name": rules.TABLE}}
+                view = parse_table(self._list("listing our table", table))
+            except NftablesError as exc:
+                if "No such file or directory" not in exc.error:  # gone meanwhile: empty
+                    raise
+        return view, self._foreign(chains)
+
+    def _read_for_add(self) -> tuple[TableView, list[ForeignView]] | None:
+        """The layout and the small per-network sets; None when our table is missing."""
+        chains = self._list("listing chains", {"chains": None})
+        if not any(_is_ours(o["chain"]) for o in chains if "chain" in o):
+            return None
+        with self._terse():
+            inet = self._list("listing inet tables", {"ruleset": {"family": rules.FAMILY}})
+        view = parse_table(inet)
+        for name in rules.NETWORK_SETS:
+            if name in view.sets:
+                cmd = {"set": {"family": rules.FAMILY, "table": rules.TABLE, "name": name}}
+                parse_table(self._list("listing a set", cmd), view)
+        if all(rules.PUB[(fam, True)].port in view.sets for fam in (4, 6)):
+            self._read_specific(view)
+        return view, self._foreign(chains, inet)
+
+    def _read_specific(self, view: TableView) -> None:
+        """The specific-address maps into view: few elements, unlike the others."""
+        for fam in (4, 6):
+            for name in (rules.PUB[(fam, True)].addr, rules.PUB[(fam, True)].port):
+                cmd = {"map": {"family": rules.FAMILY, "table": rules.TABLE, "name": name}}
+                parse_table(self._list("listing a map", cmd), view)
+
+    # ------------------------------------------------------------ public API
+
+    def add_attachment(self, net: NetworkFw, att: AttachmentFw) -> None:
+        """Ensure the layout and the network's elements and publish the attachment's
+        ports, in one transaction. Raises CNIError(PORT_CONFLICT) naming the owner of
+        a host port that is taken."""
+        rules.validate(net, att)
+        entries = None
+        fast = self._read_for_add()
+        if fast is not None:
+            cmds, entries = rules.plan_add(net, att, *fast)
+            try:
+                self.apply(cmds, f"ADD of {att.owner}")
+            except NftablesError as exc:
+                log.debug("fast ADD refused, reading everything: %s", exc.error.strip())
+                entries = None
+        for attempt in (1, 2):
+            if entries is not None:
+                break
+            cmds, entries = rules.plan_add(net, att, *self.read())
+            try:
+                self.apply(cmds, f"ADD of {att.owner}")
+            except NftablesError as exc:
+                if attempt == 2:
+                    if "File exists" in exc.error or "resource busy" in exc.error:
+                        raise CNIError(
+                            PORT_CONFLICT, f"a host port of {att.owner} is already published"
+                        ) from exc
+                    raise
+                entries = None  # the ruleset changed between read and write: once more
+        udp = [e.key for e in entries or [] if e.key.protocol == "udp"]
+        if udp:
+            self._flush_udp(sorted({k.port for k in udp}), sorted({k.family for k in udp}))
+
+    @staticmethod
+    def _flush_udp(ports: list[int], families: list[int]) -> None:
+        # Stale entries (a client that sent before the mapping existed) would keep
+        # steering its datagrams past the new DNAT. Failure only costs that; log it.
+        from cni_bridge.firewall import conntrack
+
+        try:
+            conntrack.delete_udp_dport(ports, families)
+        except OSError as exc:
+            log.warning("could not delete stale UDP conntrack entries: %s", exc)
+
+    def del_attachment(self, net: NetworkFw, att: AttachmentFw, last_in_network: bool) -> None:
+        """Delete the attachment's elements (those carrying its tag); when
+        last_in_network also every element of the network and its accept rules in
+        foreign chains. Idempotent: what is missing is fine."""
+        rules.validate(net)
+        if not last_in_network:
+            try:
+                entries = rules.expand_mappings(att)
+                view = TableView(exists=True)
+                if any(e.key.host_ip is not None for e in entries):
+                    self._read_specific(view)
+                self.apply(rules.plan_del_fast(net, att, view), f"DEL of {att.owner}")
+                return
+            except CNIError as exc:  # a bad record, the table gone, a key taken over
+                log.debug("fast DEL failed, reading everything: %s", exc.details or exc.msg)
+        for attempt in (1, 2):
+            view, foreign = self.read()
+            cmds = rules.plan_del(net, {att.tag}, last_in_network, view, foreign)
+            try:
+                self.apply(cmds, f"DEL of {att.owner}")
+                return
+            except NftablesError:
+                if attempt == 2:
+                    raise
+
+    def check_attachment(self, net: NetworkFw, att: AttachmentFw) -> list[str]:
+        view, foreign = self.read()
+        return rules.check(net, att, view, foreign)
+
+    def gc(self, net: NetworkFw, keep_tags: set[str]) -> list[str]:
+        """Delete the elements of this network whose tag is not kept; with nothing kept,
+        tear the network down. Continues past errors and returns them."""
+        rules.validate(net)
+        try:
+            view, foreign = self.read()
+        except NftablesError as exc:
+            return [f"{exc.msg}: {exc.details}"]
+        stale = rules.owned_tags(net, view) - keep_tags
+        cmds = rules.plan_del(net, stale, not keep_tags, view, foreign)
+        try:
+            self.apply(cmds, f"GC of network {net.name}")
+            return []
+        except NftablesError:
+            pass
+        errors = []
+        for cmd in cmds:  # one by one, so one bad element does not keep the rest
+            try:
+                self.apply([cmd], f"GC of network {net.name}")
+            except NftablesError as exc:
+                errors.append(f"{exc.msg}: {exc.details}")
+        return errors
+
+    def owned_tags(self, net: NetworkFw) -> set[str]:
+        view, _ = self.read()
+        return rules.owned_tags(net, view)
+
+    def foreign_forward_drop(self) -> list[ForeignChain]:
+        chains = self._list("listing chains", {"chains": None})
+        return parse_foreign_drop_chains(chains)
+
+    def status(self) -> str | None:
+        """None when nftables can be used here, else the reason."""
+        try:
+            self._list("listing tables", {"tables": None})
+        except (OSError, ImportError) as exc:
+            return f"libnftables is not usable: {exc}"
+        except NftablesError as exc:
+            return f"{exc.msg}: {exc.details}"
+        return None
