@@ -18,6 +18,7 @@ from cni_bridge.commands.common import (
     mapping_record,
     network_fw,
     network_subnets,
+    sandbox_path,
 )
 from cni_bridge.commands.deps import Deps, real_deps
 from cni_bridge.commands.teardown import release_ipam, teardown
@@ -122,7 +123,11 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
     mac = conf.requested_mac(cni_args)
     mappings = conf.port_mappings()
     stores = NetworkStores(conf)
-    att = Attachment.new(conf.name, request.container_id, request.ifname, request.netns)
+    # The record and the result name the namespace as the runtime does (not a resident
+    # worker's descriptor path, which dies with the worker).
+    att = Attachment.new(
+        conf.name, request.container_id, request.ifname, sandbox_path(request, env)
+    )
     att.bridge = conf.bridge
     att.mac = mac
     att.port_mappings = [mapping_record(pm) for pm in mappings]
@@ -226,7 +231,7 @@ def _datapath(
         (bridge.name, bridge.mac),
         (host.name, host.mac),
         (cont.name, cont.mac, cont.mtu),
-        request.netns,
+        att.netns,
     )
 
 

@@ -10,6 +10,7 @@ from cni_bridge.commands.common import (
     mapped_errors,
     network_fw,
     network_subnets,
+    sandbox_path,
 )
 from cni_bridge.commands.deps import Deps, real_deps
 from cni_bridge.config import NetConf
@@ -23,14 +24,15 @@ def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps | No
     deps = deps or real_deps(env)
     try:
         with mapped_errors():
-            problems = check(request, conf, deps)
+            problems = check(request, conf, deps, sandbox_path(request, env))
     finally:
         deps.close()
     if problems:
         raise CNIError(CHECK_MISMATCH, "CHECK: " + "; ".join(problems))
 
 
-def check(request: Request, conf: NetConf, deps: Deps) -> list[str]:
+def check(request: Request, conf: NetConf, deps: Deps, sandbox: str = "") -> list[str]:
+    sandbox = sandbox or request.netns  # as ADD reported it (see sandbox_path)
     if conf.prev_result is None:
         raise CNIError(INVALID_CONFIG, "CHECK needs prevResult in the network config")
     prev = parse_result(conf.prev_result, conf.cni_version)
@@ -47,8 +49,8 @@ def check(request: Request, conf: NetConf, deps: Deps) -> list[str]:
     problems: list[str] = []
     view = deps.net.container_view(request.netns, request.ifname)
     if view is None:
-        return [f"interface {request.ifname} is missing from {request.netns}"]
-    expected = _container_iface(prev, request.ifname, request.netns)
+        return [f"interface {request.ifname} is missing from {sandbox}"]
+    expected = _container_iface(prev, request.ifname, sandbox)
     if expected is not None and expected.mac and expected.mac.lower() != view.mac.lower():
         problems.append(f"{request.ifname} has MAC {view.mac}, prevResult says {expected.mac}")
     have_addrs = {str(a) for a in view.addresses}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from cni_bridge.config import NetConf, PortMappingConf
@@ -19,12 +19,17 @@ from cni_bridge.errors import (
     CNIError,
 )
 from cni_bridge.ipam.disk import DiskStore
+from cni_bridge.protocol.request import Request
 from cni_bridge.state import Attachment, StateStore
 
 if TYPE_CHECKING:
     from cni_bridge.firewall.model import AttachmentFw, NetworkFw
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Set by the resident's worker (resident/server.py ORIGINAL_NETNS_VAR), whose CNI_NETNS is a
+# /proc/<worker>/fd/<n> path to the descriptor the client sent: valid only while the worker runs.
+ORIGINAL_NETNS_ENV = "CNI_BRIDGE_ORIGINAL_NETNS"
 
 
 class NetworkStores:
@@ -36,6 +41,15 @@ class NetworkStores:
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         return self.ipam.lock()
+
+
+def sandbox_path(request: Request, env: Mapping[str, str]) -> str:
+    """The container's netns as the runtime named it: what results report as `sandbox` and
+    records keep for later liveness checks. Netlink work still uses request.netns."""
+    original = env.get(ORIGINAL_NETNS_ENV, "")
+    if original and request.netns.startswith("/proc/"):
+        return original
+    return request.netns
 
 
 @contextlib.contextmanager

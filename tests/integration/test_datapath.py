@@ -6,6 +6,7 @@ import concurrent.futures
 import ipaddress
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -187,5 +188,5 @@ def test_resident_mode_really_uses_the_resident(lab: Lab) -> None:
     lab.add(conf, "warm1", c1)  # starts the resident
     lab.add(conf, "warm2", c2)
     pids = run(["ip", "netns", "pids", lab.host.name]).stdout.decode().split()
-    cmdlines = [open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0") for pid in pids]
+    cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in pids]
     assert any(b"serve" in b" ".join(argv) for argv in cmdlines), cmdlines
