@@ -40,8 +40,12 @@ def _batch(lines: Iterable[str], *, check: bool) -> None:
 
 
 def in_netns(name: str, argv: Sequence[str]) -> list[str]:
-    """A command line running `argv` inside namespace `name` (with its own /sys view)."""
-    return ["ip", "netns", "exec", name, *argv]
+    """A command line running `argv` inside network namespace `name`.
+
+    nsenter rather than `ip netns exec`: runtimes call plugins from one mount namespace, and
+    `ip netns exec` would make a new one per call (the warm resident refuses callers from a
+    mount namespace other than its own)."""
+    return ["nsenter", f"--net=/run/netns/{name}", *argv]
 
 
 class NamespacePool:

@@ -5,7 +5,7 @@
 
 Both sides run the same scenario through the same client (`cni_bridge.client.run_chain`),
 each in a throwaway "host" namespace of its own with one container namespace per
-attachment. The client runs in a worker process started with `ip netns exec <host>`, so every
+attachment. The client runs in a worker process started with `nsenter --net=<host>`, so every
 plugin exec happens inside the host namespace; the worker times each command (the whole
 plugin chain, wall clock) and reads each plugin's peak RSS from `os.wait4`.
 

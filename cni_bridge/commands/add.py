@@ -148,10 +148,10 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
                 teardown(conf, stores, existing, deps, env, request.stdin, request.netns)
             stores.state.put(att)
             stores.state.save_network(network_snapshot(request.config))
-        rollback.push("record", lambda: _locked(stores, lambda: stores.state.remove(att)))
+            rollback.push("record", lambda: _locked(stores, lambda: stores.state.remove(att)))
 
-        deps.hook("ipam")
-        with stores.lock():
+            # Same lock hold: one flock per ADD for the record and the addresses.
+            deps.hook("ipam")
             ipam_result = ipam_add(request, conf, env, stores)
             att.ips = [str(ip.address) for ip in ipam_result.ips]
             stores.state.put(att)
