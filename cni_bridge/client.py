@@ -41,6 +41,7 @@ from cni_bridge.errors import (
     IO_FAILURE,
     CNIError,
 )
+from cni_bridge.protocol.names import ifname_problem, is_id
 
 # `typing` and `collections.abc` cost milliseconds at start-up; only the type checker needs them.
 TYPE_CHECKING = False
@@ -60,8 +61,6 @@ CACHE_KIND = "cniCacheV1"
 CURRENT_VERSION = "1.1.0"  # what libcni sends on VERSION (`version.Current()`)
 VALID_ATTACHMENTS_KEY = "cni.dev/valid-attachments"
 
-_ID_EXTRA_CHARS = frozenset("_.-")
-_IFNAME_MAX = 15
 
 
 # --------------------------------------------------------------------------- configuration
@@ -240,34 +239,19 @@ def container_id_for(netns: str) -> str:
     return "cnitool-" + hashlib.sha512(netns.encode()).digest()[:10].hex()
 
 
-def _is_id(text: str) -> bool:
-    # libcni pkg/utils: ^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$ (ASCII only)
-    return (
-        bool(text)
-        and text.isascii()
-        and text[0].isalnum()
-        and all(c.isalnum() or c in _ID_EXTRA_CHARS for c in text)
-    )
-
-
 def validate_container_id(cid: str) -> None:
     # Also keeps the cache path inside the cache directory.
-    if not _is_id(cid):
+    if not is_id(cid):
         raise CNIError(INVALID_ENV, f"invalid characters in containerID {cid!r}")
 
 
 def validate_network_name(name: str) -> None:
-    if not _is_id(name):
+    if not is_id(name):
         raise CNIError(INVALID_CONFIG, f"invalid characters found in network name {name!r}")
 
 
 def validate_ifname(ifname: str) -> None:
-    if (
-        not ifname
-        or len(ifname.encode()) > _IFNAME_MAX
-        or ifname in (".", "..")
-        or any(c in "/:" or c.isspace() for c in ifname)
-    ):
+    if ifname_problem(ifname):
         raise CNIError(INVALID_ENV, f"invalid interface name {ifname!r}")
 
 

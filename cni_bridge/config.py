@@ -23,7 +23,7 @@ from pydantic import (
 from cni_bridge.errors import INVALID_CONFIG, CNIError
 from cni_bridge.ipam.ranges import Range, validate_range_sets
 from cni_bridge.protocol.cniargs import CniArgs, normalize_mac
-from cni_bridge.protocol.request import ifname_problem
+from cni_bridge.protocol.names import ifname_problem
 from cni_bridge.protocol.versions import DEFAULT_CONFIG_VERSION, require_supported
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

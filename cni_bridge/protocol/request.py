@@ -6,24 +6,19 @@ Pure and standard library only. Nothing here touches the system.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from cni_bridge.errors import DECODE_FAILURE, INVALID_ENV, CNIError
 from cni_bridge.limits import MAX_STDIN_BYTES
+from cni_bridge.protocol.names import MAX_CONTAINER_ID, ifname_problem, is_id
 from cni_bridge.protocol.versions import (
     DEFAULT_CONFIG_VERSION,
     REQUIRED_ENV,
     VERBS,
 )
 
-# The spec (and pkg/skel) allow only these characters in a container ID; anything else could
-# escape a path built from it.
-_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-MAX_CONTAINER_ID = 1024
-MAX_IFNAME = 15  # IFNAMSIZ - 1
 MAX_CNI_ARGS = 64 * 1024
 
 
@@ -47,28 +42,13 @@ class Request:
 def validate_container_id(value: str) -> None:
     if not value:
         raise CNIError(INVALID_ENV, "empty CNI_CONTAINERID")
-    if len(value) > MAX_CONTAINER_ID or not _CONTAINER_ID.match(value):
+    # The spec (and pkg/skel) allow only these characters; anything else could escape a path.
+    if len(value) > MAX_CONTAINER_ID or not is_id(value):
         raise CNIError(
             INVALID_ENV,
             "invalid characters in CNI_CONTAINERID",
-            f"must match {_CONTAINER_ID.pattern} and be at most {MAX_CONTAINER_ID} bytes",
+            f"must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ and be at most {MAX_CONTAINER_ID} bytes",
         )
-
-
-def ifname_problem(value: str) -> str | None:
-    """Why a Linux interface name is unusable, or None. The kernel's own rules (dev_valid_name)."""
-    raw = value.encode("utf-8", "surrogateescape")
-    if not raw:
-        return "is empty"
-    if len(raw) > MAX_IFNAME:
-        return f"is longer than {MAX_IFNAME} bytes"
-    if value in (".", ".."):
-        return "may not be '.' or '..'"
-    if "/" in value or ":" in value:
-        return "may not contain '/' or ':'"
-    if any(c.isspace() or ord(c) < 0x20 for c in value):
-        return "may not contain whitespace or control characters"
-    return None
 
 
 def validate_ifname(value: str, what: str = "CNI_IFNAME") -> None:

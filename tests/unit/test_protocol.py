@@ -38,7 +38,7 @@ def test_del_does_not_need_netns() -> None:
     assert parse_request(env, CONF).netns == ""
 
 
-@pytest.mark.parametrize("cid", ["../../etc", "a/b", "-lead", "", "x" * 2000, "a b", "a\nb"])
+@pytest.mark.parametrize("cid", ["../../etc", "a/b", "-lead", "", "x" * 2000, "a b", "a\nb", "abc\n", "caf\u00e9"])
 def test_hostile_container_ids(cid: str) -> None:
     with pytest.raises(CNIError) as err:
         parse_request({"CNI_COMMAND": "ADD", **FULL_ENV, "CNI_CONTAINERID": cid}, CONF)
