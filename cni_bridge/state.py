@@ -160,8 +160,12 @@ class StateStore:
             return None
         except (OSError, ValueError):
             # A record we cannot read is still a record of something we made: DEL removes what
-            # the deterministic names let it find, and drops the unreadable file.
-            return Attachment.new(network, container_id, ifname, "")
+            # the deterministic names let it find, and drops the unreadable file. Its boot is
+            # unknown (a power loss can leave it empty), so it must not claim to be this one's:
+            # reboot reclaim then goes by the reservation's age.
+            att = Attachment.new(network, container_id, ifname, "")
+            att.boot_id = ""
+            return att
         return Attachment.from_json(data)
 
     def put(self, att: Attachment) -> None:

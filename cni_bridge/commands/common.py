@@ -19,11 +19,11 @@ from cni_bridge.errors import (
     CNIError,
 )
 from cni_bridge.ipam.disk import DiskStore
-from cni_bridge.protocol.request import Request
 from cni_bridge.state import Attachment, StateStore
 
 if TYPE_CHECKING:
     from cni_bridge.firewall.model import AttachmentFw, NetworkFw
+    from cni_bridge.protocol.request import Request
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -16,7 +16,7 @@ from cni_bridge.commands.teardown import teardown
 from cni_bridge.config import NetConf
 from cni_bridge.errors import CLEANUP_FAILED, INVALID_CONFIG, CNIError
 from cni_bridge.protocol.request import Request
-from cni_bridge.state import HOST_VETH_PREFIX, Attachment, host_veth_name
+from cni_bridge.state import HOST_VETH_PREFIX, Attachment, attachment_tag, host_veth_name
 
 VALID_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
@@ -94,7 +94,11 @@ def collect(
                     errors.append(f"delete {port}: {exc}")
         remaining = stores.state.all()
         fw_net = network_fw(conf, network_subnets(conf))
-        keep_tags = {a.tag for a in remaining}
+        # The runtime's list counts even without a record of ours (lost, unreadable): like
+        # its veth above, a valid attachment keeps its elements, and the network its rules.
+        keep_tags = {a.tag for a in remaining} | {
+            attachment_tag(conf.name, cid, ifname) for cid, ifname in valid
+        }
         try:
             # With nothing kept, this also removes the network's own rules and elements.
             errors.extend(deps.firewall.gc(fw_net, keep_tags))
