@@ -14,6 +14,7 @@ from typing import Any
 from cni_bridge.commands.common import (
     NetworkStores,
     attachment_fw,
+    last_in_network,
     mapped_errors,
     mapping_record,
     network_fw,
@@ -249,6 +250,6 @@ def _locked(stores: NetworkStores, fn: Any) -> None:
 def _fw_undo(conf: NetConf, stores: NetworkStores, deps: Deps, att: Attachment) -> None:
     fw_net = network_fw(conf, network_subnets(conf, att))
     with stores.lock():
-        last = not any(a.tag != att.tag for a in stores.state.all())
+        last = last_in_network(stores, att)
         deps.firewall.del_attachment(fw_net, attachment_fw(att), last)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cni_bridge.config import NetConf, PortMappingConf
 from cni_bridge.errors import (
@@ -107,17 +108,27 @@ def network_fw(conf: NetConf, subnets: list[IPNetwork]) -> NetworkFw:
     )
 
 
-def mapping_record(pm: PortMappingConf) -> dict[str, object]:
-    out: dict[str, object] = {
-        "hostPort": pm.host_port,
-        "containerPort": pm.container_port,
-        "protocol": pm.protocol,
-    }
-    if pm.host_ip is not None:
-        out["hostIP"] = str(pm.host_ip)
-    if pm.host_port_end is not None:
-        out["hostPortEnd"] = pm.host_port_end
-    return out
+def mapping_record(pm: PortMappingConf) -> dict[str, Any]:
+    """A config port mapping in the firewall's JSON form, as records keep it."""
+    from cni_bridge.firewall.model import PortMapping, mapping_to_dict
+
+    return mapping_to_dict(
+        PortMapping(pm.host_port, pm.container_port, pm.protocol, pm.host_ip, pm.host_port_end)
+    )
+
+
+def last_in_network(stores: NetworkStores, att: Attachment) -> bool:
+    """No other attachment of the network exists: its shared firewall elements may go.
+
+    Asked of the records and, in case a record was lost, of host-local's reservations too.
+    The caller holds the network lock, so no ADD of this network runs meanwhile."""
+    if any(a.tag != att.tag for a in stores.state.all()):
+        return False
+    if os.path.isdir(stores.ipam.dir):
+        owners = stores.ipam.reservations().values()
+        if any(owner != (att.container_id, att.ifname) for owner in owners):
+            return False
+    return True
 
 
 def attachment_fw(att: Attachment) -> AttachmentFw:

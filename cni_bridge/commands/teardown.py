@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from cni_bridge.commands.common import (
     NetworkStores,
     attachment_fw,
+    last_in_network,
     network_fw,
     network_subnets,
 )
@@ -64,8 +65,7 @@ def teardown(
             log.warning("teardown %s of %s: %s", what, att.tag, exc)
             errors.append(f"{what}: {exc}")
 
-    # Decided under the network lock the caller holds: no ADD of this network runs meanwhile.
-    last = not any(a.tag != att.tag for a in stores.state.all())
+    last = last_in_network(stores, att)
     step("firewall", lambda: deps.firewall.del_attachment(fw_net, attachment_fw(att), last))
     step("host veth", lambda: deps.net.delete_link(att.host_veth))
     if netns and os.path.exists(netns):
