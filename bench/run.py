@@ -126,7 +126,13 @@ class WorkerState:
         self.environ = {**os.environ, **cfg["env"]}
 
     def run(
-        self, command: str, netns: str, cid: str, port: int, cni_path: str | None = None
+        self,
+        command: str,
+        netns: str,
+        cid: str,
+        port: int,
+        cni_path: str | None = None,
+        env: Json | None = None,
     ) -> Json:
         from cni_bridge.errors import CNIError
 
@@ -147,7 +153,7 @@ class WorkerState:
                 "",
                 timeout=self.timeout,
                 on_exec=records.append,
-                environ=self.environ,
+                environ={**self.environ, **(env or {})},
             )
         except CNIError as exc:
             error = f"code {exc.code}: {exc.msg}" + (f"; {exc.details}" if exc.details else "")
@@ -420,10 +426,19 @@ class Scenario:
     def _measure(self, worker: Worker) -> Json:
         args = self.args
         # Warm-up: the first ADD creates the bridge and the firewall scaffolding.
+        # For ours it also starts the warm resident: what a node pays once.
         (warm,) = self.fresh(1)
-        self.run(worker, "ADD", warm)
+        first_add = self.run(worker, "ADD", warm)
         self.run(worker, "DEL", warm)
         mem_empty = self.memory_probe(worker, "empty")
+
+        # Cold: every exec does the whole job in-process (ours with the resident off): what a
+        # node without the resident pays, and the import cost made visible.
+        _progress(f"{self.impl}: {args.samples} cold ADD then DEL")
+        cold_env = {"CNI_BRIDGE_RESIDENT": "0"}
+        cold_atts = self.fresh(args.samples)
+        cold_add = [self.run(worker, "ADD", a, env=cold_env) for a in cold_atts]
+        cold_del = [self.run(worker, "DEL", a, env=cold_env) for a in cold_atts]
 
         _progress(f"{self.impl}: {args.n} sequential ADD then DEL")
         atts = self.fresh(args.n)
@@ -466,6 +481,9 @@ class Scenario:
         mem_full = self.memory_probe(worker, "full")
         mem_full["at_attachments"] = len(present)
         return {
+            "first_add_ms": round(first_add * 1000, 2),
+            "cold_add": summary(cold_add),
+            "cold_del": summary(cold_del),
             "add": summary(adds),
             "del": summary(dels),
             "parallel_add": par_add,
@@ -494,6 +512,9 @@ def rows(results: Json, scale: list[int]) -> list[tuple[str, tuple[str, ...], fl
         ("ADD p90 (ms)", ("add", "p90_ms"), 1),
         ("DEL p50 (ms)", ("del", "p50_ms"), 1),
         ("DEL p90 (ms)", ("del", "p90_ms"), 1),
+        ("first ADD of the run (ms)", ("first_add_ms",), 1),
+        ("cold ADD p50 (ms)", ("cold_add", "p50_ms"), 1),
+        ("cold DEL p50 (ms)", ("cold_del", "p50_ms"), 1),
     ]
     for k in sorted(set(scale)):
         out.append((f"ADD p50 @{k} present (ms)", ("scale", str(k), "add", "p50_ms"), 1))
