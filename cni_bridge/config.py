@@ -31,7 +31,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_BRIDGE = "cni0"
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
-_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+# 64: the firewall puts the name in nftables comments and tags, which bound it.
+_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -231,7 +232,7 @@ class NetConf(_Model):
         if not _NETWORK_NAME.match(v) or v in (".", ".."):
             raise ValueError(
                 f"network name {v!r} must start with a letter or digit and hold only "
-                "letters, digits, '_', '.', '-' (at most 128)"
+                "letters, digits, '_', '.', '-' (at most 64)"
             )
         return v
 

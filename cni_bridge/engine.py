@@ -35,7 +35,10 @@ def _reply_version(config: Mapping[str, Any]) -> str:
 
 
 def setup_logging(env: Mapping[str, str]) -> None:
-    level = env.get("CNI_BRIDGE_LOG_LEVEL", "WARNING").upper()
+    name = env.get("CNI_BRIDGE_LOG_LEVEL", "WARNING").upper()
+    level = logging.getLevelName(name)
+    if not isinstance(level, int):  # getLevelName maps unknown names to strings
+        level = logging.WARNING
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     log_file = env.get("CNI_BRIDGE_LOG_FILE")
     if log_file:
@@ -46,7 +49,7 @@ def setup_logging(env: Mapping[str, str]) -> None:
     # force: a resident worker inherits its parent's handlers but must follow its caller's env.
     logging.basicConfig(
         force=True,
-        level=getattr(logging, level, logging.WARNING),
+        level=level,
         format="%(asctime)s cni-bridge[%(process)d] %(levelname)s %(name)s: %(message)s",
         handlers=handlers,
     )
@@ -78,9 +81,9 @@ def warm() -> None:
 
 
 def handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
-    setup_logging(env)
     reply_version = CURRENT_VERSION
     try:
+        setup_logging(env)
         request = parse_request(env, stdin)
         reply_version = _reply_version(request.config)
         if request.command == "VERSION":

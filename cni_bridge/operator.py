@@ -125,9 +125,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    from cni_bridge.commands.common import NetworkStores
     from cni_bridge.commands.deps import real_deps
     from cni_bridge.commands.gc import collect
-    from cni_bridge.ipam.disk import DiskStore
 
     failed = False
     for name, st in networks(args.data_dir, args.network):
@@ -135,20 +135,24 @@ def cmd_gc(args: argparse.Namespace) -> int:
         if conf is None:
             print(f"{name}: no readable network config saved; skipped", file=sys.stderr)
             continue
-        atts = st.all()
-        stale = [a for a in atts if not _netns_alive(a)]
-        # Valid: live attachments, and reservations no record of ours describes (another
-        # plugin's, sharing the directory): a manual GC only removes what it knows is dead.
-        valid = {a.key for a in atts if _netns_alive(a)}
-        recorded = {a.key for a in atts}
-        store = DiskStore(name, args.data_dir)
-        with store.lock():
-            for owner in store.reservations().values():
-                if owner not in recorded:
-                    valid.add(owner)
+        stale: list[Attachment] = []
+
+        def valid(
+            stores: NetworkStores, stale: list[Attachment] = stale
+        ) -> set[tuple[str, str]]:
+            # Decided under the network's lock: an ADD recorded a moment ago counts.
+            atts = stores.state.all()
+            stale.extend(a for a in atts if not _netns_alive(a) and not a.add_in_progress())
+            dead = {a.key for a in stale}
+            # Reservations no record of ours describes belong to another plugin sharing the
+            # directory: a manual GC removes only what it knows is dead.
+            owners = set(stores.ipam.reservations().values())
+            return ({a.key for a in atts} | owners) - dead
+
         deps = real_deps({})
         try:
-            errors = collect(conf, valid, deps, {"CNI_PATH": os.environ.get("CNI_PATH", "")}, b"")
+            env = {"CNI_PATH": os.environ.get("CNI_PATH", "")}
+            errors = collect(conf, valid, deps, env, b"")
         finally:
             deps.close()
         print(f"{name}: removed {len(stale)} attachment(s) whose netns is gone")

@@ -68,14 +68,17 @@ def build_plan(conf: NetConf, ipam_result: Result) -> AddPlan:
             gw = ipaddress.ip_interface(f"{ip.gateway}/{ip.address.network.prefixlen}")
             if gw not in bridge_addrs:
                 bridge_addrs.append(gw)
-    dns = ipam_result.dns
-    if not (dns.nameservers or dns.domain or dns.search or dns.options):
+    # As the reference bridge plugin: the network's own `dns` wins; IPAM's (resolvConf) else.
+    c = conf.dns
+    if c.nameservers or c.domain or c.search or c.options:
         dns = DNS(
-            nameservers=list(conf.dns.nameservers),
-            domain=conf.dns.domain,
-            search=list(conf.dns.search),
-            options=list(conf.dns.options),
+            nameservers=list(c.nameservers),
+            domain=c.domain,
+            search=list(c.search),
+            options=list(c.options),
         )
+    else:
+        dns = ipam_result.dns
     return AddPlan(ips=ips, routes=routes, dns=dns, bridge_addrs=bridge_addrs)
 
 

@@ -59,6 +59,19 @@ def boot_time() -> float:
     return 0.0
 
 
+def process_start(pid: int) -> str:
+    """The start time of a process (field 22 of /proc/<pid>/stat), "" if there is none: with
+    the pid it names one process for good, even after the pid is reused."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces and parentheses: split after its last ')'.
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
 @dataclass
 class Attachment:
     network: str
@@ -75,6 +88,12 @@ class Attachment:
     port_mappings: list[dict[str, Any]] = field(default_factory=list)
     mac: str = ""
     result: dict[str, Any] | None = None
+    # The process doing the ADD, so another ADD, DEL or GC can tell a crashed ADD (clean it up)
+    # from one still running (leave it alone).
+    pid: int = 0
+    pid_start: str = ""
+    # False for a stand-in built without a readable record: what it owns must be searched for.
+    recorded: bool = True
 
     @classmethod
     def new(cls, network: str, container_id: str, ifname: str, netns: str) -> Attachment:
@@ -87,6 +106,18 @@ class Attachment:
             tag=attachment_tag(network, container_id, ifname),
             boot_id=boot_id(),
             created=time.time(),
+            pid=os.getpid(),
+            pid_start=process_start(os.getpid()),
+        )
+
+    def add_in_progress(self) -> bool:
+        """An ADD of this attachment is running right now (its process is alive)."""
+        return (
+            self.phase == PHASE_ADDING
+            and self.pid > 0
+            and self.boot_id == boot_id()
+            and bool(self.pid_start)
+            and process_start(self.pid) == self.pid_start
         )
 
     @property
@@ -103,6 +134,12 @@ class Attachment:
 
 
 NETWORK_FILE = "network.conf"
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    """Temp files are named <final>.<pid>.tmp."""
+    parts = tmp_name.rsplit(".", 2)
+    return len(parts) == 3 and parts[1].isdigit() and os.path.exists(f"/proc/{parts[1]}")
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -165,6 +202,8 @@ class StateStore:
             # reboot reclaim then goes by the reservation's age.
             att = Attachment.new(network, container_id, ifname, "")
             att.boot_id = ""
+            att.pid, att.pid_start = 0, ""
+            att.recorded = False
             return att
         return Attachment.from_json(data)
 
@@ -186,8 +225,9 @@ class StateStore:
             if name == NETWORK_FILE:
                 continue
             if not name.endswith(".json"):
-                if name.endswith(".tmp"):
+                if name.endswith(".tmp") and not _writer_alive(name):
                     # Left by a writer killed between write and rename: never a valid record.
+                    # (A live writer's is about to be renamed; callers need not hold the lock.)
                     with contextlib.suppress(OSError):
                         os.unlink(os.path.join(self.dir, name))
                 continue

@@ -24,7 +24,7 @@ from cni_bridge.commands.common import (
 from cni_bridge.commands.deps import Deps, real_deps
 from cni_bridge.commands.teardown import release_ipam, teardown
 from cni_bridge.config import NetConf
-from cni_bridge.errors import INTERFACE_EXISTS, INVALID_ENV, CNIError
+from cni_bridge.errors import INTERFACE_EXISTS, INVALID_ENV, TRY_AGAIN_LATER, CNIError
 from cni_bridge.ipam.ranges import IPAddress
 from cni_bridge.plan import AddPlan, build_plan, ipam_result_from, parse_resolv_conf, render_result
 from cni_bridge.protocol.cniargs import parse_cni_args
@@ -138,27 +138,22 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
         deps.hook("record")
         with stores.lock():
             existing = stores.state.get(conf.name, request.container_id, request.ifname)
-            if existing is not None and existing.phase == PHASE_READY:
-                raise CNIError(
-                    INTERFACE_EXISTS,
-                    f"container {request.container_id} interface {request.ifname} is already "
-                    f"attached to network {conf.name}; DEL it first",
-                )
             if existing is not None:
-                # An ADD that died half-way: clear what it left before starting again.
-                teardown(conf, stores, existing, deps, env, request.stdin, request.netns)
+                _clear_previous(conf, stores, existing, deps, env, request)
             stores.state.put(att)
             stores.state.save_network(network_snapshot(request.config))
             rollback.push("record", lambda: _locked(stores, lambda: stores.state.remove(att)))
 
-            # Same lock hold: one flock per ADD for the record and the addresses.
+            # Same lock hold: one flock per ADD for the record and the addresses. The undo goes
+            # first: a delegated plugin may have handed out a lease even if we fail afterwards.
+            rollback.push(
+                "ipam",
+                lambda: _locked(stores, lambda: release_ipam(conf, stores, att, env, request.stdin)),
+            )
             deps.hook("ipam")
             ipam_result = ipam_add(request, conf, env, stores)
             att.ips = [str(ip.address) for ip in ipam_result.ips]
             stores.state.put(att)
-        rollback.push(
-            "ipam", lambda: _locked(stores, lambda: release_ipam(conf, stores, att, env, request.stdin))
-        )
         plan = build_plan(conf, ipam_result)
         result = _datapath(request, conf, deps, att, plan, rollback, bool(mappings))
 
@@ -178,6 +173,38 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
     except BaseException:
         rollback.run()
         raise
+
+
+def _clear_previous(
+    conf: NetConf,
+    stores: NetworkStores,
+    existing: Attachment,
+    deps: Deps,
+    env: Mapping[str, str],
+    request: Request,
+) -> None:
+    """A record of this attachment already exists (the caller holds the network lock)."""
+    if existing.add_in_progress():
+        raise CNIError(
+            TRY_AGAIN_LATER,
+            f"an ADD of container {request.container_id} interface {request.ifname} is still "
+            f"running (pid {existing.pid})",
+        )
+    if existing.phase == PHASE_READY and existing.boot_id == boot_id():
+        raise CNIError(
+            INTERFACE_EXISTS,
+            f"container {request.container_id} interface {request.ifname} is already "
+            f"attached to network {conf.name}; DEL it first",
+        )
+    # An ADD that died half-way, or an attachment from before a reboot: clear what it left
+    # before starting again, and do not forget what could not be cleared.
+    errors = teardown(conf, stores, existing, deps, env, request.stdin, request.netns)
+    if errors:
+        raise CNIError(
+            TRY_AGAIN_LATER,
+            "could not clear the remains of an earlier ADD of this attachment",
+            "; ".join(errors),
+        )
 
 
 def _datapath(

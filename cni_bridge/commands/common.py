@@ -122,13 +122,15 @@ def last_in_network(stores: NetworkStores, att: Attachment) -> bool:
 
     Asked of the records and, in case a record was lost, of host-local's reservations too.
     The caller holds the network lock, so no ADD of this network runs meanwhile."""
+    if not os.path.isdir(stores.ipam.dir):
+        # Nothing recorded here (DEL of a network unknown to this data dir, which takes no
+        # lock): deciding "last" unlocked could strip a concurrent first ADD's elements.
+        # Leave the network's shared elements to the network's own last DEL or to GC.
+        return False
     if any(a.tag != att.tag for a in stores.state.all()):
         return False
-    if os.path.isdir(stores.ipam.dir):
-        owners = stores.ipam.reservations().values()
-        if any(owner != (att.container_id, att.ifname) for owner in owners):
-            return False
-    return True
+    owners = stores.ipam.reservations().values()
+    return not any(owner != (att.container_id, att.ifname) for owner in owners)
 
 
 def attachment_fw(att: Attachment) -> AttachmentFw:

@@ -48,6 +48,8 @@ def _synthesized(request: Request, conf: NetConf, ips: list[str]) -> Attachment:
     """No record (made by another plugin, or before the record was written): what the request
     and the deterministic names tell us is all there is."""
     att = Attachment.new(conf.name, request.container_id, request.ifname, request.netns)
+    att.recorded = False
+    att.pid, att.pid_start = 0, ""
     att.bridge = conf.bridge
     att.ips = ips
     att.port_mappings = [mapping_record(pm) for pm in conf.port_mappings()]

@@ -7,7 +7,7 @@ and reports them together.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from cni_bridge.commands.common import NetworkStores, mapped_errors, network_fw, network_subnets
@@ -57,12 +57,14 @@ def _is_valid(valid: set[tuple[str, str]], cid: str, ifname: str) -> bool:
 
 def collect(
     conf: NetConf,
-    valid: set[tuple[str, str]],
+    valid: set[tuple[str, str]] | Callable[[NetworkStores], set[tuple[str, str]]],
     deps: Deps,
     env: Mapping[str, str],
     stdin: bytes,
     extra_stale: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
+    """`valid` may be a function of the stores, evaluated under the network's lock, so that
+    what is judged valid and what is removed are decided on the same state."""
     import os
 
     stores = NetworkStores(conf)
@@ -70,6 +72,11 @@ def collect(
     if not os.path.isdir(stores.ipam.dir):
         return errors
     with stores.lock():
+        if callable(valid):
+            valid = valid(stores)
+        # An ADD still running was started after the runtime drew up its list: never ours to
+        # remove (a crashed one is: its process is gone).
+        valid = valid | {a.key for a in stores.state.all() if a.add_in_progress()}
         for att in stores.state.all():
             if not _is_valid(valid, att.container_id, att.ifname) or att.key in extra_stale:
                 errors.extend(teardown(conf, stores, att, deps, env, stdin))

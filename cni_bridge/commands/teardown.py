@@ -66,7 +66,12 @@ def teardown(
             errors.append(f"{what}: {exc}")
 
     last = last_in_network(stores, att)
-    step("firewall", lambda: deps.firewall.del_attachment(fw_net, attachment_fw(att), last))
+    step(
+        "firewall",
+        lambda: deps.firewall.del_attachment(
+            fw_net, attachment_fw(att), last, thorough=not att.recorded
+        ),
+    )
     step("host veth", lambda: deps.net.delete_link(att.host_veth))
     if netns and os.path.exists(netns):
         step("container interface", lambda: deps.net.delete_container_link(netns, att.ifname))

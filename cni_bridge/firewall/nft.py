@@ -255,12 +255,16 @@ class Firewall:
         except OSError as exc:
             log.warning("could not delete stale UDP conntrack entries: %s", exc)
 
-    def del_attachment(self, net: NetworkFw, att: AttachmentFw, last_in_network: bool) -> None:
+    def del_attachment(
+        self, net: NetworkFw, att: AttachmentFw, last_in_network: bool, *, thorough: bool = False
+    ) -> None:
         """Delete the attachment's elements (those carrying its tag); when
         last_in_network also every element of the network and its accept rules in
-        foreign chains. Idempotent: what is missing is fine."""
+        foreign chains. Idempotent: what is missing is fine. `thorough` finds them by tag
+        in the whole table instead of by the keys `att` lists (for an attachment whose
+        record was lost: its mappings are unknown)."""
         rules.validate(net)
-        if not last_in_network:
+        if not last_in_network and not thorough:
             try:
                 entries = rules.expand_mappings(att)
                 view = TableView(exists=True)

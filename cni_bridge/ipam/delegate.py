@@ -13,6 +13,9 @@ from cni_bridge.childenv import child_env
 from cni_bridge.errors import DECODE_FAILURE, INTERNAL, INVALID_CONFIG, CNIError
 
 _MAX_DETAIL = 4096
+# The caller holds the network's lock while a delegated plugin runs: a hung one (dhcp without
+# its daemon, say) must not stall every ADD and DEL of the network for good.
+DEFAULT_TIMEOUT = 60.0
 
 
 def find_in_path(plugin_type: str, cni_path: str) -> str:
@@ -39,7 +42,7 @@ def exec_plugin(
     stdin: bytes,
     cni_path: str,
     *,
-    timeout: float | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> dict[str, Any]:
     """Run plugin_type with CNI_COMMAND=command; return its stdout JSON object ({} if empty).
 

@@ -30,6 +30,10 @@ def ifname_problem(value: str) -> str | None:
         return "may not be '.' or '..'"
     if "/" in value or ":" in value:
         return "may not contain '/' or ':'"
+    if "%" in value:
+        # The kernel reads "%d" as a template and picks the next free name: every ADD would
+        # then make a new bridge.
+        return "may not contain '%'"
     if any(c.isspace() or ord(c) < 0x20 for c in value):
         return "may not contain whitespace or control characters"
     return None

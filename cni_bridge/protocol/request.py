@@ -64,6 +64,8 @@ def decode_config(stdin: bytes) -> dict[str, Any]:
         data = json.loads(stdin)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CNIError(DECODE_FAILURE, "failed to decode network config JSON", str(exc)) from None
+    except RecursionError:
+        raise CNIError(DECODE_FAILURE, "network config JSON is nested too deeply") from None
     if not isinstance(data, dict):
         raise CNIError(DECODE_FAILURE, "network config must be a JSON object")
     return data

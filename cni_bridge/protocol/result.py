@@ -188,6 +188,13 @@ def _addr(text: Any) -> IPAddress | None:
         raise _bad(str(exc)) from None
 
 
+def _int(value: Any, what: str) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        raise _bad(f"{what} {value!r} is not a number") from None
+
+
 def _route(data: Any) -> Route:
     if not isinstance(data, dict) or "dst" not in data:
         raise _bad("route without dst")
@@ -198,11 +205,11 @@ def _route(data: Any) -> Route:
     return Route(
         dst=dst,
         gw=_addr(data.get("gw")),
-        mtu=int(data.get("mtu") or 0),
-        advmss=int(data.get("advmss") or 0),
-        priority=int(data.get("priority") or 0),
-        table=data.get("table"),
-        scope=data.get("scope"),
+        mtu=_int(data.get("mtu"), "route mtu"),
+        advmss=_int(data.get("advmss"), "route advmss"),
+        priority=_int(data.get("priority"), "route priority"),
+        table=None if data.get("table") is None else _int(data["table"], "route table"),
+        scope=None if data.get("scope") is None else _int(data["scope"], "route scope"),
     )
 
 
@@ -230,7 +237,7 @@ def parse_result(data: Any, version: str) -> Result:
             Interface(
                 name=str(i["name"]),
                 mac=str(i.get("mac") or ""),
-                mtu=int(i.get("mtu") or 0),
+                mtu=_int(i.get("mtu"), "interface mtu"),
                 sandbox=str(i.get("sandbox") or ""),
                 socket_path=str(i.get("socketPath") or ""),
                 pci_id=str(i.get("pciID") or ""),

@@ -341,7 +341,7 @@ def try_again_later(stdin: bytes, reason: str) -> tuple[int, bytes]:
         conf = json.loads(stdin)
         if isinstance(conf, dict) and isinstance(conf.get("cniVersion"), str):
             version = conf["cniVersion"]
-    except ValueError:
+    except (ValueError, RecursionError):  # the caller's stdin: anything may be in it
         pass
     msg = "the cni-bridge resident did not complete the request"
     _write_all(2, f"cni-bridge: {msg}: {reason}\n".encode("utf-8", "replace"))

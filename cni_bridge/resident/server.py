@@ -212,7 +212,7 @@ def internal_error(stdin: bytes, detail: str) -> bytes:
         conf = json.loads(stdin)
         if isinstance(conf, dict) and isinstance(conf.get("cniVersion"), str):
             version = conf["cniVersion"]
-    except ValueError:
+    except (ValueError, RecursionError):  # the caller's stdin: anything may be in it
         pass
     error = {"cniVersion": version, "code": 999, "msg": "internal error", "details": detail}
     return json.dumps(error).encode() + b"\n"
@@ -256,6 +256,39 @@ def _refuse(conn: socket.socket, reason: str) -> None:
         pass
 
 
+def _die_with_caller(conn: socket.socket) -> None:
+    """After GO the caller only waits for the result. If it goes away (its timeout, or the
+    runtime killed the exec'd plugin), this worker dies at once, exactly as an in-process plugin
+    killed mid-request would: the attachment records let the runtime's DEL or GC clean up, and no
+    orphaned request keeps changing state that a DEL or a retried ADD now owns."""
+    fd = conn.fileno()
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        while True:
+            try:
+                events = poller.poll()
+            except InterruptedError:
+                continue
+            for _, ev in events:
+                if ev & (select.POLLHUP | select.POLLERR):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                try:
+                    data = conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if not data:  # EOF: the caller closed its end
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return  # the caller sent something after GO: not ours to judge; stop watching
+
+    import threading
+
+    threading.Thread(target=watch, name="caller-watch", daemon=True).start()
+
+
 def serve_connection(conn: socket.socket, handler: Handler, *, identity: str) -> bool:
     """The whole exchange for one accepted connection; True if the handler ran."""
     fds: list[int] = []
@@ -282,6 +315,7 @@ def serve_connection(conn: socket.socket, handler: Handler, *, identity: str) ->
         if kind != protocol.GO:
             log(f"expected GO, got {protocol.KIND_NAMES[kind]}: not run")
             return False
+        _die_with_caller(conn)
         code, out, err = run_handler(
             handler, request_environ(request, netns_fd), request.stdin, request.umask
         )

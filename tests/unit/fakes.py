@@ -122,7 +122,9 @@ class FakeFirewall:
         self.networks.add(net.name)
         self.elements[att.tag] = att
 
-    def del_attachment(self, net: NetworkFw, att: AttachmentFw, last_in_network: bool) -> None:
+    def del_attachment(
+        self, net: NetworkFw, att: AttachmentFw, last_in_network: bool, *, thorough: bool = False
+    ) -> None:
         self.calls.append("del_attachment")
         self.elements.pop(att.tag, None)
         if last_in_network:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -244,3 +245,57 @@ def test_status_unwritable_data_dir_is_50(world: World) -> None:
     with pytest.raises(CNIError) as err:
         world.call("STATUS", ipam={"type": "host-local", "subnet": "10.1.0.0/24", "dataDir": "/proc/sys/cni-bridge-test"})
     assert err.value.code == 50 and "not writable" in err.value.msg
+
+
+def _fake_record(world: World, cid: str, **fields: Any) -> None:
+    from cni_bridge.state import Attachment
+
+    att = Attachment.new("unit", cid, "eth0", world.netns)
+    for k, v in fields.items():
+        setattr(att, k, v)
+    store = world.store()
+    with store.lock():
+        StateStore(store.dir).put(att)
+
+
+def test_add_while_the_same_add_runs_is_try_again(world: World) -> None:
+    from cni_bridge.state import process_start
+
+    # Our own process stands in for a live ADD of the same attachment.
+    _fake_record(world, "c1", pid=os.getpid(), pid_start=process_start(os.getpid()))
+    with pytest.raises(CNIError) as err:
+        world.call("ADD")
+    assert err.value.code == 11 and "still running" in err.value.msg
+
+
+def test_ready_record_from_an_earlier_boot_is_replaced(world: World) -> None:
+    _fake_record(world, "c1", phase=PHASE_READY, boot_id="an-earlier-boot", pid=0)
+    out = world.call("ADD")
+    assert out["ips"][0]["address"] == "10.50.0.2/29"
+    (rec,) = world.records()
+    assert rec.phase == PHASE_READY and rec.boot_id != "an-earlier-boot"
+
+
+def test_gc_leaves_an_add_in_progress_alone(world: World) -> None:
+    from cni_bridge.state import process_start
+
+    world.call("ADD", cid="done")
+    _fake_record(world, "running", pid=os.getpid(), pid_start=process_start(os.getpid()))
+    world.call("GC", **{"cni.dev/valid-attachments": []})
+    assert [r.container_id for r in world.records()] == ["running"]
+
+
+def test_dead_adder_is_not_in_progress(world: World) -> None:
+    _fake_record(world, "c1", pid=os.getpid(), pid_start="not-this-start")
+    world.call("ADD")  # the crashed ADD's remains are cleared, not waited for
+    assert [r.phase for r in world.records()] == [PHASE_READY]
+
+
+def test_network_dns_wins_over_resolv_conf(world: World, tmp_path: Path) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 192.0.2.53\nsearch from.ipam\n")
+    ipam = config(tmp_path)["ipam"] | {"resolvConf": str(resolv)}
+    out = world.call("ADD", ipam=ipam, dns={"nameservers": ["10.50.0.1"]})
+    assert out["dns"] == {"nameservers": ["10.50.0.1"]}
+    out = world.call("ADD", cid="c2", netns=str(resolv), ipam=ipam)
+    assert out["dns"] == {"nameservers": ["192.0.2.53"], "search": ["from.ipam"]}

@@ -90,6 +90,8 @@ PROCESS_CASES = [
     ({"CNI_COMMAND": "ADD", **FULL_ENV}, b"{not json", 6),
     ({"CNI_COMMAND": "ADD", **FULL_ENV}, b'{"cniVersion":"7.0.0","name":"n","type":"cni-bridge"}', 1),
     ({"CNI_COMMAND": "ADD", **FULL_ENV}, b"[1,2]", 6),
+    ({"CNI_COMMAND": "ADD", **FULL_ENV}, b"[" * 100000 + b"]" * 100000, 6),
+    ({"CNI_COMMAND": "ADD", **FULL_ENV, "CNI_BRIDGE_LOG_LEVEL": "basic_format"}, b"{", 6),
     ({"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "x", "CNI_IFNAME": "eth0"}, CONF, 4),
     ({}, CONF, 4),
     ({"CNI_COMMAND": "FROB", **FULL_ENV}, CONF, 4),
