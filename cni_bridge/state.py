@@ -215,6 +215,18 @@ class StateStore:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path(att.tag))
 
+    def has_other(self, tag: str) -> bool:
+        """Whether a record other than `tag`'s exists (names only: no record is read)."""
+        try:
+            with os.scandir(self.dir) as it:
+                for entry in it:
+                    name = entry.name
+                    if name.endswith(".json") and name != tag + ".json":
+                        return True
+        except FileNotFoundError:
+            pass
+        return False
+
     def all(self) -> list[Attachment]:
         out: list[Attachment] = []
         try:

@@ -97,6 +97,9 @@ def ipam_add(
             request.ifname,
             requested=conf.requested_ips(cni_args),
             reclaim=make_reclaim(conf, stores),
+            # The record lookup before this (same lock hold) already settled whether the
+            # attachment holds addresses; host-local's check would read every reservation.
+            check_duplicate=False,
         )
         dns = DNS()
         if conf.ipam.resolv_conf:
@@ -159,8 +162,10 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
 
         deps.hook("firewall")
         fw_net = network_fw(conf, network_subnets(conf, att))
-        with stores.lock():
-            deps.firewall.add_attachment(fw_net, attachment_fw(att))
+        # Not under the network lock: the transaction is atomic, the kernel refuses port
+        # conflicts inside it, and the network's shared elements cannot be removed meanwhile,
+        # since a DEL decides "last attachment" under the lock and sees our record.
+        deps.firewall.add_attachment(fw_net, attachment_fw(att))
         rollback.push("firewall", lambda: _fw_undo(conf, stores, deps, att))
 
         deps.hook("ready")

@@ -127,10 +127,9 @@ def last_in_network(stores: NetworkStores, att: Attachment) -> bool:
         # lock): deciding "last" unlocked could strip a concurrent first ADD's elements.
         # Leave the network's shared elements to the network's own last DEL or to GC.
         return False
-    if any(a.tag != att.tag for a in stores.state.all()):
+    if stores.state.has_other(att.tag):
         return False
-    owners = stores.ipam.reservations().values()
-    return not any(owner != (att.container_id, att.ifname) for owner in owners)
+    return not stores.ipam.has_other_owner((att.container_id, att.ifname))
 
 
 def attachment_fw(att: Attachment) -> AttachmentFw:

@@ -7,6 +7,7 @@ needs neither the container's namespace nor prevResult.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -30,7 +31,16 @@ def release_ipam(
     conf: NetConf, stores: NetworkStores, att: Attachment, env: Mapping[str, str], stdin: bytes
 ) -> None:
     if conf.ipam.type == "host-local":
-        stores.ipam.release_by_id(att.container_id, att.ifname)
+        owner = (att.container_id, att.ifname)
+        if att.recorded and att.ips:
+            # The record names the addresses: release those (if still ours) rather than read
+            # every reservation file as release_by_id must.
+            for text in att.ips:
+                ip = ipaddress.ip_interface(text).ip
+                if stores.ipam.owner(ip) in (owner, (owner[0], "")):
+                    stores.ipam.release(ip)
+        else:
+            stores.ipam.release_by_id(*owner)
     elif conf.ipam.type:
         from cni_bridge.ipam.delegate import exec_plugin
 

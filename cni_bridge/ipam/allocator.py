@@ -95,14 +95,20 @@ def allocate(
     ifname: str,
     requested: Sequence[IPAddress] = (),
     reclaim: Reclaim | None = None,
+    *,
+    check_duplicate: bool = True,
 ) -> list[Allocation]:
-    """Reserve one address per range set for (container_id, ifname), in range set order."""
+    """Reserve one address per range set for (container_id, ifname), in range set order.
+
+    `check_duplicate` (host-local's refusal of a second allocation for the same attachment)
+    reads every reservation file, so its cost grows with the pool; a caller that knows the
+    attachment holds nothing (the plugin's ADD, from its own record) may skip it."""
     validate_range_sets(range_sets)
     wanted = match_requested(range_sets, requested)
     with store.lock():
         # host-local refuses a second allocation for the same attachment (the spec forbids
         # duplicates); the caller handles an idempotent re-ADD before it gets here.
-        for ip in store.get_by_id(container_id, ifname):
+        for ip in store.get_by_id(container_id, ifname) if check_duplicate else ():
             for rs in range_sets:
                 if range_for(rs, ip) is not None:
                     raise IPAMConflict(

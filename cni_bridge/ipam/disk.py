@@ -217,6 +217,15 @@ class DiskStore:
             if owner in ((container_id, ifname), (container_id, ""))
         ]
 
+    def has_other_owner(self, owner: Owner) -> bool:
+        """Whether any reservation belongs to someone else; stops at the first one found, so
+        it costs a few reads, not one per reservation."""
+        for ip, _ in self._entries():
+            found = self.owner(ip)
+            if found is not None and found not in (owner, (owner[0], "")):
+                return True
+        return False
+
     def owner(self, ip: IPAddress) -> Owner | None:
         data = self._read(self._ip_path(ip))
         return None if data is None else parse_owner(data)
