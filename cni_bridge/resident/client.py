@@ -226,9 +226,15 @@ def try_resident(
         try:
             sock = connect(cfg)
         except (ConnectionRefusedError, FileNotFoundError):
-            if cfg.mode == MODE_AUTO:
-                spawn(cfg)
-            return None
+            if cfg.mode != MODE_AUTO or not spawn(cfg):
+                return None
+            # We started it: wait for it to listen (its imports, ~0.3 s) rather than pay the
+            # same imports in-process while it competes for the CPU. Nothing was sent, so
+            # giving up is still safe.
+            maybe = _wait_for_listener(cfg, time.monotonic() + FIRST_WAIT)
+            if maybe is None:
+                return None
+            sock = maybe
         except OSError:  # backlog full, timeout: busy, not absent
             return None
         try:
@@ -238,6 +244,20 @@ def try_resident(
     finally:
         if netns_fd >= 0:
             os.close(netns_fd)
+
+
+FIRST_WAIT = 2.0  # seconds the caller that started the resident waits for it to listen
+
+
+def _wait_for_listener(cfg: ClientConfig, deadline: float) -> _socket.socket | None:
+    while time.monotonic() < deadline:
+        try:
+            return connect(cfg)
+        except (ConnectionRefusedError, FileNotFoundError):
+            time.sleep(0.005)
+        except OSError:
+            return None
+    return None
 
 
 def _open_netns(env: Mapping[str, str]) -> int:

@@ -640,15 +640,17 @@ def test_first_use_starts_a_resident_that_leaves_when_idle(env: Env) -> None:
     container = env.netns("ctr")
     auto = {"mode": "auto", "idle": 2.0}
     req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / container))
-    assert env.call(host, req_env, stdin, config=auto) is None  # first call: in-process
-    assert env.calls(rid) == []
+    # The first call starts the resident and waits for it to listen: served there, once.
+    assert env.call(host, req_env, stdin, config=auto) is not None
+    assert len(env.calls(rid)) == 1
+    [resident] = residents_in(host)
+    assert env.calls(rid)[0]["ppid"] == resident
 
     def served() -> bool:
         req = env.request("ADD", netns=str(NETNS_DIR / container))
         return env.call(host, req[0], req[1], config=auto) is not None
 
     assert wait_until(served)
-    [resident] = residents_in(host)
     last = env.calls()[-1]
     assert last["ppid"] == resident
     assert last["netns_ino"] == os.stat(NETNS_DIR / container).st_ino
@@ -668,7 +670,7 @@ def test_a_started_resident_does_not_hold_the_callers_stdout(env: Env) -> None:
     # The runtime's view: read the plugin's stdout until EOF. The resident stays for 60 s.
     done = env.run_client(host, req_env, stdin, config={"mode": "auto", "idle": 60.0}, timeout=30)
     assert done.returncode == 0
-    assert json.loads(done.stdout) is None
+    assert json.loads(done.stdout) is not None  # answered by the resident it started
     assert wait_until(lambda: len(residents_in(host)) == 1)
     [resident] = residents_in(host)
     assert alive(resident)  # still there, yet the pipe reached EOF
