@@ -75,9 +75,30 @@ def warm() -> None:
     import cni_bridge.ipam.delegate
     import cni_bridge.net.links
     import cni_bridge.net.netns
-    import cni_bridge.net.sysctl  # noqa: F401
+    import cni_bridge.net.sysctl
 
     ctypes.CDLL("libnftables.so.1")
+    cni_bridge.net.links.warm()
+    # One validation of a full config exercises what pydantic-core builds lazily.
+    cni_bridge.config.load_netconf(
+        {
+            "cniVersion": "1.1.0",
+            "name": "warm",
+            "type": "cni-bridge",
+            "isGateway": True,
+            "ipMasq": True,
+            "capabilities": {"portMappings": True, "ips": True, "mac": True},
+            "runtimeConfig": {
+                "portMappings": [{"hostPort": 1, "containerPort": 1, "protocol": "udp"}],
+                "ips": ["10.0.0.2/24"],
+            },
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/64"}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+            },
+        }
+    )
 
 
 def handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
