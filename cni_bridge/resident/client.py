@@ -353,20 +353,10 @@ def _send_request(sock: _socket.socket, frame: bytes, netns_fd: int, deadline: f
 
 
 def try_again_later(stdin: bytes, reason: str) -> tuple[int, bytes]:
-    """CNI error 11 for a request that reached the resident but got no answer (rare: lazy json)."""
-    import json
-
-    version = "1.1.0"
-    try:
-        conf = json.loads(stdin)
-        if isinstance(conf, dict) and isinstance(conf.get("cniVersion"), str):
-            version = conf["cniVersion"]
-    except (ValueError, RecursionError):  # the caller's stdin: anything may be in it
-        pass
+    """CNI error 11 for a request that reached the resident but got no answer."""
     msg = "the cni-bridge resident did not complete the request"
     _write_all(2, f"cni-bridge: {msg}: {reason}\n".encode("utf-8", "replace"))
-    error = {"cniVersion": version, "code": 11, "msg": msg, "details": reason}
-    return 1, json.dumps(error).encode() + b"\n"
+    return 1, protocol.error_reply(stdin, 11, msg, reason)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -254,3 +254,19 @@ def recv_frame(sock: socket, deadline: float) -> tuple[int, bytes]:
     kind, length = decode_header(recv_exact(sock, HEADER.size, deadline))
     payload = recv_exact(sock, length, deadline) if length else b""
     return kind, payload
+
+
+def error_reply(stdin: bytes, code: int, msg: str, details: str) -> bytes:
+    """A CNI error object in the request's own cniVersion, for the few answers the resident
+    path writes itself (json is imported only here: these paths are rare)."""
+    import json
+
+    version = "1.1.0"
+    try:
+        conf = json.loads(stdin)
+        if isinstance(conf, dict) and isinstance(conf.get("cniVersion"), str):
+            version = conf["cniVersion"]
+    except (ValueError, RecursionError):  # the caller's stdin: anything may be in it
+        pass
+    error = {"cniVersion": version, "code": code, "msg": msg, "details": details}
+    return json.dumps(error).encode() + b"\n"

@@ -25,7 +25,6 @@ import errno
 import fcntl
 import gc
 import importlib
-import json
 import math
 import os
 import select
@@ -207,15 +206,7 @@ def request_environ(request: protocol.Request, netns_fd: int) -> dict[str, str]:
 
 
 def internal_error(stdin: bytes, detail: str) -> bytes:
-    version = "1.1.0"
-    try:
-        conf = json.loads(stdin)
-        if isinstance(conf, dict) and isinstance(conf.get("cniVersion"), str):
-            version = conf["cniVersion"]
-    except (ValueError, RecursionError):  # the caller's stdin: anything may be in it
-        pass
-    error = {"cniVersion": version, "code": 999, "msg": "internal error", "details": detail}
-    return json.dumps(error).encode() + b"\n"
+    return protocol.error_reply(stdin, 999, "internal error", detail)
 
 
 def run_handler(
