@@ -160,6 +160,12 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
         plan = build_plan(conf, ipam_result)
         result = _datapath(request, conf, deps, att, plan, rollback, bool(mappings))
 
+        if conf.macspoofchk:
+            # The guard names the MAC the kernel gave the container end: recorded before the
+            # guard exists, so a DEL after a crash can remove it.
+            att.mac = result.interfaces[2].mac
+            with stores.lock():
+                stores.state.put(att)
         deps.hook("firewall")
         fw_net = network_fw(conf, network_subnets(conf, att))
         # Not under the network lock: the transaction is atomic, the kernel refuses port
@@ -167,6 +173,9 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
         # since a DEL decides "last attachment" under the lock and sees our record.
         deps.firewall.add_attachment(fw_net, attachment_fw(att))
         rollback.push("firewall", lambda: _fw_undo(conf, stores, deps, att))
+        if conf.macspoofchk:
+            deps.firewall.add_macspoof(att.host_veth, att.mac)
+            rollback.push("macspoofchk", lambda: deps.firewall.del_macspoof(att.host_veth, att.mac))
 
         deps.hook("ready")
         att.result = result.render("1.1.0")

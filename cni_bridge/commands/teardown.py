@@ -82,6 +82,8 @@ def teardown(
             fw_net, attachment_fw(att), last, thorough=not att.recorded
         ),
     )
+    if conf.macspoofchk and att.mac:
+        step("macspoofchk", lambda: deps.firewall.del_macspoof(att.host_veth, att.mac))
     step("host veth", lambda: deps.net.delete_link(att.host_veth))
     if netns and os.path.exists(netns):
         step("container interface", lambda: deps.net.delete_container_link(netns, att.ifname))

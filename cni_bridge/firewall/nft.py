@@ -13,7 +13,9 @@ Reads are sized so that ADD and DEL cost the same with 1 or 1000 containers:
   rules.py); anything unexpected falls back to reading everything.
 - the last DEL of a network, GC and CHECK read the whole table.
 
-Callers serialise work on one network (the network's IPAM lock).
+ADD runs without the network's lock: static chains are written as add+flush+rules (idempotent
+and race-free), elements are added idempotently and port claims are refused by the kernel.
+DEL decides "last attachment of the network" under the network's lock.
 """
 
 from __future__ import annotations
@@ -283,6 +285,34 @@ class Firewall:
             except NftablesError:
                 if attempt == 2:
                     raise
+
+    # ------------------------------------------------------------ macspoofchk
+
+    def add_macspoof(self, port: str, mac: str) -> None:
+        """Guard host veth `port`: only frames from `mac` enter the bridge through it."""
+        from cni_bridge.firewall import macspoof
+
+        self.apply(
+            macspoof.add(port, mac, with_layout=not self._has_macspoof_table()),
+            f"macspoofchk of {port}",
+        )
+
+    def del_macspoof(self, port: str, mac: str) -> None:
+        from cni_bridge.firewall import macspoof
+
+        if self._has_macspoof_table():  # else there is nothing to remove, and nothing to create
+            self.apply(macspoof.delete(port, mac), f"macspoofchk removal of {port}")
+
+    def _has_macspoof_table(self) -> bool:
+        from cni_bridge.firewall import macspoof
+
+        return any(
+            "chain" in o
+            and o["chain"].get("family") == macspoof.FAMILY
+            and o["chain"].get("table") == macspoof.TABLE
+            and o["chain"].get("name") == macspoof.CHAIN
+            for o in self._list("listing chains", {"chains": None})
+        )
 
     def check_attachment(self, net: NetworkFw, att: AttachmentFw) -> list[str]:
         view, foreign = self.read()

@@ -190,3 +190,24 @@ def test_resident_mode_really_uses_the_resident(lab: Lab) -> None:
     pids = run(["ip", "netns", "pids", lab.host.name]).stdout.decode().split()
     cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in pids]
     assert any(b"serve" in b" ".join(argv) for argv in cmdlines), cmdlines
+
+
+def test_macspoofchk_drops_frames_from_another_mac(lab: Lab) -> None:
+    conf = lab.conf(macspoofchk=True)
+    c1, c2 = lab.container(), lab.container()
+    r1 = lab.add(conf, "spoof1", c1)
+    r2 = lab.add(conf, "spoof2", c2)
+    peer = r2["ips"][0]["address"].split("/")[0]
+    assert ping(c1, peer)
+    rules = lab.host.exec("nft", "-j", "list", "table", "bridge", "cni_bridge").stdout.decode()
+    assert r1["interfaces"][2]["mac"] in rules and r1["interfaces"][1]["name"] in rules
+    # Same container, another source MAC: its frames never reach the bridge.
+    c1.exec("ip", "link", "set", "eth0", "address", "0a:58:0a:42:99:99")
+    c1.exec("ip", "neigh", "flush", "all")
+    assert not ping(c1, peer)
+    assert ping(c2, "10.66.0.1")  # the other container is untouched
+    lab.delete(conf, "spoof1", c1.path)
+    lab.delete(conf, "spoof2", c2.path)
+    left = lab.host.exec("nft", "-j", "list", "table", "bridge", "cni_bridge").stdout.decode()
+    assert r1["interfaces"][2]["mac"] not in left and r2["interfaces"][2]["mac"] not in left
+    assert r1["interfaces"][1]["name"] not in left

@@ -114,6 +114,7 @@ class FakeFirewall:
     elements: dict[str, AttachmentFw] = field(default_factory=dict)
     networks: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
+    spoofchk: dict[str, str] = field(default_factory=dict)
 
     def add_attachment(self, net: NetworkFw, att: AttachmentFw) -> None:
         self.calls.append("add_attachment")
@@ -140,6 +141,14 @@ class FakeFirewall:
         if not keep_tags:
             self.networks.discard(net.name)
         return []
+
+    def add_macspoof(self, port: str, mac: str) -> None:
+        self.calls.append("add_macspoof")
+        self.spoofchk[port] = mac
+
+    def del_macspoof(self, port: str, mac: str) -> None:
+        self.calls.append("del_macspoof")
+        self.spoofchk.pop(port, None)
 
     def status(self) -> str | None:
         return None

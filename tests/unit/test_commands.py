@@ -299,3 +299,11 @@ def test_network_dns_wins_over_resolv_conf(world: World, tmp_path: Path) -> None
     assert out["dns"] == {"nameservers": ["10.50.0.1"]}
     out = world.call("ADD", cid="c2", netns=str(resolv), ipam=ipam)
     assert out["dns"] == {"nameservers": ["192.0.2.53"], "search": ["from.ipam"]}
+
+
+def test_macspoofchk_guards_the_port_and_del_removes_it(world: World) -> None:
+    out = world.call("ADD", macspoofchk=True)
+    (rec,) = world.records()
+    assert world.fw.spoofchk == {rec.host_veth: out["interfaces"][2]["mac"]} and rec.mac
+    world.call("DEL", macspoofchk=True)
+    assert world.fw.spoofchk == {}
