@@ -307,3 +307,12 @@ def test_macspoofchk_guards_the_port_and_del_removes_it(world: World) -> None:
     assert world.fw.spoofchk == {rec.host_veth: out["interfaces"][2]["mac"]} and rec.mac
     world.call("DEL", macspoofchk=True)
     assert world.fw.spoofchk == {}
+
+
+def test_runtime_ip_ranges_replace_the_configured_ones(world: World) -> None:
+    out = world.call(
+        "ADD",
+        capabilities={"ipRanges": True},
+        runtimeConfig={"ipRanges": [[{"subnet": "10.51.0.0/28", "rangeStart": "10.51.0.9"}]]},
+    )
+    assert [ip["address"] for ip in out["ips"]] == ["10.51.0.9/28"]
