@@ -576,10 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 0
             raise
     os.chdir("/")
-    # Whoever started us is running its own request in-process meanwhile: yield the CPU to it.
-    priority = os.getpriority(os.PRIO_PROCESS, 0)
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, min(priority + 10, 19))
+    # Full priority: the caller that started us waits for us to listen (see client.spawn).
     try:
         handler = load_handler(args.handler)
     except Exception:
@@ -587,9 +584,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         time.sleep(args.retry_after)  # bound, not listening: callers run in-process meanwhile
         listener.close()
         return 1
-    finally:
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, 0, priority)
     server = Server(
         listener,
         handler,
