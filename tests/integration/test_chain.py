@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -14,17 +15,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.plugin]
 
 
 def client(lab: Lab, netconf: str, *args: str) -> tuple[int, str]:
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "PYTHONPATH": str(ROOT),
-        "NETCONFPATH": netconf,
-        "CNI_PATH": str(lab.cni_path),
-        "CNI_CACHE_DIR": str(lab.tmp / "cache"),
-        "CNI_BRIDGE_RESIDENT": lab.resident,
-    }
-    proc = run(["nsenter", f"--net={lab.host.path}", sys.executable, "-m", "cni_bridge.client", *args],
-               check=False, env=env)
-    return proc.returncode, proc.stdout.decode() + proc.stderr.decode()
+    return client_env(lab, netconf, None, *args)
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/lib/cni/tuning"), reason="containernetworking-plugins missing")
@@ -66,3 +57,64 @@ def test_tuning_bandwidth_firewall_after_us(lab: Lab) -> None:
     assert ip not in lab.host.exec("iptables-save").stdout.decode()
     assert [n for n in lab.host.links() if n.startswith("vcb")] == []
     assert lab.reservations(conflist["name"]) == []
+
+
+FETCH = """
+import sys, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode().strip())
+except Exception as exc:
+    print(f"no answer: {exc}")
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/lib/cni/portmap"), reason="containernetworking-plugins missing")
+def test_reference_portmap_after_us_keeps_working(lab: Lab) -> None:
+    """The migration path the README promises: bridge -> cni-bridge, portmap kept as it was."""
+    ours = lab.conf()
+    ours.pop("cniVersion")
+    ours.pop("name")
+    conflist = {
+        "cniVersion": "0.4.0",
+        "name": ours["bridge"] + "pm",
+        "plugins": [ours, {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}],
+    }
+    netconf = lab.tmp / "net.d"
+    netconf.mkdir()
+    (netconf / "10-pm.conflist").write_text(json.dumps(conflist))
+    outside = lab.outside()
+    c = lab.container()
+    www = lab.tmp / "www"
+    www.mkdir()
+    (www / "index.html").write_text("served by the container\n")
+    code, out = client_env(lab, str(netconf), {"portMappings": [
+        {"hostPort": 18081, "containerPort": 80, "protocol": "tcp"}]}, "add", conflist["name"], c.path)
+    assert code == 0, out
+    httpd = subprocess.Popen(["nsenter", f"--net={c.path}", "busybox", "httpd", "-f", "-p", "80", "-h", str(www)])
+    try:
+        got = outside.exec(sys.executable, "-c", FETCH, "http://192.0.2.1:18081/").stdout.decode().strip()
+        assert got == "served by the container", got
+        assert "18081" in lab.host.exec("iptables-save").stdout.decode()
+    finally:
+        httpd.kill()
+        httpd.wait()
+    code, out = client_env(lab, str(netconf), None, "del", conflist["name"], c.path)
+    assert code == 0, out
+    assert "18081" not in lab.host.exec("iptables-save").stdout.decode()
+    assert lab.reservations(conflist["name"]) == []
+
+
+def client_env(lab: Lab, netconf: str, cap: dict[str, object] | None, *args: str) -> tuple[int, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "NETCONFPATH": netconf,
+        "CNI_PATH": str(lab.cni_path),
+        "CNI_CACHE_DIR": str(lab.tmp / "cache"),
+        "CNI_BRIDGE_RESIDENT": lab.resident,
+    }
+    if cap is not None:
+        env["CAP_ARGS"] = json.dumps(cap)
+    proc = run(["nsenter", f"--net={lab.host.path}", sys.executable, "-m", "cni_bridge.client", *args],
+               check=False, env=env)
+    return proc.returncode, proc.stdout.decode() + proc.stderr.decode()
