@@ -32,10 +32,6 @@ class AddPlan:
     def container_addrs(self) -> list[IPInterface]:
         return [ip.address for ip in self.ips]
 
-    @property
-    def subnets(self) -> list[IPNetwork]:
-        return list(dict.fromkeys(ip.address.network for ip in self.ips))
-
     def kernel_routes(self) -> list[tuple[IPNetwork, IPAddress | None]]:
         """Routes as the container's kernel gets them: a route without gw goes via the gateway
         of its family (host-local's ConfigureIface rule)."""

@@ -7,7 +7,7 @@ and reports them together.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from cni_bridge.commands.common import NetworkStores, mapped_errors, network_fw, network_subnets
@@ -16,7 +16,7 @@ from cni_bridge.commands.teardown import teardown
 from cni_bridge.config import NetConf
 from cni_bridge.errors import CLEANUP_FAILED, INVALID_CONFIG, CNIError
 from cni_bridge.protocol.request import Request
-from cni_bridge.state import HOST_VETH_PREFIX, Attachment, attachment_tag, host_veth_name
+from cni_bridge.state import HOST_VETH_PREFIX, attachment_tag, host_veth_name
 
 VALID_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
@@ -61,7 +61,6 @@ def collect(
     deps: Deps,
     env: Mapping[str, str],
     stdin: bytes,
-    extra_stale: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
     """`valid` may be a function of the stores, evaluated under the network's lock, so that
     what is judged valid and what is removed are decided on the same state."""
@@ -78,7 +77,7 @@ def collect(
         # remove (a crashed one is: its process is gone).
         valid = valid | {a.key for a in stores.state.all() if a.add_in_progress()}
         for att in stores.state.all():
-            if not _is_valid(valid, att.container_id, att.ifname) or att.key in extra_stale:
+            if not _is_valid(valid, att.container_id, att.ifname):
                 errors.extend(teardown(conf, stores, att, deps, env, stdin))
         if conf.ipam.type == "host-local":
             for ip, (cid, ifname) in stores.ipam.reservations().items():
@@ -113,5 +112,3 @@ def collect(
             errors.append(f"firewall: {exc}")
     return errors
 
-
-__all__ = ["Attachment", "collect", "run", "valid_attachments"]

@@ -8,7 +8,6 @@ needs neither the container's namespace nor prevResult.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -49,10 +48,6 @@ def release_ipam(
         child_env["CNI_IFNAME"] = att.ifname
         child_env["CNI_NETNS"] = att.netns if att.netns and os.path.exists(att.netns) else ""
         exec_plugin(conf.ipam.type, "DEL", child_env, stdin, child_env.get("CNI_PATH", ""))
-
-
-def delegate_stdin(conf_raw: Mapping[str, object]) -> bytes:
-    return json.dumps(conf_raw).encode()
 
 
 def teardown(
