@@ -14,30 +14,35 @@ from tests.integration.harness import ROOT, Lab, run
 pytestmark = [pytest.mark.integration, pytest.mark.plugin]
 
 
+def write_chain(
+    lab: Lab, version: str, suffix: str, after: list[dict[str, object]]
+) -> tuple[str, str]:
+    """A conflist of our plugin followed by `after`, in a NETCONFPATH directory of its own:
+    (network name, that directory)."""
+    ours = lab.conf()
+    ours.pop("cniVersion")
+    ours.pop("name")
+    name = f"{ours['bridge']}{suffix}"
+    conflist = {"cniVersion": version, "name": name, "plugins": [ours, *after]}
+    netconf = lab.tmp / "net.d"
+    netconf.mkdir()
+    (netconf / "10-chain.conflist").write_text(json.dumps(conflist))
+    return name, str(netconf)
+
+
 def client(lab: Lab, netconf: str, *args: str) -> tuple[int, str]:
     return client_env(lab, netconf, None, *args)
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/lib/cni/tuning"), reason="containernetworking-plugins missing")
 def test_tuning_bandwidth_firewall_after_us(lab: Lab) -> None:
-    ours = lab.conf()
-    ours.pop("cniVersion")
-    ours.pop("name")
-    conflist = {
-        "cniVersion": "1.0.0",
-        "name": ours["bridge"] + "chain",
-        "plugins": [
-            ours,
-            {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.arp_ignore": "1"}},
-            {"type": "bandwidth", "egressRate": 1000000, "egressBurst": 100000},
-            {"type": "firewall", "backend": "iptables"},
-        ],
-    }
-    netconf = lab.tmp / "net.d"
-    netconf.mkdir()
-    (netconf / "10-chain.conflist").write_text(json.dumps(conflist))
+    name, netconf = write_chain(lab, "1.0.0", "chain", [
+        {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.arp_ignore": "1"}},
+        {"type": "bandwidth", "egressRate": 1000000, "egressBurst": 100000},
+        {"type": "firewall", "backend": "iptables"},
+    ])
     c = lab.container()
-    code, out = client(lab, str(netconf), "add", conflist["name"], c.path)
+    code, out = client(lab, netconf, "add", name, c.path)
     assert code == 0, out
     result = json.loads(out)
     ip = result["ips"][0]["address"].split("/")[0]
@@ -50,13 +55,13 @@ def test_tuning_bandwidth_firewall_after_us(lab: Lab) -> None:
     assert "ingress" in tc or "tbf" in tc, tc
     rules = lab.host.exec("iptables-save").stdout.decode()
     assert ip in rules and "CNI-FORWARD" in rules
-    code, out = client(lab, str(netconf), "check", conflist["name"], c.path)
+    code, out = client(lab, netconf, "check", name, c.path)
     assert code == 0, out
-    code, out = client(lab, str(netconf), "del", conflist["name"], c.path)
+    code, out = client(lab, netconf, "del", name, c.path)
     assert code == 0, out
     assert ip not in lab.host.exec("iptables-save").stdout.decode()
     assert [n for n in lab.host.links() if n.startswith("vcb")] == []
-    assert lab.reservations(conflist["name"]) == []
+    assert lab.reservations(name) == []
 
 
 FETCH = """
@@ -71,24 +76,16 @@ except Exception as exc:
 @pytest.mark.skipif(not os.path.exists("/usr/lib/cni/portmap"), reason="containernetworking-plugins missing")
 def test_reference_portmap_after_us_keeps_working(lab: Lab) -> None:
     """The migration path the README promises: bridge -> cni-bridge, portmap kept as it was."""
-    ours = lab.conf()
-    ours.pop("cniVersion")
-    ours.pop("name")
-    conflist = {
-        "cniVersion": "0.4.0",
-        "name": ours["bridge"] + "pm",
-        "plugins": [ours, {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}],
-    }
-    netconf = lab.tmp / "net.d"
-    netconf.mkdir()
-    (netconf / "10-pm.conflist").write_text(json.dumps(conflist))
+    name, netconf = write_chain(lab, "0.4.0", "pm", [
+        {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+    ])
     outside = lab.outside()
     c = lab.container()
     www = lab.tmp / "www"
     www.mkdir()
     (www / "index.html").write_text("served by the container\n")
-    code, out = client_env(lab, str(netconf), {"portMappings": [
-        {"hostPort": 18081, "containerPort": 80, "protocol": "tcp"}]}, "add", conflist["name"], c.path)
+    code, out = client_env(lab, netconf, {"portMappings": [
+        {"hostPort": 18081, "containerPort": 80, "protocol": "tcp"}]}, "add", name, c.path)
     assert code == 0, out
     httpd = subprocess.Popen(["nsenter", f"--net={c.path}", "busybox", "httpd", "-f", "-p", "80", "-h", str(www)])
     try:
@@ -98,10 +95,10 @@ def test_reference_portmap_after_us_keeps_working(lab: Lab) -> None:
     finally:
         httpd.kill()
         httpd.wait()
-    code, out = client_env(lab, str(netconf), None, "del", conflist["name"], c.path)
+    code, out = client_env(lab, netconf, None, "del", name, c.path)
     assert code == 0, out
     assert "18081" not in lab.host.exec("iptables-save").stdout.decode()
-    assert lab.reservations(conflist["name"]) == []
+    assert lab.reservations(name) == []
 
 
 def client_env(lab: Lab, netconf: str, cap: dict[str, object] | None, *args: str) -> tuple[int, str]:
