@@ -101,6 +101,14 @@ def warm() -> None:
     )
 
 
+def prepare() -> None:
+    """Run once by each pooled resident worker after its fork, before its first request:
+    per-process set-up its requests would otherwise pay for (see firewall.nft.prepare)."""
+    from cni_bridge.firewall import nft
+
+    nft.prepare()
+
+
 def handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
     reply_version = CURRENT_VERSION
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -113,19 +114,43 @@ def parse_foreign_rules(chain: ForeignChain, listing: Sequence[Json]) -> Foreign
 # ---------------------------------------------------------------- the firewall
 
 
+def _new_context() -> Any:
+    import nftables
+
+    nft = nftables.Nftables()
+    # JSON input is parsed only when JSON output is on (1.0.6).
+    nft.set_json_output(True)
+    nft.set_handle_output(True)
+    return nft
+
+
+# This process's context: (pid, context). A resident worker serves several requests one after
+# the other and keeps it (its creation costs ~1.2 ms); the pid check keeps a forked child from
+# using its parent's netlink socket.
+_process_context: tuple[int, Any] | None = None
+
+
+def process_context() -> Any:
+    global _process_context
+    pid = os.getpid()
+    if _process_context is None or _process_context[0] != pid:
+        _process_context = (pid, _new_context())
+    return _process_context[1]
+
+
+def prepare() -> None:
+    """Create this process's libnftables context ahead of its first request (a resident's
+    pooled worker does this while it waits for one)."""
+    process_context()
+
+
 class Firewall:
     def __init__(self, nft: Any = None) -> None:
         self._nft = nft  # an nftables.Nftables, created on first use
 
     def _ctx(self) -> Any:
         if self._nft is None:
-            import nftables
-
-            nft = nftables.Nftables()
-            # JSON input is parsed only when JSON output is on (1.0.6).
-            nft.set_json_output(True)
-            nft.set_handle_output(True)
-            self._nft = nft
+            self._nft = process_context()
         return self._nft
 
     def _call(self, what: str, cmds: Sequence[Json]) -> list[list[Json]]:

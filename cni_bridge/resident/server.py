@@ -25,6 +25,7 @@ import errno
 import fcntl
 import gc
 import importlib
+import logging
 import math
 import os
 import select
@@ -36,10 +37,12 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
+from typing import NoReturn
 
 from cni_bridge.resident import client, protocol
 
 Handler = Callable[[Mapping[str, str], bytes], tuple[int, bytes]]
+Prepare = Callable[[], None]
 
 BACKLOG = 128
 IO_TIMEOUT = 5.0  # reading a request and waiting for GO: the client is already waiting
@@ -62,6 +65,12 @@ CLONE_NEWNET = 0x40000000
 
 _CRED = struct.Struct("iII")
 _ANCBUF = socket.CMSG_SPACE(4 * _CRED.size)  # room to notice (and close) extra descriptors
+# The pool's channel between the parent and a worker (SOCK_SEQPACKET, one byte a message).
+_TAKE = b"C"  # parent -> worker, with the connection as SCM_RIGHTS
+_FREE = b"R"  # worker -> parent: ready for a (first or next) connection
+_FREE_AFTER_RUN = b"D"  # the same, after a request that ran (activity for the idle timer)
+DEFAULT_POOL = 2
+DEFAULT_MAX_REQUESTS = 1000
 
 
 class Refused(Exception):
@@ -192,9 +201,12 @@ def receive_request(conn: socket.socket, deadline: float, fds: list[int]) -> pro
     return protocol.decode_request(_recv_with_fds(conn, length, deadline, fds))
 
 
-def request_environ(request: protocol.Request, netns_fd: int) -> dict[str, str]:
+def request_environ(
+    request: protocol.Request, netns_fd: int, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The caller's forwarded variables over ours, also installed as this worker's os.environ."""
-    env = {k: v for k, v in os.environ.items() if not protocol.is_forwarded(k)}
+    own = os.environ if base is None else base
+    env = {k: v for k, v in own.items() if not protocol.is_forwarded(k)}
     env.update(request.env)
     if netns_fd >= 0:
         env[ORIGINAL_NETNS_VAR] = request.env.get("CNI_NETNS", "")
@@ -203,6 +215,10 @@ def request_environ(request: protocol.Request, netns_fd: int) -> dict[str, str]:
     os.environ.clear()
     os.environ.update(env)
     return env
+
+
+# Exceptions that escaped the engine in this process: a worker that saw one serves no more.
+HANDLER_FAILURES: list[str] = []
 
 
 def internal_error(stdin: bytes, detail: str) -> bytes:
@@ -214,6 +230,8 @@ def run_handler(
 ) -> tuple[int, bytes, bytes]:
     """Run the engine once with the caller's umask; return (exit code, stdout, stderr)."""
     os.umask(umask)
+    root = logging.getLogger()
+    handlers_before = list(root.handlers)
     capture = os.memfd_create("cni-bridge-stderr", os.MFD_CLOEXEC)
     sys.stderr.flush()
     saved = os.dup(2)
@@ -227,11 +245,17 @@ def run_handler(
         except BaseException as exc:  # the engine should raise nothing; a worker never dies of it
             traceback.print_exc()
             code, out = 1, internal_error(stdin, f"{type(exc).__name__}: {exc}")
+            HANDLER_FAILURES.append(f"{type(exc).__name__}: {exc}")
     finally:
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.flush()
         os.dup2(saved, 2)
         os.close(saved)
+        # Handlers the request configured (a log file named in its environment) end with it:
+        # the next request in this worker sets up its own.
+        for h in [h for h in root.handlers if h not in handlers_before]:
+            root.removeHandler(h)
+            h.close()
     size = os.fstat(capture).st_size
     err = os.pread(capture, protocol.MAX_STDERR, max(0, size - protocol.MAX_STDERR))
     os.close(capture)
@@ -247,26 +271,39 @@ def _refuse(conn: socket.socket, reason: str) -> None:
         pass
 
 
-def _die_with_caller(conn: socket.socket) -> None:
+class CallerWatch:
     """After GO the caller only waits for the result. If it goes away (its timeout, or the
     runtime killed the exec'd plugin), this worker dies at once, exactly as an in-process plugin
     killed mid-request would: the attachment records let the runtime's DEL or GC clean up, and no
-    orphaned request keeps changing state that a DEL or a retried ADD now owns."""
-    fd = conn.fileno()
+    orphaned request keeps changing state that a DEL or a retried ADD now owns.
 
-    def watch() -> None:
+    `stop()` ends the watch once the engine has returned, so a worker that serves another
+    request is not killed when this caller closes its end after reading the result."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        import threading
+
+        self._conn = conn
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._watch, name="caller-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
         poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        poller.register(self._conn.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        poller.register(self._stop_r, select.POLLIN)
         while True:
             try:
                 events = poller.poll()
             except InterruptedError:
                 continue
-            for _, ev in events:
+            for fd, ev in events:
+                if fd == self._stop_r:
+                    return
                 if ev & (select.POLLHUP | select.POLLERR):
                     os.kill(os.getpid(), signal.SIGKILL)
                 try:
-                    data = conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                    data = self._conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     continue
                 except OSError:
@@ -275,13 +312,22 @@ def _die_with_caller(conn: socket.socket) -> None:
                     os.kill(os.getpid(), signal.SIGKILL)
                 return  # the caller sent something after GO: not ours to judge; stop watching
 
-    import threading
+    def stop(self) -> None:
+        os.write(self._stop_w, b"x")
+        self._thread.join()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
 
-    threading.Thread(target=watch, name="caller-watch", daemon=True).start()
 
-
-def serve_connection(conn: socket.socket, handler: Handler, *, identity: str) -> bool:
-    """The whole exchange for one accepted connection; True if the handler ran."""
+def serve_connection(
+    conn: socket.socket,
+    handler: Handler,
+    *,
+    identity: str,
+    base_env: Mapping[str, str] | None = None,
+) -> bool:
+    """The whole exchange for one accepted connection; True if the handler ran. `base_env`:
+    the worker's own environment, under the caller's variables (default: os.environ now)."""
     fds: list[int] = []
     netns_fd = -1
     try:
@@ -306,10 +352,11 @@ def serve_connection(conn: socket.socket, handler: Handler, *, identity: str) ->
         if kind != protocol.GO:
             log(f"expected GO, got {protocol.KIND_NAMES[kind]}: not run")
             return False
-        _die_with_caller(conn)
+        watch = CallerWatch(conn)
         code, out, err = run_handler(
-            handler, request_environ(request, netns_fd), request.stdin, request.umask
+            handler, request_environ(request, netns_fd, base_env), request.stdin, request.umask
         )
+        watch.stop()
         try:
             payload = protocol.encode_result(code, out, err)
         except protocol.ProtocolError as exc:
@@ -331,6 +378,17 @@ def serve_connection(conn: socket.socket, handler: Handler, *, identity: str) ->
 # --- the parent -------------------------------------------------------------------------------
 
 
+class Pooled:
+    """The parent's handle on a worker that may serve more than one request: the channel on
+    which it is handed connections and on which it says it is free again."""
+
+    __slots__ = ("pid", "sock")
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+
 class Server:
     def __init__(
         self,
@@ -342,6 +400,9 @@ class Server:
         idle: float = client.DEFAULT_IDLE,
         max_workers: int = DEFAULT_MAX_WORKERS,
         hard_timeout: float = DEFAULT_HARD_TIMEOUT,
+        prepare: Prepare | None = None,
+        pool: int = DEFAULT_POOL,
+        max_requests: int = DEFAULT_MAX_REQUESTS,
     ) -> None:
         self.listener = listener
         self.handler = handler
@@ -350,11 +411,17 @@ class Server:
         self.idle = idle
         self.max_workers = max_workers
         self.hard_timeout = hard_timeout
-        self.workers: dict[int, float] = {}
+        self.prepare = prepare
+        self.pool_size = pool
+        self.max_requests = max_requests
+        self.workers: dict[int, float] = {}  # pid -> start of the request it runs
+        self.channels: dict[int, Pooled] = {}  # channel fd -> worker, busy or free
+        self.free: list[Pooled] = []  # most recently freed last: the warmest is used first
         self.stopping = False
         self.listening = False
         self.last_activity = time.monotonic()
         self._wake_r = self._wake_w = -1
+        self._poller: select.poll | None = None
         self._preloaded: frozenset[str] = frozenset()
 
     def _request_stop(self, signum: int, frame: FrameType | None) -> None:
@@ -371,11 +438,13 @@ class Server:
             signal.signal(sig, self._request_stop)
         self._preloaded = frozenset(sys.modules)
         gc.freeze()
-        poller = select.poll()
+        poller = self._poller = select.poll()
         poller.register(self.listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         next_check = time.monotonic() + IDENTITY_CHECK
         log(f"serving (idle {self.idle:g}s)")
+        if self.pool_size > 0:
+            self._fork_worker(None)  # the first request should not wait for a fork either
         while True:
             self._reap()
             now = time.monotonic()
@@ -400,6 +469,8 @@ class Server:
             for fd, _ in poller.poll(max(1, math.ceil(timeout * 1000))):
                 if fd == self._wake_r:
                     self._drain_wakeups()
+                elif fd in self.channels:
+                    self._channel_event(self.channels[fd])
                 elif self.listening and fd == self.listener.fileno():
                     self._accept()
         self._stop_listening(poller)
@@ -412,6 +483,9 @@ class Server:
             poller.unregister(self.listener)
             self.listener.close()
             self.listening = False
+        # A free worker reads EOF and leaves; a busy one finishes its request first.
+        for worker in list(self.channels.values()):
+            self._close_channel(worker)
 
     def _drain_wakeups(self) -> None:
         try:
@@ -421,7 +495,7 @@ class Server:
             pass
 
     def _reap(self) -> None:
-        while self.workers:
+        while self.workers or self.channels:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -429,12 +503,14 @@ class Server:
                 return
             if pid == 0:
                 return
-            self.workers.pop(pid, None)
+            busy = self.workers.pop(pid, None) is not None
+            for worker in [w for w in self.channels.values() if w.pid == pid]:
+                self._close_channel(worker)
             if os.WIFSIGNALED(status):
                 log(f"worker {pid} killed by signal {os.WTERMSIG(status)}")
             elif os.WEXITSTATUS(status) not in (WORKER_RAN, WORKER_NOT_RUN):
                 log(f"worker {pid} exited with status {os.WEXITSTATUS(status)}")
-            if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != WORKER_NOT_RUN:
+            if busy and (not os.WIFEXITED(status) or os.WEXITSTATUS(status) != WORKER_NOT_RUN):
                 self.last_activity = time.monotonic()
 
     def _accept(self) -> None:
@@ -450,19 +526,88 @@ class Server:
                 _refuse(conn, "busy")
                 conn.close()
                 continue
-            try:
-                pid = os.fork()
-            except OSError as exc:  # the client sees EOF before READY and runs in-process
-                log(f"fork failed: {exc}")
-                conn.close()
-                continue
-            if pid == 0:
-                self._worker(conn)
-            self.workers[pid] = time.monotonic()
+            if not self._hand_over(conn):
+                self._fork_worker(conn)
             conn.close()
 
-    def _worker(self, conn: socket.socket) -> None:
-        status = 2
+    # --- the pool
+
+    def _fork_worker(self, conn: socket.socket | None) -> None:
+        """A new worker for `conn`, or (None) a free one waiting in the pool."""
+        channel = parent_end = None
+        if self.pool_size > 0:
+            parent_end, channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            pid = os.fork()
+        except OSError as exc:  # the client sees EOF before READY and runs in-process
+            log(f"fork failed: {exc}")
+            for sock in (parent_end, channel):
+                if sock is not None:
+                    sock.close()
+            return
+        if pid == 0:
+            if parent_end is not None:
+                parent_end.close()
+            self._worker(conn, channel)
+        if channel is not None and parent_end is not None:
+            channel.close()
+            worker = Pooled(pid, parent_end)
+            self.channels[parent_end.fileno()] = worker
+            assert self._poller is not None
+            self._poller.register(parent_end, select.POLLIN)
+            if conn is None:
+                return  # free once it says so
+        self.workers[pid] = time.monotonic()
+
+    def _hand_over(self, conn: socket.socket) -> bool:
+        while self.free:
+            worker = self.free.pop()
+            try:
+                worker.sock.sendmsg(
+                    [_TAKE],
+                    [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", conn.fileno()))],
+                )
+            except OSError as exc:  # it is gone (reaped as any child); try the next one
+                log(f"worker {worker.pid} did not take a request: {exc}")
+                self._close_channel(worker)
+                continue
+            self.workers[worker.pid] = time.monotonic()
+            return True
+        return False
+
+    def _channel_event(self, worker: Pooled) -> None:
+        try:
+            data = worker.sock.recv(16, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data not in (_FREE, _FREE_AFTER_RUN):  # it left (or broke the protocol): forget it
+            self._close_channel(worker)
+            return
+        if self.workers.pop(worker.pid, None) is not None and data == _FREE_AFTER_RUN:
+            self.last_activity = time.monotonic()
+        if self.stopping or len(self.free) >= self.pool_size:
+            self._close_channel(worker)  # not needed: it reads EOF and leaves
+        else:
+            self.free.append(worker)
+
+    def _close_channel(self, worker: Pooled) -> None:
+        fd = worker.sock.fileno()
+        if fd >= 0 and self.channels.get(fd) is worker:
+            del self.channels[fd]
+            if self._poller is not None:
+                self._poller.unregister(fd)
+        if worker in self.free:
+            self.free.remove(worker)
+        worker.sock.close()
+
+    # --- in a worker
+
+    def _worker(self, conn: socket.socket | None, channel: socket.socket | None) -> NoReturn:
+        """Serve `conn`, then (with a channel) further connections the parent hands over while
+        this process stays fit to: see `_fit`. Never returns."""
+        status = WORKER_NOT_RUN
         try:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -470,20 +615,113 @@ class Server:
             self.listener.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
-            if self.hard_timeout > 0:  # SIGALRM's default action ends a hung worker
-                signal.setitimer(signal.ITIMER_REAL, self.hard_timeout)
-            ran = serve_connection(conn, self.handler, identity=self.identity)
-            status = WORKER_RAN if ran else WORKER_NOT_RUN
-            if ran:
-                late = sorted(set(sys.modules) - self._preloaded)
-                if late:  # each of these costs every request: the engine's warm() should load them
-                    log(
-                        f"a request imported {len(late)} modules not preloaded: {', '.join(late[:30])}"
-                    )
+            for other in self.channels.values():  # the parent's ends of its other workers
+                other.sock.close()
+            self.channels.clear()
+            self.free.clear()
+            base_env = dict(os.environ)
+            if channel is not None and self.prepare is not None:
+                self.prepare()
+            baseline = _process_state()
+            served = 0
+            ran = False
+            while True:
+                if conn is None:
+                    assert channel is not None
+                    try:
+                        channel.send(_FREE_AFTER_RUN if ran else _FREE)
+                    except OSError:  # the parent is leaving, or has closed our channel
+                        break
+                    conn = _receive_connection(channel)
+                    if conn is None:  # the parent closed the channel: not needed any more
+                        break
+                if self.hard_timeout > 0:  # SIGALRM's default action ends a hung worker
+                    signal.setitimer(signal.ITIMER_REAL, self.hard_timeout)
+                ran = serve_connection(
+                    conn, self.handler, identity=self.identity, base_env=base_env
+                )
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                conn = None
+                if ran:
+                    status = WORKER_RAN
+                    served += 1
+                    self._report_late_imports(served)
+                if channel is None or served >= self.max_requests or not _fit(baseline):
+                    break
         except BaseException:
             traceback.print_exc()
+            status = 2
         finally:
             os._exit(status)
+
+    def _report_late_imports(self, served: int) -> None:
+        if served != 1:
+            return
+        late = sorted(set(sys.modules) - self._preloaded)
+        if late:  # each of these costs a worker's first request: warm() should load them
+            log(f"a request imported {len(late)} modules not preloaded: {', '.join(late[:30])}")
+
+
+def _receive_connection(channel: socket.socket) -> socket.socket | None:
+    """The connection the parent hands over, or None when it closed the channel instead."""
+    msg, ancdata, _flags, _ = channel.recvmsg(16, socket.CMSG_SPACE(4 * 4))
+    fds: list[int] = []
+    for level, kind, cdata in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            count = len(cdata) // 4
+            fds.extend(struct.unpack(f"{count}i", cdata[: count * 4]))
+    if msg != _TAKE or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return socket.socket(fileno=fds[0])
+
+
+def _process_state() -> tuple[object, ...]:
+    """What a request must leave as it found it for the next one to run in this process (the
+    working directory is simply reset)."""
+    import threading
+
+    os.chdir("/")
+    return (
+        frozenset(os.listdir("/proc/self/fd")),
+        threading.active_count(),
+        os.stat("/proc/self/ns/net").st_ino,
+        os.stat("/proc/self/ns/mnt").st_ino,
+    )
+
+
+def _fit(baseline: tuple[object, ...]) -> bool:
+    """Whether this worker may serve another request: the engine raised nothing and left no
+    descriptor (a lock held by an open file would block the next request on itself), no
+    thread and no namespace switch behind. Otherwise the worker leaves
+    and the next request gets a fresh fork, as every request did before workers were reused."""
+    if HANDLER_FAILURES:
+        return False
+    now = _process_state()
+    if now == baseline:
+        return True
+    fds_before, fds_now = baseline[0], now[0]
+    assert isinstance(fds_before, frozenset) and isinstance(fds_now, frozenset)
+    detail = (
+        [f"descriptors opened {_fd_names(fds_now - fds_before)}"] if fds_now - fds_before else []
+    )
+    if fds_before - fds_now:
+        detail.append(f"descriptors closed {sorted(fds_before - fds_now)}")
+    if baseline[1:] != now[1:]:
+        detail.append(f"threads/net ns/mount ns {baseline[1:]} -> {now[1:]}")
+    log(f"worker leaves after its request: {'; '.join(detail)}")
+    return False
+
+
+def _fd_names(fds: frozenset[str]) -> list[str]:
+    out = []
+    for fd in sorted(fds):
+        try:
+            out.append(f"{fd}={os.readlink('/proc/self/fd/' + fd)}")
+        except OSError:
+            out.append(fd)
+    return out
 
 
 # --- start-up ---------------------------------------------------------------------------------
@@ -503,8 +741,9 @@ def inherited_listener() -> socket.socket | None:
     return sock
 
 
-def load_handler(spec: str) -> Handler:
-    """Import `module:attr` and run the module's optional `warm()` (imports, models; no sockets)."""
+def load_handler(spec: str) -> tuple[Handler, Prepare | None]:
+    """Import `module:attr` and run the module's optional `warm()` (imports, models; no sockets).
+    Also returns its optional `prepare()`, which each pooled worker runs once after its fork."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"handler must be MODULE:ATTR, not {spec!r}")
@@ -515,7 +754,8 @@ def load_handler(spec: str) -> Handler:
     warm = getattr(module, "warm", None)
     if callable(warm):
         warm()
-    return handler  # type: ignore[no-any-return]
+    prepare = getattr(module, "prepare", None)
+    return handler, (prepare if callable(prepare) else None)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -542,6 +782,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_HARD_TIMEOUT,
         help="kill a worker running longer than this; 0: never",
     )
+    parser.add_argument(
+        "--pool",
+        type=int,
+        default=DEFAULT_POOL,
+        help="free workers kept for further requests; 0: a fresh fork for every request "
+        "(default %(default)s)",
+    )
     # A started resident serves the identity its starter computed (and bound the name for).
     parser.add_argument("--identity", default="", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -552,8 +799,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "restart it on every call",
     )
     args = parser.parse_args(argv)
-    if not (args.idle >= 0 and args.hard_timeout >= 0 and args.max_workers > 0):
-        parser.error("--idle and --hard-timeout must be >= 0, --max-workers > 0")
+    if not (args.idle >= 0 and args.hard_timeout >= 0 and args.max_workers > 0 and args.pool >= 0):
+        parser.error("--idle, --hard-timeout and --pool must be >= 0, --max-workers > 0")
     return args
 
 
@@ -578,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.chdir("/")
     # Full priority: the caller that started us waits for us to listen (see client.spawn).
     try:
-        handler = load_handler(args.handler)
+        handler, prepare = load_handler(args.handler)
     except Exception:
         log(f"cannot load the engine {args.handler}:\n{traceback.format_exc()}")
         time.sleep(args.retry_after)  # bound, not listening: callers run in-process meanwhile
@@ -592,5 +839,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         idle=args.idle,
         max_workers=args.max_workers,
         hard_timeout=args.hard_timeout,
+        prepare=prepare,
+        pool=args.pool,
     )
     return server.run()

@@ -55,6 +55,9 @@ def _record(path: str, entry: dict[str, Any]) -> None:
         os.close(fd)
 
 
+_LEAKED: list[int] = []
+
+
 def fake_handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
     """A stand-in engine driven by the request's `fake` section."""
     conf = json.loads(stdin)
@@ -83,6 +86,8 @@ def fake_handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
         os._exit(3)
     elif mode == "raise":
         raise RuntimeError("fake engine failure")
+    elif mode == "leak_fd":  # a descriptor left open, as a forgotten lock file would be
+        _LEAKED.append(os.open("/dev/null", os.O_RDONLY))
     elif mode == "wait_flag":
         deadline = time.monotonic() + 30
         while not os.path.exists(fake["flag"]) and time.monotonic() < deadline:
@@ -501,6 +506,52 @@ def test_the_client_ignores_a_resident_that_is_not_root(env: Env) -> None:
 
 
 # --- failures ---------------------------------------------------------------------------------
+
+
+# --- the worker pool -----------------------------------------------------------------------
+
+
+def test_a_worker_serves_the_next_request_with_only_that_requests_context(env: Env) -> None:
+    host = env.netns("host")
+    containers = [env.netns(f"ctr{i}") for i in range(3)]
+    env.start_server(host)
+    rids = []
+    for i, ctr in enumerate(containers):
+        req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr))
+        code, _ = env.call(host, req_env, stdin, umask=0o022 + i)
+        assert code == 0
+        rids.append(rid)
+    calls = [env.calls(rid)[0] for rid in rids]
+    assert len({c["pid"] for c in calls}) == 1, calls  # one warm worker, not killed in between
+    for i, (c, ctr, rid) in enumerate(zip(calls, containers, rids, strict=True)):
+        assert c["netns_ino"] == os.stat(NETNS_DIR / ctr).st_ino
+        assert c["umask"] == 0o022 + i
+        assert c["cni_args"] == c["environ_args"] == f"IgnoreUnknown=1;K8S_POD_NAME={rid}"
+        assert c["secret"] is None
+
+
+def test_pool_zero_forks_a_worker_per_request(env: Env) -> None:
+    host = env.netns("host")
+    env.start_server(host, "--pool", "0")
+    pids = set()
+    for _ in range(2):
+        req_env, stdin, rid = env.request("ADD")
+        assert env.call(host, req_env, stdin)[0] == 0
+        pids.add(env.calls(rid)[0]["pid"])
+    assert len(pids) == 2
+
+
+@pytest.mark.parametrize("mode", ["leak_fd", "raise"])
+def test_a_worker_the_request_left_unclean_serves_no_more(env: Env, mode: str) -> None:
+    host = env.netns("host")
+    env.start_server(host)
+    req_env, stdin, first = env.request("ADD", mode=mode)
+    env.call(host, req_env, stdin)
+    req_env, stdin, second = env.request("ADD")
+    assert env.call(host, req_env, stdin)[0] == 0
+    assert env.calls(first)[0]["pid"] != env.calls(second)[0]["pid"]
+    if mode == "leak_fd":
+        assert "worker leaves after its request: descriptors opened" in env.server_log(host)
 
 
 def test_a_hung_engine_gives_try_again_later_and_runs_once(env: Env) -> None:
