@@ -96,4 +96,18 @@ def operator_main(args: list[str], env: Mapping[str, str]) -> int:
 
 
 def run() -> NoReturn:
-    sys.exit(main())
+    if len(sys.argv) > 1:  # operator commands end as any program does
+        sys.exit(main())
+    code = main()
+    # The plugin's answer is written and flushed, and the engine has closed what it opened.
+    # Interpreter finalization would only free memory the kernel frees anyway: 2.5 ms on the
+    # thin path (PyInstaller's bootloader and the interpreter tearing down), more after an
+    # in-process request with pydantic and pyroute2 loaded.
+    for stream in (sys.stdout, sys.stderr):
+        try:  # noqa: SIM105 - contextlib is one more import on the thin path
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    if "logging" in sys.modules:  # log files configured by the engine
+        sys.modules["logging"].shutdown()
+    os._exit(code)

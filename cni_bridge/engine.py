@@ -59,6 +59,7 @@ def warm() -> None:
     """Run once by the resident before it forks workers: load what the verbs import lazily,
     so each worker starts with everything in memory. Opens no socket and no nftables context."""
     import ctypes
+    import encodings.ascii  # noqa: F401 - sysctl and sysfs files are read as ascii text
 
     import nftables  # noqa: F401
 

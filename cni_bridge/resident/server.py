@@ -622,7 +622,8 @@ class Server:
             base_env = dict(os.environ)
             if channel is not None and self.prepare is not None:
                 self.prepare()
-            baseline = _process_state()
+            # As the worker will be between requests: the connection in hand is closed by then.
+            baseline = _process_state(ignore=conn)
             served = 0
             ran = False
             while True:
@@ -677,14 +678,17 @@ def _receive_connection(channel: socket.socket) -> socket.socket | None:
     return socket.socket(fileno=fds[0])
 
 
-def _process_state() -> tuple[object, ...]:
+def _process_state(ignore: socket.socket | None = None) -> tuple[object, ...]:
     """What a request must leave as it found it for the next one to run in this process (the
     working directory is simply reset)."""
     import threading
 
     os.chdir("/")
+    fds = frozenset(os.listdir("/proc/self/fd"))
+    if ignore is not None:
+        fds -= {str(ignore.fileno())}
     return (
-        frozenset(os.listdir("/proc/self/fd")),
+        fds,
         threading.active_count(),
         os.stat("/proc/self/ns/net").st_ino,
         os.stat("/proc/self/ns/mnt").st_ino,
