@@ -1,20 +1,29 @@
-"""The resident cni-bridge: a warm parent that forks one worker per request.
+"""The resident cni-bridge: a warm parent that hands each request to a worker process.
 
-    cni-bridge serve [--idle S] [--handler MODULE:ATTR] [--max-workers N] [--hard-timeout S]
+    cni-bridge serve [--idle S] [--pool N] [--max-workers N] [--hard-timeout S]
 
 The parent binds (or inherits, LISTEN_FDS) the abstract socket, imports the engine once, and
-then only accepts connections and forks. Each worker checks its peer, reads the request, sends
-READY, waits for GO, runs the engine once and sends the RESULT (see `protocol`).
+then only accepts connections and passes them to workers. Each worker checks its peer, reads the
+request, sends READY, waits for GO, runs the engine once and sends the RESULT (see `protocol`).
 
-Why fork per request rather than threads (measured on the 2-core test machine): forking the
-warm parent costs ~1.5 ms, small next to an ADD's ~45 ms of work; workers run in parallel
-instead of sharing one GIL; a crash (libnftables has segfaulted on bad input), a hang or leaked
-state (umask, cwd, environment, a thread left in another netns, an open fd) ends with the one
-request, and per-request process state can be set up freely: umask and environment as the
-caller had them, stderr captured and sent back. `gc.freeze()` in the parent keeps the workers'
-garbage collections from copying the parent's pages (a forked worker doing gc work took 29 ms
-without it, 7 ms with it). The engine's own guarantees hold unchanged: its flocks are per open
-file, its nftables batches are atomic transactions, its rollback runs inside the worker.
+Why worker processes rather than threads (measured on the 2-core test machine): workers run in
+parallel instead of sharing one GIL; a crash (libnftables has segfaulted on bad input) or a hang
+ends with one worker, and per-request process state can be set up freely: umask and environment
+as the caller had them, stderr captured and sent back. `gc.freeze()` in the parent keeps the
+workers' garbage collections from copying the parent's pages (a forked worker doing gc work took
+29 ms without it, 7 ms with it). The engine's own guarantees hold unchanged: its flocks are per
+open file, its nftables batches are atomic transactions, its rollback runs inside the worker.
+
+Workers are reused. A fresh fork pays for the fork (~2 ms), for ~1500 copy-on-write faults as
+CPython touches the parent's objects (a warm ADD took 17 ms in a fresh fork, 10.5 ms in a
+process that had run one) and for the engine's per-process set-up (`prepare()`: the libnftables
+context). So after a request a worker says it is free on a channel to the parent (a
+SOCK_SEQPACKET pair), and the parent hands it the next connection as a descriptor; up to
+`--pool` free workers are kept, one is forked at start, and a connection that finds none (a
+burst) gets a fresh fork, which may join the pool afterwards. A request must leave the worker
+as it found it: if the engine raised, or left a descriptor (an flock held by an open file would
+block the next request on itself), a thread or a namespace switch behind, the worker leaves
+after answering, as it does after `DEFAULT_MAX_REQUESTS`.
 """
 
 from __future__ import annotations
