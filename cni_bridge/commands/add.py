@@ -276,6 +276,7 @@ def _datapath(
         plan.container_addrs,
         plan.kernel_routes(),
         enable_dad=conf.enabledad,
+        ipv6=conf.ipv6_link_local or any(a.version == 6 for a in plan.container_addrs),
     )
     return render_result(
         plan,

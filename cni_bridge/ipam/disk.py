@@ -107,7 +107,7 @@ class DiskStore:
         with os.fdopen(fd, "rb") as f:
             return f.read()
 
-    def _write_tmp(self, name: str, data: bytes, *, sync: bool) -> str:
+    def _write_tmp(self, name: str, data: bytes) -> str:
         tmp = os.path.join(self.dir, name)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -116,8 +116,6 @@ class DiskStore:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            if sync:
-                os.fsync(fd)
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
@@ -160,7 +158,7 @@ class DiskStore:
         # fails with EEXIST exactly like O_EXCL, and a crash can never leave a reservation
         # file half written. Not fsynced: after a power loss every container is gone anyway
         # and the caller reclaims reservations older than the boot.
-        tmp = self._write_tmp(_TMP_RESERVE, format_owner(container_id, ifname), sync=False)
+        tmp = self._write_tmp(_TMP_RESERVE, format_owner(container_id, ifname))
         try:
             os.link(tmp, path, follow_symlinks=False)
         except FileExistsError:
@@ -175,7 +173,9 @@ class DiskStore:
         return True
 
     def _replace(self, path: str, data: bytes) -> None:
-        tmp = self._write_tmp(os.path.basename(path) + _TMP_SUFFIX, data, sync=True)
+        # Only last_reserved_ip.N, a round-robin hint: after a power loss an empty or older one
+        # is harmless (read as "none"), so it is not fsynced (that cost 0.4 ms an ADD here).
+        tmp = self._write_tmp(os.path.basename(path) + _TMP_SUFFIX, data)
         try:
             os.replace(tmp, path)
         except BaseException:

@@ -689,11 +689,14 @@ class NetlinkOps:
         routes: Sequence[Route],
         *,
         enable_dad: bool = False,
+        ipv6: bool = True,
     ) -> None:
         check_ifname(ifname)
         # Per-interface sysctls of the container, written from inside its namespace; accept_dad
-        # must precede the addresses (and the link-local one made at link up).
+        # and disable_ipv6 must precede the addresses (and the link-local one made at link up).
         sysctls = [(f"net/ipv6/conf/{ifname}/accept_dad", "1" if enable_dad else "0")]
+        if not ipv6:
+            sysctls.insert(0, (f"net/ipv6/conf/{ifname}/disable_ipv6", "1"))
         if enable_dad:
             sysctls.append((f"net/ipv6/conf/{ifname}/enhanced_dad", "1"))
         sysctls.append((f"net/ipv4/conf/{ifname}/arp_notify", "1"))  # as the reference plugin

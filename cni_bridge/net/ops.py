@@ -186,8 +186,10 @@ class NetOps(Protocol):
         routes: Sequence[Route],
         *,
         enable_dad: bool = False,
+        ipv6: bool = True,
     ) -> None:
         """Addresses, link up, routes; returns once the link (and the bridge port) carry traffic.
+        `ipv6=False` disables IPv6 on the interface before it comes up (no link-local address).
 
         Raises LinkNotReady when that takes too long or IPv6 DAD fails.
         """

@@ -49,9 +49,10 @@ class FakeNet:
             LinkInfo(ifname, 2, kw.get("container_mac") or "0a:00:00:00:00:03", 1500),
         )
 
-    def configure_container(self, netns_path: str, ifname: str, addrs: Sequence[Any], routes: Sequence[Any], *, enable_dad: bool = False) -> None:
+    def configure_container(self, netns_path: str, ifname: str, addrs: Sequence[Any], routes: Sequence[Any], *, enable_dad: bool = False, ipv6: bool = True) -> None:
         self._call("configure_container")
         c = self.container[(netns_path, ifname)]
+        c["ipv6"] = ipv6
         c["addrs"] = list(addrs)
         c["routes"] = list(routes)
 

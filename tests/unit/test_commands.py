@@ -101,6 +101,22 @@ def test_add_renders_result_and_records(world: World) -> None:
 
 
 @pytest.mark.parametrize(
+    ("ranges", "link_local", "ipv6"),
+    [
+        ([[{"subnet": "10.50.0.0/29"}]], False, False),
+        ([[{"subnet": "10.50.0.0/29"}]], True, True),
+        ([[{"subnet": "10.50.0.0/29"}], [{"subnet": "fd00:50::/120"}]], False, True),
+    ],
+)
+def test_ipv6_stays_on_the_container_interface_only_with_an_address_or_when_asked(
+    world: World, ranges: list[Any], link_local: bool, ipv6: bool
+) -> None:
+    ipam = {"type": "host-local", "ranges": ranges, "dataDir": str(world.tmp / "ipam")}
+    world.call("ADD", ipam=ipam, ipv6LinkLocal=link_local)
+    assert world.net.container[(world.netns, "eth0")]["ipv6"] is ipv6
+
+
+@pytest.mark.parametrize(
     "step",
     ["ensure_bridge", "ensure_bridge_addrs", "set_forwarding", "create_veth", "configure_container"],
 )
