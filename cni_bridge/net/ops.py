@@ -189,7 +189,8 @@ class NetOps(Protocol):
         ipv6: bool = True,
     ) -> None:
         """Addresses, link up, routes; returns once the link (and the bridge port) carry traffic.
-        `ipv6=False` disables IPv6 on the interface before it comes up (no link-local address).
+        `ipv6=False` gives the interface no IPv6 link-local address (addrgenmode none, set
+        before it comes up).
 
         Raises LinkNotReady when that takes too long or IPv6 DAD fails.
         """

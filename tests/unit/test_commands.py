@@ -108,7 +108,7 @@ def test_add_renders_result_and_records(world: World) -> None:
         ([[{"subnet": "10.50.0.0/29"}], [{"subnet": "fd00:50::/120"}]], False, True),
     ],
 )
-def test_ipv6_stays_on_the_container_interface_only_with_an_address_or_when_asked(
+def test_ipv6_link_local_only_with_an_ipv6_address_or_when_asked(
     world: World, ranges: list[Any], link_local: bool, ipv6: bool
 ) -> None:
     ipam = {"type": "host-local", "ranges": ranges, "dataDir": str(world.tmp / "ipam")}

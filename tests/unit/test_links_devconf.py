@@ -1,0 +1,68 @@
+"""Per-device settings read from link replies and the hand-built netlink requests (no root)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import replace
+from socket import AF_INET, AF_INET6
+
+from cni_bridge.net import links as L
+
+BASE = L._Link(
+    name="br0",
+    index=3,
+    flags=0,
+    mtu=1500,
+    mac="",
+    kind="bridge",
+    master=None,
+    operstate=0,
+    peer_index=None,
+    port_state=None,
+    hairpin=None,
+    isolated=None,
+    vlan_filtering=False,
+)
+
+
+def _af_spec(inet: list[int] | None, inet6: list[int] | None) -> bytes:
+    blocks = b""
+    if inet is not None:
+        conf = struct.pack(f"={len(inet)}I", *inet)
+        blocks += L._attr(AF_INET, L._attr(L.IFLA_INET_CONF, conf))
+    if inet6 is not None:
+        conf6 = struct.pack(f"={len(inet6)}i", *inet6)
+        blocks += L._attr(
+            AF_INET6, L._attr(L.IFLA_INET6_FLAGS, b"\0\0\0\0") + L._attr(L.IFLA_INET6_CONF, conf6)
+        )
+    return blocks
+
+
+def test_ipv4_settings_are_indexed_by_devconf_id() -> None:
+    values = [0] * 33
+    values[L.IPV4_DEVCONF_ROUTE_LOCALNET - 1] = 1
+    link = replace(BASE, af_spec=_af_spec(values, None))
+    assert L._inet_conf(link, L.IPV4_DEVCONF_ROUTE_LOCALNET) == 1
+    assert L._inet_conf(link, L.IPV4_DEVCONF_ARP_NOTIFY) == 0
+    assert L._inet6_conf(link, L.DEVCONF_ACCEPT_RA) is None  # IPv6 off on the link
+
+
+def test_ipv6_settings_are_indexed_from_zero() -> None:
+    values = [0] * 60
+    values[L.DEVCONF_ACCEPT_RA] = 2
+    link = replace(BASE, af_spec=_af_spec([0] * 33, values))
+    assert L._inet6_conf(link, L.DEVCONF_ACCEPT_RA) == 2
+
+
+def test_missing_or_short_blocks_read_as_unknown() -> None:
+    assert L._inet_conf(BASE, L.IPV4_DEVCONF_ROUTE_LOCALNET) is None
+    short = replace(BASE, af_spec=_af_spec([1] * 10, None))
+    assert L._inet_conf(short, L.IPV4_DEVCONF_ROUTE_LOCALNET) is None
+
+
+def test_attributes_are_padded_and_requests_carry_their_header() -> None:
+    assert L._attr(8, b"\x01") == struct.pack("=HH", 5, 8) + b"\x01\0\0\0"
+    req = L._RawRequest(b"\x02\0\0\0")
+    req["header"].update(type=L.RTM_GETNETCONF, flags=5, sequence_number=7, pid=0)
+    req.encode()
+    assert req.data == struct.pack("=IHHII", 20, L.RTM_GETNETCONF, 5, 7, 0) + b"\x02\0\0\0"
