@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 STATE_DIR = ".cni-bridge"
@@ -125,13 +125,17 @@ class Attachment:
         return (self.container_id, self.ifname)
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": RECORD_VERSION, **asdict(self)}
+        # Shallow on purpose: json.dumps only reads the nested lists and dicts, and asdict's deep
+        # copies of the result cost ~0.1 ms a write (three writes per ADD).
+        return {"version": RECORD_VERSION, **{name: getattr(self, name) for name in _FIELDS}}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Attachment:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
+
+_FIELDS = tuple(f.name for f in fields(Attachment))
 
 NETWORK_FILE = "network.conf"
 

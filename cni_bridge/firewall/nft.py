@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -214,25 +214,30 @@ class Firewall:
                     raise
         return view, self._foreign(chains)
 
-    def _read_for_add(self) -> tuple[TableView, list[ForeignView]] | None:
-        """The layout and the small per-network sets; None when our table is missing."""
+    def _read_for_add(
+        self, net: NetworkFw, att: AttachmentFw
+    ) -> tuple[TableView, list[ForeignView]] | None:
+        """The layout and the small per-network sets this ADD needs (rules.reads_for_add);
+        None when our table is missing."""
         chains = self._list("listing chains", {"chains": None})
         if not any(_is_ours(o["chain"]) for o in chains if "chain" in o):
             return None
         with self._terse():
             inet = self._list("listing inet tables", {"ruleset": {"family": rules.FAMILY}})
         view = parse_table(inet)
+        strict = bool(parse_foreign_drop_chains(chains))
+        sets, families = rules.reads_for_add(net, att, strict)
         for name in rules.NETWORK_SETS:
-            if name in view.sets:
+            if name in view.sets and name in sets:
                 cmd = {"set": {"family": rules.FAMILY, "table": rules.TABLE, "name": name}}
                 parse_table(self._list("listing a set", cmd), view)
-        if all(rules.PUB[(fam, True)].port in view.sets for fam in (4, 6)):
-            self._read_specific(view)
+        if all(rules.PUB[(fam, True)].port in view.sets for fam in families):
+            self._read_specific(view, families)
         return view, self._foreign(chains, inet)
 
-    def _read_specific(self, view: TableView) -> None:
+    def _read_specific(self, view: TableView, families: Iterable[int] = (4, 6)) -> None:
         """The specific-address maps into view: few elements, unlike the others."""
-        for fam in (4, 6):
+        for fam in families:
             for name in (rules.PUB[(fam, True)].addr, rules.PUB[(fam, True)].port):
                 cmd = {"map": {"family": rules.FAMILY, "table": rules.TABLE, "name": name}}
                 parse_table(self._list("listing a map", cmd), view)
@@ -245,7 +250,7 @@ class Firewall:
         a host port that is taken."""
         rules.validate(net, att)
         entries = None
-        fast = self._read_for_add()
+        fast = self._read_for_add(net, att)
         if fast is not None:
             cmds, entries = rules.plan_add(net, att, *fast)
             try:

@@ -435,6 +435,15 @@ def network_keys(net: NetworkFw, strict: bool) -> dict[str, list[Any]]:
     return keys
 
 
+def reads_for_add(net: NetworkFw, att: AttachmentFw, strict: bool) -> tuple[set[str], set[int]]:
+    """What ADD's fast path must list: the per-network sets this network wants keys in (the
+    others are only ever added to by their own networks), and the address families whose
+    specific-address maps can clash with the attachment's mappings. Each listing is a
+    libnftables call (~0.15 ms); a v4-only network publishing one port needs 7 of 12."""
+    families = {entry.key.family for entry in expand_mappings(att)}
+    return set(network_keys(net, strict)), families
+
+
 # ---------------------------------------------------------------- per-attachment elements
 
 

@@ -80,7 +80,7 @@ BRIDGE_VLAN_INFO_UNTAGGED = 0x4
 BRIDGE_VLAN_INFO_RANGE_BEGIN = 0x8
 BRIDGE_VLAN_INFO_RANGE_END = 0x10
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
-IFLA_OPERSTATE, IFLA_LINKINFO = 16, 18
+IFLA_OPERSTATE, IFLA_LINKINFO, IFLA_EXT_MASK = 16, 18, 29
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 IFLA_BRPORT_STATE, IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 1, 4, 33
 IFLA_BR_VLAN_FILTERING = 7
@@ -342,12 +342,14 @@ def _link_msg(index: int = 0, family: int = 0) -> Any:
 
 
 def _get_link(rt: Rtnl, *, name: str | None = None, index: int = 0) -> _Link | None:
-    msg = _link_msg(index)
-    msg["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
+    # The most frequent request of an ADD (~8 of them), encoded here: pyroute2 took ~50 us each.
+    payload = _IFINFO.pack(0, 0, index, 0, 0) + _attr(
+        IFLA_EXT_MASK, _U32.pack(RTEXT_FILTER_SKIP_STATS)
+    )
     if name is not None:
-        msg["attrs"].append(("IFLA_IFNAME", name))
+        payload += _attr(IFLA_IFNAME, name.encode() + b"\0")
     try:
-        replies = rt.request(msg, RTM_GETLINK, decode=False)
+        replies = rt.request(_RawRequest(payload), RTM_GETLINK, decode=False)
     except NetlinkError as exc:
         if exc.errno == errno.ENODEV:
             return None

@@ -270,15 +270,15 @@ def test_golden_first_add() -> None:
     golden("add_first", cmds)
 
 
-def fast_view(fw: Firewall) -> tuple[TableView, list[ForeignView]]:
-    read = fw._read_for_add()
+def fast_view(fw: Firewall, att: AttachmentFw) -> tuple[TableView, list[ForeignView]]:
+    read = fw._read_for_add(NET, att)
     assert read is not None
     return read
 
 
 def test_golden_second_add_touches_only_elements(fake: FakeNft, fw: Firewall) -> None:
     fw.add_attachment(NET, ATT)
-    cmds, _ = rules.plan_add(NET, ATT2, *fast_view(fw))
+    cmds, _ = rules.plan_add(NET, ATT2, *fast_view(fw, ATT2))
     assert all(set(c) <= {"add", "create"} and "element" in next(iter(c.values())) for c in cmds)
     golden("add_second", cmds)
 
@@ -286,7 +286,7 @@ def test_golden_second_add_touches_only_elements(fake: FakeNft, fw: Firewall) ->
 def test_golden_add_behind_foreign_drop(fake: FakeNft, fw: Firewall) -> None:
     fw.add_attachment(NET, ATT2)
     fake.add_foreign_drop_chain(IPTABLES_FORWARD)
-    cmds, _ = rules.plan_add(NET, ATT, *fast_view(fw))
+    cmds, _ = rules.plan_add(NET, ATT, *fast_view(fw, ATT))
     golden("add_foreign", cmds)
 
 
@@ -714,3 +714,42 @@ def test_model_json_round_trip() -> None:
             "portMappings": [{"hostPort": 1, "containerPort": 2, "protocol": "UDP", "hostIP": ""}],
         }
     ).port_mappings == [PortMapping(1, 2, "udp")]
+
+
+# ------------------------------------------------------------------ what ADD's fast path reads
+
+
+def test_add_reads_only_the_sets_of_its_network_and_the_maps_of_its_families() -> None:
+    sets, families = rules.reads_for_add(NET_B, ATT_B, strict=False)
+    assert sets == {rules.BRIDGES, rules.BRIDGE_SELF, rules.SAME[4]}  # no masq, no isolation
+    assert families == {4}
+    sets, families = rules.reads_for_add(NET, ATT, strict=True)
+    assert sets == {
+        rules.BRIDGES,
+        rules.BRIDGE_SELF,
+        rules.ISOLATED,
+        rules.STRICT,
+        *rules.MASQ.values(),
+        *rules.SAME.values(),
+    }
+    assert families == {4, 6}
+    no_ports = AttachmentFw("e0e0e0", "netA/none/eth0", [ip_address("10.88.0.9")], [])
+    assert rules.reads_for_add(NET, no_ports, strict=False)[1] == set()
+
+
+def test_a_second_add_of_a_v4_network_lists_only_what_it_needs(fake: FakeNft, fw: Firewall) -> None:
+    fw.add_attachment(NET_B, ATT_B)
+    fake.lists.clear()
+    other = AttachmentFw(
+        "b1b1b1", "netB/beef/eth0", [ip_address("10.89.0.3")], [PortMapping(7001, 80)]
+    )
+    fw.add_attachment(NET_B, other)
+    listed = {next(iter(c.values()))["name"] for c in fake.lists if "set" in c or "map" in c}
+    assert listed == {
+        rules.BRIDGES,
+        rules.BRIDGE_SELF,
+        rules.SAME[4],
+        *rules.PUB[(4, True)].__dict__.values(),
+    }
+    assert {"chains", "ruleset"} <= {k for c in fake.lists for k in c}
+    assert other.tag in json.dumps(fake.writes[-1])  # and the transaction went through

@@ -66,3 +66,30 @@ def test_attributes_are_padded_and_requests_carry_their_header() -> None:
     req["header"].update(type=L.RTM_GETNETCONF, flags=5, sequence_number=7, pid=0)
     req.encode()
     assert req.data == struct.pack("=IHHII", 20, L.RTM_GETNETCONF, 5, 7, 0) + b"\x02\0\0\0"
+
+
+def test_link_lookup_is_encoded_as_pyroute2_would() -> None:
+    sent: list[bytes] = []
+
+    class Capture:
+        def request(
+            self, msg: object, msg_type: int, flags: int = 0, *, decode: bool = True
+        ) -> list[bytes]:
+            header = msg["header"]  # type: ignore[index]
+            header.update(type=msg_type, flags=5, sequence_number=1, pid=0)
+            msg.reset()  # type: ignore[attr-defined]
+            msg.encode()  # type: ignore[attr-defined]
+            sent.append(bytes(msg.data))  # type: ignore[attr-defined]
+            return []
+
+    for kwargs, attrs in (
+        ({"name": "cbp0"}, [("IFLA_IFNAME", "cbp0")]),
+        ({"index": 7}, []),
+    ):
+        sent.clear()
+        assert L._get_link(Capture(), **kwargs) is None  # type: ignore[arg-type]
+        ref = L._link_msg(kwargs.get("index", 0))
+        ref["attrs"] = [("IFLA_EXT_MASK", L.RTEXT_FILTER_SKIP_STATS), *attrs]
+        ref["header"].update(type=L.RTM_GETLINK, flags=5, sequence_number=1, pid=0)
+        ref.encode()
+        assert sent == [bytes(ref.data)]
