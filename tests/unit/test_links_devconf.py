@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import replace
+from ipaddress import ip_address, ip_interface, ip_network
 from socket import AF_INET, AF_INET6
+from typing import Any
 
 from cni_bridge.net import links as L
+from cni_bridge.net.netns import ifaddrmsg, rtmsg
 
 BASE = L._Link(
     name="br0",
@@ -93,3 +96,53 @@ def test_link_lookup_is_encoded_as_pyroute2_would() -> None:
         ref["header"].update(type=L.RTM_GETLINK, flags=5, sequence_number=1, pid=0)
         ref.encode()
         assert sent == [bytes(ref.data)]
+
+
+def _pyroute2_bytes(msg: Any) -> bytes:
+    msg["header"].update(type=20, flags=5, sequence_number=1, pid=0)
+    msg.encode()
+    return bytes(msg.data)
+
+
+def test_address_requests_are_encoded_as_pyroute2_would() -> None:
+    for text, flags in (("10.0.0.2/24", 0), ("10.0.0.2/31", 0), ("fd00::2/64", L.IFA_F_NODAD)):
+        iface = ip_interface(text)
+        ref = ifaddrmsg()
+        ref["family"] = AF_INET if iface.version == 4 else AF_INET6
+        ref["prefixlen"] = iface.network.prefixlen
+        ref["flags"] = flags
+        ref["scope"] = 0
+        ref["index"] = 7
+        ref["attrs"] = [("IFA_LOCAL", str(iface.ip)), ("IFA_ADDRESS", str(iface.ip))]
+        if iface.version == 4 and iface.network.prefixlen < 31:
+            ref["attrs"].append(("IFA_BROADCAST", str(iface.network.broadcast_address)))
+        assert _pyroute2_bytes(L._addr_msg(7, iface, flags)) == _pyroute2_bytes(ref)
+
+
+def test_route_requests_are_encoded_as_pyroute2_would() -> None:
+    for dst, gw in (("0.0.0.0/0", "10.0.0.1"), ("10.9.0.0/16", None), ("::/0", "fd00::1")):
+        net, gateway = ip_network(dst), ip_address(gw) if gw else None
+        ref = rtmsg()
+        ref["family"] = AF_INET if net.version == 4 else AF_INET6
+        ref["dst_len"] = net.prefixlen
+        ref["table"] = L.RT_TABLE_MAIN
+        ref["proto"] = L.RTPROT_BOOT
+        ref["scope"] = L.RT_SCOPE_UNIVERSE if gateway else L.RT_SCOPE_LINK
+        ref["type"] = L.RTN_UNICAST
+        ref["attrs"] = [("RTA_OIF", 7)]
+        if net.prefixlen:
+            ref["attrs"].append(("RTA_DST", str(net.network_address)))
+        if gateway:
+            ref["attrs"].append(("RTA_GATEWAY", str(gateway)))
+        assert _pyroute2_bytes(L._route_msg(7, net, gateway)) == _pyroute2_bytes(ref)
+
+
+def test_address_replies_are_parsed() -> None:
+    v4 = L._IFADDR.pack(AF_INET, 24, 0, 0, 3)
+    v4 += L._attr(L.IFA_ADDRESS, bytes([10, 0, 0, 9])) + L._attr(L.IFA_LOCAL, bytes([10, 0, 0, 1]))
+    assert L._raw_addr(v4) == L._Addr(ip_interface("10.0.0.1/24"), 0)  # the local end wins
+    v6 = L._IFADDR.pack(AF_INET6, 64, 0, 0, 3) + L._attr(
+        L.IFA_ADDRESS, ip_address("fd00::2").packed
+    )
+    v6 += L._attr(L.IFA_FLAGS, struct.pack("=I", L.IFA_F_TENTATIVE | 0x100))
+    assert L._raw_addr(v6) == L._Addr(ip_interface("fd00::2/64"), L.IFA_F_TENTATIVE | 0x100)
