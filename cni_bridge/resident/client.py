@@ -33,8 +33,6 @@ Environment (read from the `env` given, i.e. the plugin's environment):
     CNI_BRIDGE_RESIDENT_LOG            file for a started resident's log (default: none)
 """
 
-from __future__ import annotations
-
 import _socket
 import os
 import struct
@@ -43,6 +41,8 @@ import time
 
 from cni_bridge.resident import protocol
 
+# Annotations naming what is imported below are strings, without `from __future__ import
+# annotations`: on the thin path every import counts (that one is ~0.15 ms).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -87,7 +87,7 @@ _BOOT = (
 )
 
 
-def env_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+def env_seconds(env: "Mapping[str, str]", name: str, default: float) -> float:
     try:
         value = float(env.get(name, ""))
     except ValueError:
@@ -136,7 +136,7 @@ class ClientConfig:
         self.socket_name = socket_name if socket_name is not None else name_for(self.identity)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> ClientConfig:
+    def from_env(cls, env: "Mapping[str, str]") -> "ClientConfig":
         mode = _MODES.get(env.get(MODE_VAR, "").strip().lower(), MODE_AUTO)
         return cls(
             mode=mode,
@@ -213,7 +213,7 @@ def name_for(identity: str) -> bytes:
 
 
 def try_resident(
-    env: Mapping[str, str], stdin: bytes, config: ClientConfig | None = None
+    env: "Mapping[str, str]", stdin: bytes, config: "ClientConfig | None" = None
 ) -> tuple[int, bytes] | None:
     """Run one CNI request in the resident; None if it did not start there (run it in-process)."""
     cfg = config if config is not None else ClientConfig.from_env(env)
@@ -249,7 +249,7 @@ def try_resident(
 FIRST_WAIT = 2.0  # seconds the caller that started the resident waits for it to listen
 
 
-def _wait_for_listener(cfg: ClientConfig, deadline: float) -> _socket.socket | None:
+def _wait_for_listener(cfg: "ClientConfig", deadline: float) -> _socket.socket | None:
     while time.monotonic() < deadline:
         try:
             return connect(cfg)
@@ -260,7 +260,7 @@ def _wait_for_listener(cfg: ClientConfig, deadline: float) -> _socket.socket | N
     return None
 
 
-def _open_netns(env: Mapping[str, str]) -> int:
+def _open_netns(env: "Mapping[str, str]") -> int:
     """The container netns as an O_PATH descriptor; -1: none to send; -2: run in-process.
 
     O_PATH opens nothing (no side effect, no blocking on a FIFO). A path that is missing or is
@@ -285,7 +285,7 @@ def _open_netns(env: Mapping[str, str]) -> int:
     return fd
 
 
-def connect(cfg: ClientConfig) -> _socket.socket:
+def connect(cfg: "ClientConfig") -> _socket.socket:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(cfg.ready_timeout)
@@ -298,10 +298,10 @@ def connect(cfg: ClientConfig) -> _socket.socket:
 
 def exchange(
     sock: _socket.socket,
-    env: Mapping[str, str],
+    env: "Mapping[str, str]",
     stdin: bytes,
     netns_fd: int,
-    cfg: ClientConfig,
+    cfg: "ClientConfig",
 ) -> tuple[int, bytes] | None:
     """REQUEST → READY → GO → RESULT on a connected socket; see try_resident for the contract."""
     try:
@@ -371,7 +371,7 @@ def _write_all(fd: int, data: bytes) -> None:
 # --- starting a resident ----------------------------------------------------------------------
 
 
-def server_argv(cfg: ClientConfig) -> list[str]:
+def server_argv(cfg: "ClientConfig") -> list[str]:
     """The same executable and code as this client, running `serve`."""
     if getattr(sys, "frozen", False):
         argv = [sys.executable, "serve"]
@@ -391,7 +391,7 @@ def server_environ() -> dict[str, str]:
     }
 
 
-def spawn(cfg: ClientConfig) -> bool:
+def spawn(cfg: "ClientConfig") -> bool:
     """Start a resident unless the name is taken; True if one was started.
 
     Binding the name here is the lock: a second caller gets EADDRINUSE and starts nothing, and

@@ -17,12 +17,12 @@ A frame is `b"CB" | kind (1 byte) | payload length (4 bytes, big endian) | paylo
 length is bounded before anything is allocated.
 """
 
-from __future__ import annotations
-
 import os
 import struct
 import time
 
+# Annotations naming what is imported below are strings, without `from __future__ import
+# annotations`: on the thin path every import counts (that one is ~0.15 ms).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from _socket import socket
@@ -100,7 +100,7 @@ def decode_header(header: bytes) -> tuple[int, int]:
     return kind, length
 
 
-def encode_env(env: Mapping[str, str]) -> bytes:
+def encode_env(env: "Mapping[str, str]") -> bytes:
     """`NAME=value\\0` per variable, in the process environment's own byte encoding."""
     parts = []
     for name, value in env.items():
@@ -153,7 +153,7 @@ class Request:
 
 
 def encode_request(
-    env: Mapping[str, str], stdin: bytes, *, umask: int, has_netns_fd: bool, identity: str
+    env: "Mapping[str, str]", stdin: bytes, *, umask: int, has_netns_fd: bool, identity: str
 ) -> bytes:
     """The REQUEST payload; only forwarded variables (`is_forwarded`) are sent."""
     env_blob = encode_env({k: v for k, v in env.items() if is_forwarded(k)})
@@ -221,14 +221,14 @@ def decode_result(payload: bytes) -> tuple[int, bytes, bytes]:
 # --- blocking socket I/O with an absolute deadline (time.monotonic) ---------------------------
 
 
-def _arm(sock: socket, deadline: float) -> None:
+def _arm(sock: "socket", deadline: float) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise TimeoutError("deadline passed")
     sock.settimeout(remaining)
 
 
-def send_all(sock: socket, data: bytes, deadline: float) -> None:
+def send_all(sock: "socket", data: bytes, deadline: float) -> None:
     view = memoryview(data)
     while view:
         _arm(sock, deadline)
@@ -236,7 +236,7 @@ def send_all(sock: socket, data: bytes, deadline: float) -> None:
         view = view[sent:]
 
 
-def recv_exact(sock: socket, size: int, deadline: float) -> bytes:
+def recv_exact(sock: "socket", size: int, deadline: float) -> bytes:
     buf = bytearray(size)
     view = memoryview(buf)
     got = 0
@@ -249,7 +249,7 @@ def recv_exact(sock: socket, size: int, deadline: float) -> bytes:
     return bytes(buf)
 
 
-def recv_frame(sock: socket, deadline: float) -> tuple[int, bytes]:
+def recv_frame(sock: "socket", deadline: float) -> tuple[int, bytes]:
     """Read one whole frame; raises PeerClosed, ProtocolError, TimeoutError or OSError."""
     kind, length = decode_header(recv_exact(sock, HEADER.size, deadline))
     payload = recv_exact(sock, length, deadline) if length else b""
