@@ -24,5 +24,14 @@ class Background:
             self._error = exc
 
     def join(self) -> BaseException | None:
-        self._thread.join()
+        # A signal (Ctrl-C of an in-process plugin) must not end the wait early: the caller
+        # rolls back right after, and must not do so while the call is still running.
+        interrupted: BaseException | None = None
+        while self._thread.is_alive():
+            try:
+                self._thread.join()
+            except BaseException as exc:  # rare; re-raised once the call has ended
+                interrupted = interrupted or exc
+        if interrupted is not None:
+            raise interrupted
         return self._error

@@ -110,6 +110,16 @@ def prepare() -> None:
     nft.prepare()
 
 
+# Internal errors caught at the boundary below, in this process.
+_internal_errors: list[str] = []
+
+
+def reusable() -> bool:
+    """Whether this process may serve another request (a resident worker asks after each):
+    not after an internal error, which may have left in-memory state half-changed."""
+    return not _internal_errors
+
+
 def handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
     reply_version = CURRENT_VERSION
     try:
@@ -133,5 +143,6 @@ def handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
         return 1, _dump(exc.to_dict(reply_version))
     except Exception as exc:  # the boundary: nothing escapes as a traceback
         log.exception("internal error")
+        _internal_errors.append(f"{type(exc).__name__}: {exc}")
         err = CNIError(INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
         return 1, _dump(err.to_dict(reply_version))

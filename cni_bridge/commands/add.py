@@ -6,6 +6,7 @@ record -> IPAM -> bridge -> veth -> container addresses/routes -> firewall -> re
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ from cni_bridge.protocol.request import Request
 from cni_bridge.protocol.result import DNS, Result, parse_result
 from cni_bridge.rollback import Rollback
 from cni_bridge.state import PHASE_READY, Attachment, boot_id, boot_time
+
+log = logging.getLogger(__name__)
 
 
 def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps | None = None) -> dict[str, Any]:
@@ -170,12 +173,17 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
         fw_job = Background(lambda: deps.firewall.add_attachment(fw_net, attachment_fw(att)))
         try:
             result = _datapath(request, conf, deps, att, plan, rollback, bool(mappings))
-        finally:
+        except BaseException:
             fw_error = fw_job.join()
             if fw_error is None:
                 rollback.push("firewall", lambda: _fw_undo(conf, stores, deps, att))
+            else:  # the datapath's error is the one reported; do not lose this one
+                log.warning("firewall also failed: %s", fw_error)
+            raise
+        fw_error = fw_job.join()
         if fw_error is not None:
             raise fw_error
+        rollback.push("firewall", lambda: _fw_undo(conf, stores, deps, att))
 
         if conf.macspoofchk:
             # The guard names the MAC the kernel gave the container end: recorded before the

@@ -228,6 +228,8 @@ def request_environ(
 
 # Exceptions that escaped the engine in this process: a worker that saw one serves no more.
 HANDLER_FAILURES: list[str] = []
+# The engine's own say (its optional `reusable()`): False after an error it caught itself.
+REUSABLE: Callable[[], bool] | None = None
 
 
 def internal_error(stdin: bytes, detail: str) -> bytes:
@@ -545,7 +547,12 @@ class Server:
         """A new worker for `conn`, or (None) a free one waiting in the pool."""
         channel = parent_end = None
         if self.pool_size > 0:
-            parent_end, channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                parent_end, channel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            except OSError as exc:  # out of descriptors: this worker serves one request only
+                log(f"no channel for a new worker: {exc}")
+                if conn is None:
+                    return
         try:
             pid = os.fork()
         except OSError as exc:  # the client sees EOF before READY and runs in-process
@@ -674,7 +681,9 @@ class Server:
 
 def _receive_connection(channel: socket.socket) -> socket.socket | None:
     """The connection the parent hands over, or None when it closed the channel instead."""
-    msg, ancdata, _flags, _ = channel.recvmsg(16, socket.CMSG_SPACE(4 * 4))
+    msg, ancdata, _flags, _ = channel.recvmsg(
+        16, socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC
+    )
     fds: list[int] = []
     for level, kind, cdata in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -693,7 +702,11 @@ def _process_state(ignore: socket.socket | None = None) -> tuple[object, ...]:
     import threading
 
     os.chdir("/")
-    fds = frozenset(os.listdir("/proc/self/fd"))
+    listing = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:  # the listing's own descriptor is not part of the state
+        fds = frozenset(os.listdir(listing)) - {str(listing)}
+    finally:
+        os.close(listing)
     if ignore is not None:
         fds -= {str(ignore.fileno())}
     return (
@@ -709,7 +722,7 @@ def _fit(baseline: tuple[object, ...]) -> bool:
     descriptor (a lock held by an open file would block the next request on itself), no
     thread and no namespace switch behind. Otherwise the worker leaves
     and the next request gets a fresh fork, as every request did before workers were reused."""
-    if HANDLER_FAILURES:
+    if HANDLER_FAILURES or not (REUSABLE is None or REUSABLE()):
         return False
     now = _process_state()
     if now == baseline:
@@ -768,6 +781,9 @@ def load_handler(spec: str) -> tuple[Handler, Prepare | None]:
     if callable(warm):
         warm()
     prepare = getattr(module, "prepare", None)
+    reusable = getattr(module, "reusable", None)
+    global REUSABLE
+    REUSABLE = reusable if callable(reusable) else None
     return handler, (prepare if callable(prepare) else None)
 
 

@@ -56,6 +56,12 @@ def _record(path: str, entry: dict[str, Any]) -> None:
 
 
 _LEAKED: list[int] = []
+_UNFIT: list[Any] = []
+
+
+def reusable() -> bool:
+    """The engine's say on reusing this worker (see engine.reusable)."""
+    return not _UNFIT
 
 
 def fake_handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
@@ -88,6 +94,9 @@ def fake_handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
         raise RuntimeError("fake engine failure")
     elif mode == "leak_fd":  # a descriptor left open, as a forgotten lock file would be
         _LEAKED.append(os.open("/dev/null", os.O_RDONLY))
+    elif mode == "caught":  # an internal error the engine caught and answered itself
+        _UNFIT.append(fake.get("id"))
+        return 1, json.dumps({"code": 999, "msg": "internal error"}).encode()
     elif mode == "wait_flag":
         deadline = time.monotonic() + 30
         while not os.path.exists(fake["flag"]) and time.monotonic() < deadline:
@@ -541,7 +550,7 @@ def test_pool_zero_forks_a_worker_per_request(env: Env) -> None:
     assert len(pids) == 2
 
 
-@pytest.mark.parametrize("mode", ["leak_fd", "raise"])
+@pytest.mark.parametrize("mode", ["leak_fd", "raise", "caught"])
 def test_a_worker_the_request_left_unclean_serves_no_more(env: Env, mode: str) -> None:
     host = env.netns("host")
     env.start_server(host)

@@ -332,3 +332,27 @@ def test_runtime_ip_ranges_replace_the_configured_ones(world: World) -> None:
         runtimeConfig={"ipRanges": [[{"subnet": "10.51.0.0/28", "rangeStart": "10.51.0.9"}]]},
     )
     assert [ip["address"] for ip in out["ips"]] == ["10.51.0.9/28"]
+
+
+def test_an_internal_error_makes_the_process_unfit_for_reuse(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cni_bridge import engine
+
+    monkeypatch.setattr(engine, "_internal_errors", [])
+    assert engine.reusable()
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("cni_bridge.commands.dispatch", broken)
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "c9",
+        "CNI_NETNS": world.netns,
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "/nonexistent",
+    }
+    code, out = engine.handle(env, json.dumps(config(world.tmp)).encode())
+    assert code == 1 and json.loads(out)["code"] == 999
+    assert not engine.reusable()
