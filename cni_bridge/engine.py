@@ -143,6 +143,7 @@ def handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
         return 1, _dump(exc.to_dict(reply_version))
     except Exception as exc:  # the boundary: nothing escapes as a traceback
         log.exception("internal error")
-        _internal_errors.append(f"{type(exc).__name__}: {exc}")
-        err = CNIError(INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+        detail = f"{type(exc).__name__}: {exc}"
+        _internal_errors.append(detail)
+        err = CNIError(INTERNAL, f"internal error: {detail}")
         return 1, _dump(err.to_dict(reply_version))

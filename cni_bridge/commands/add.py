@@ -171,19 +171,18 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
         # is derived), so it runs beside it: both mostly wait on the kernel, and ~3 ms of an
         # ADD's ~10 overlap. Its undo is registered only once it is known to have happened.
         fw_job = Background(lambda: deps.firewall.add_attachment(fw_net, attachment_fw(att)))
+        datapath_done = False
         try:
             result = _datapath(request, conf, deps, att, plan, rollback, bool(mappings))
-        except BaseException:
+            datapath_done = True
+        finally:
             fw_error = fw_job.join()
             if fw_error is None:
                 rollback.push("firewall", lambda: _fw_undo(conf, stores, deps, att))
-            else:  # the datapath's error is the one reported; do not lose this one
+            elif not datapath_done:  # the datapath's error is the one reported: log this one
                 log.warning("firewall also failed: %s", fw_error)
-            raise
-        fw_error = fw_job.join()
         if fw_error is not None:
             raise fw_error
-        rollback.push("firewall", lambda: _fw_undo(conf, stores, deps, att))
 
         if conf.macspoofchk:
             # The guard names the MAC the kernel gave the container end: recorded before the

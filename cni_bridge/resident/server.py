@@ -46,12 +46,19 @@ import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from cni_bridge.resident import client, protocol
 
 Handler = Callable[[Mapping[str, str], bytes], tuple[int, bytes]]
-Prepare = Callable[[], None]
+
+
+class Engine(NamedTuple):
+    """What `--handler MODULE:ATTR` names: the handler, and the module's optional hooks."""
+
+    handle: Handler
+    prepare: Callable[[], None] | None = None  # once per pooled worker, after its fork
+    reusable: Callable[[], bool] | None = None  # after each request: may the worker go on?
 
 BACKLOG = 128
 IO_TIMEOUT = 5.0  # reading a request and waiting for GO: the client is already waiting
@@ -181,6 +188,16 @@ def admit(request: protocol.Request, fds: list[int], identity: str) -> int:
 # --- one request ------------------------------------------------------------------------------
 
 
+def _passed_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """The descriptors an SCM_RIGHTS message carried (the caller owns and closes them)."""
+    fds: list[int] = []
+    for level, kind, cdata in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            count = len(cdata) // 4
+            fds.extend(struct.unpack(f"{count}i", cdata[: count * 4]))
+    return fds
+
+
 def _recv_with_fds(conn: socket.socket, size: int, deadline: float, fds: list[int]) -> bytes:
     buf = bytearray()
     while len(buf) < size:
@@ -191,10 +208,7 @@ def _recv_with_fds(conn: socket.socket, size: int, deadline: float, fds: list[in
         data, ancdata, flags, _ = conn.recvmsg(
             min(size - len(buf), 1 << 20), _ANCBUF, socket.MSG_CMSG_CLOEXEC
         )
-        for level, kind, cdata in ancdata:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                count = len(cdata) // 4
-                fds.extend(struct.unpack(f"{count}i", cdata[: count * 4]))
+        fds.extend(_passed_fds(ancdata))
         if flags & socket.MSG_CTRUNC:
             raise protocol.ProtocolError("ancillary data truncated")
         if not data:
@@ -228,8 +242,6 @@ def request_environ(
 
 # Exceptions that escaped the engine in this process: a worker that saw one serves no more.
 HANDLER_FAILURES: list[str] = []
-# The engine's own say (its optional `reusable()`): False after an error it caught itself.
-REUSABLE: Callable[[], bool] | None = None
 
 
 def internal_error(stdin: bytes, detail: str) -> bytes:
@@ -255,8 +267,9 @@ def run_handler(
             out = bytes(out)
         except BaseException as exc:  # the engine should raise nothing; a worker never dies of it
             traceback.print_exc()
-            code, out = 1, internal_error(stdin, f"{type(exc).__name__}: {exc}")
-            HANDLER_FAILURES.append(f"{type(exc).__name__}: {exc}")
+            detail = f"{type(exc).__name__}: {exc}"
+            HANDLER_FAILURES.append(detail)
+            code, out = 1, internal_error(stdin, detail)
     finally:
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.flush()
@@ -404,25 +417,23 @@ class Server:
     def __init__(
         self,
         listener: socket.socket,
-        handler: Handler,
+        engine: Engine,
         *,
         identity: str,
         fingerprint: str = "",
         idle: float = client.DEFAULT_IDLE,
         max_workers: int = DEFAULT_MAX_WORKERS,
         hard_timeout: float = DEFAULT_HARD_TIMEOUT,
-        prepare: Prepare | None = None,
         pool: int = DEFAULT_POOL,
         max_requests: int = DEFAULT_MAX_REQUESTS,
     ) -> None:
         self.listener = listener
-        self.handler = handler
+        self.engine = engine
         self.identity = identity  # what callers must claim (the name was derived from it)
         self.fingerprint = fingerprint or client.build_identity()  # the code on disk at start
         self.idle = idle
         self.max_workers = max_workers
         self.hard_timeout = hard_timeout
-        self.prepare = prepare
         self.pool_size = pool
         self.max_requests = max_requests
         self.workers: dict[int, float] = {}  # pid -> start of the request it runs
@@ -636,8 +647,8 @@ class Server:
             self.channels.clear()
             self.free.clear()
             base_env = dict(os.environ)
-            if channel is not None and self.prepare is not None:
-                self.prepare()
+            if channel is not None and self.engine.prepare is not None:
+                self.engine.prepare()
             # As the worker will be between requests: the connection in hand is closed by then.
             baseline = _process_state(ignore=conn)
             served = 0
@@ -655,7 +666,7 @@ class Server:
                 if self.hard_timeout > 0:  # SIGALRM's default action ends a hung worker
                     signal.setitimer(signal.ITIMER_REAL, self.hard_timeout)
                 ran = serve_connection(
-                    conn, self.handler, identity=self.identity, base_env=base_env
+                    conn, self.engine.handle, identity=self.identity, base_env=base_env
                 )
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 conn = None
@@ -663,7 +674,11 @@ class Server:
                     status = WORKER_RAN
                     served += 1
                     self._report_late_imports(served)
-                if channel is None or served >= self.max_requests or not _fit(baseline):
+                if (
+                    channel is None
+                    or served >= self.max_requests
+                    or not _fit(baseline, self.engine.reusable)
+                ):
                     break
         except BaseException:
             traceback.print_exc()
@@ -684,11 +699,7 @@ def _receive_connection(channel: socket.socket) -> socket.socket | None:
     msg, ancdata, _flags, _ = channel.recvmsg(
         16, socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC
     )
-    fds: list[int] = []
-    for level, kind, cdata in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            count = len(cdata) // 4
-            fds.extend(struct.unpack(f"{count}i", cdata[: count * 4]))
+    fds = _passed_fds(ancdata)
     if msg != _TAKE or len(fds) != 1:
         for fd in fds:
             os.close(fd)
@@ -717,12 +728,12 @@ def _process_state(ignore: socket.socket | None = None) -> tuple[object, ...]:
     )
 
 
-def _fit(baseline: tuple[object, ...]) -> bool:
+def _fit(baseline: tuple[object, ...], reusable: Callable[[], bool] | None) -> bool:
     """Whether this worker may serve another request: the engine raised nothing and left no
     descriptor (a lock held by an open file would block the next request on itself), no
     thread and no namespace switch behind. Otherwise the worker leaves
     and the next request gets a fresh fork, as every request did before workers were reused."""
-    if HANDLER_FAILURES or not (REUSABLE is None or REUSABLE()):
+    if HANDLER_FAILURES or not (reusable is None or reusable()):
         return False
     now = _process_state()
     if now == baseline:
@@ -767,9 +778,9 @@ def inherited_listener() -> socket.socket | None:
     return sock
 
 
-def load_handler(spec: str) -> tuple[Handler, Prepare | None]:
-    """Import `module:attr` and run the module's optional `warm()` (imports, models; no sockets).
-    Also returns its optional `prepare()`, which each pooled worker runs once after its fork."""
+def load_handler(spec: str) -> Engine:
+    """Import `module:attr` and run the module's optional `warm()` (imports, models; no sockets);
+    the module's optional `prepare()` and `reusable()` come with the handler."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"handler must be MODULE:ATTR, not {spec!r}")
@@ -782,9 +793,9 @@ def load_handler(spec: str) -> tuple[Handler, Prepare | None]:
         warm()
     prepare = getattr(module, "prepare", None)
     reusable = getattr(module, "reusable", None)
-    global REUSABLE
-    REUSABLE = reusable if callable(reusable) else None
-    return handler, (prepare if callable(prepare) else None)
+    return Engine(
+        handler, prepare if callable(prepare) else None, reusable if callable(reusable) else None
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -854,7 +865,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.chdir("/")
     # Full priority: the caller that started us waits for us to listen (see client.spawn).
     try:
-        handler, prepare = load_handler(args.handler)
+        engine = load_handler(args.handler)
     except Exception:
         log(f"cannot load the engine {args.handler}:\n{traceback.format_exc()}")
         time.sleep(args.retry_after)  # bound, not listening: callers run in-process meanwhile
@@ -862,13 +873,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     server = Server(
         listener,
-        handler,
+        engine,
         identity=identity,
         fingerprint=fingerprint,
         idle=args.idle,
         max_workers=args.max_workers,
         hard_timeout=args.hard_timeout,
-        prepare=prepare,
         pool=args.pool,
     )
     return server.run()
