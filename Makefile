@@ -9,13 +9,14 @@ DESTDIR ?=
 # nftables + libnftables1 + python3-nftables: the plugin's firewall (the binding is Debian's);
 # iproute2, iputils-ping, conntrack: tests observe kernel state; podman, containerd, runc,
 # busybox-static, containernetworking-plugins, iptables: real runtimes and the reference
-# plugins the tests and the benchmark compare with; time, hyperfine: the benchmark.
+# plugins the tests and the benchmark compare with; time, hyperfine: the benchmark;
+# gcc, libc6-dev, binutils: the bundle's native launcher (build/launcher.c).
 APT_PACKAGES := nftables libnftables1 python3-nftables iproute2 iputils-ping conntrack \
 	containernetworking-plugins podman containerd runc busybox-static iptables util-linux \
-	procps python3-venv time hyperfine
+	procps python3-venv time hyperfine gcc libc6-dev binutils
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 SOURCES := $(shell find cni_bridge -name '*.py') build/cni-bridge.spec build/build.sh \
-	build/rthook_multiprocessing_lazy.py
+	build/rthook_multiprocessing_lazy.py build/launcher.c
 
 .PHONY: all deps sysdeps venv lint unit integration e2e smoke test build install uninstall \
 	demo bench bench-quick clean
@@ -72,14 +73,15 @@ smoke: build
 	$(PYTEST) tests/smoke
 
 # Everything: lint; unit + integration (plugin in-process) + real runtimes + packaging smoke;
-# the plugin-level integration suites again through the warm resident and through the built
-# binary.
+# the plugin-level integration suites again through the warm resident, through the built
+# binary in-process, and through the built binary's launcher and resident (what runtimes get).
 test: deps build
 	$(VENV)/bin/ruff check cni_bridge tests bench demo
 	$(VENV)/bin/mypy
 	$(PYTEST) tests
 	CNI_BRIDGE_TEST_RESIDENT=1 $(PYTEST) tests/integration -m plugin
 	CNI_BRIDGE_TEST_PLUGIN=binary $(PYTEST) tests/integration -m plugin
+	CNI_BRIDGE_TEST_PLUGIN=binary CNI_BRIDGE_TEST_RESIDENT=1 $(PYTEST) tests/integration -m plugin
 
 demo: build
 	$(PY) -m demo

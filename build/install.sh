@@ -7,7 +7,9 @@
 # Layout (everything stays inside CNI_BIN_DIR, so copying that one directory to another host,
 # as CNI installer DaemonSets do, carries the whole plugin):
 #
-#   $CNI_BIN_DIR/cni-bridge                 -> cni-bridge.d/<build-id>/cni-bridge  (relative link)
+#   $CNI_BIN_DIR/cni-bridge                 -> cni-bridge.d/<build-id>/cni-bridge-launch (relative)
+#   $CNI_BIN_DIR/cni-bridge.d/<build-id>/cni-bridge-launch  native launcher (build/launcher.c):
+#                                           relays to a running resident, else execs cni-bridge
 #   $CNI_BIN_DIR/cni-bridge.d/<build-id>/cni-bridge     the PyInstaller bootloader
 #   $CNI_BIN_DIR/cni-bridge.d/<build-id>/_internal/     interpreter, libraries, modules
 #
@@ -64,13 +66,15 @@ install_bundle() {
         chmod -R u+rwX,go+rX,go-w "$tmp"
         mv "$tmp" "$PAYLOAD/$id"
     fi
-    ln -s "$NAME.d/$id/$NAME" "$BIN/.$NAME.link.$$"
+    entry=$NAME
+    [ -x "$PAYLOAD/$id/$NAME-launch" ] && entry=$NAME-launch
+    ln -s "$NAME.d/$id/$entry" "$BIN/.$NAME.link.$$"
     mv -Tf "$BIN/.$NAME.link.$$" "$BIN/$NAME"
     for old in "$PAYLOAD"/* "$PAYLOAD"/.*.tmp.*; do
         [ -e "$old" ] || continue
         [ "$old" = "$PAYLOAD/$id" ] || rm -rf "$old"
     done
-    echo "installed $BIN/$NAME -> $NAME.d/$id/$NAME"
+    echo "installed $BIN/$NAME -> $NAME.d/$id/$entry"
 }
 
 case ${1:-} in

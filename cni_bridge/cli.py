@@ -28,6 +28,7 @@ cni-bridge: a CNI plugin (run by container runtimes with CNI_COMMAND set) and it
   cni-bridge --version
 """
 RESIDENT_VERBS = frozenset({"ADD", "DEL", "CHECK", "STATUS", "GC"})
+RELAY_FAILED_VAR = "CNI_BRIDGE_RELAY_FAILED"
 
 
 def _read_stdin(stream: "BinaryIO") -> bytes:
@@ -38,7 +39,14 @@ def _read_stdin(stream: "BinaryIO") -> bytes:
 def plugin_main(env: "Mapping[str, str]", stdin: "BinaryIO", stdout: "BinaryIO") -> int:
     data = _read_stdin(stdin)
     answer: tuple[int, bytes] | None = None
-    if env.get("CNI_COMMAND") in RESIDENT_VERBS and env.get("CNI_BRIDGE_RESIDENT", "1") != "0":
+    lost = env.get(RELAY_FAILED_VAR)
+    if lost is not None:
+        # The native launcher (build/launcher.c) sent GO, then lost the resident: the request
+        # may have run, so it must not run again; this only words the error in its version.
+        from cni_bridge.resident.client import try_again_later
+
+        answer = try_again_later(data, lost)
+    elif env.get("CNI_COMMAND") in RESIDENT_VERBS and env.get("CNI_BRIDGE_RESIDENT", "1") != "0":
         from cni_bridge.resident.client import try_resident
 
         answer = try_resident(env, data)

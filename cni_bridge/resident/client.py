@@ -193,12 +193,18 @@ def build_identity() -> str:
     Any upgrade changes it, so a client never reaches a resident running other code. Frozen
     builds carry their code inside the executable, so its own signature is enough.
     """
-    exe = os.path.realpath(sys.executable) if sys.executable else ""
-    parts = [f"v{protocol.PROTOCOL_VERSION}", exe, _file_sig(exe)]
-    if not getattr(sys, "frozen", False):
-        root = os.path.join(package_parent(), "cni_bridge")
-        parts += [root, _tree_sig(root)]
-    return "|".join(parts)
+    identity = executable_identity(sys.executable)
+    if getattr(sys, "frozen", False):
+        return identity
+    root = os.path.join(package_parent(), "cni_bridge")
+    return "|".join([identity, root, _tree_sig(root)])
+
+
+def executable_identity(executable: str) -> str:
+    """The identity of a frozen build at `executable`; the native launcher (build/launcher.c,
+    `socket_name`) computes the same string for the bundle beside it."""
+    exe = os.path.realpath(executable) if executable else ""
+    return "|".join([f"v{protocol.PROTOCOL_VERSION}", exe, _file_sig(exe)])
 
 
 def name_for(identity: str) -> bytes:

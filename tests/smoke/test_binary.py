@@ -86,3 +86,31 @@ def test_host_libraries_are_not_bundled(relocated: Path) -> None:
     bundled = [p.name for p in bundle.rglob("*.so*") if p.name.startswith(HOST_ONLY_LIBS)]
     assert bundled == []
     assert (bundle / "_internal" / "nftables" / "schema.json").is_file()
+
+
+def test_the_launcher_is_the_entry_and_finds_its_bundle(relocated: Path) -> None:
+    # dist/bin/cni-bridge is the native launcher; the PyInstaller bootloader sits beside it.
+    target = relocated.resolve()
+    assert target.name == "cni-bridge-launch"
+    assert (target.parent / "cni-bridge").is_file()
+    assert (target.parent / "_internal").is_dir()
+    assert target.read_bytes()[:4] == b"\x7fELF" and target.stat().st_size < 200_000
+
+
+def test_install_links_the_launcher_and_uninstall_removes_everything(tmp_path: Path) -> None:
+    if not BINARY.exists():
+        pytest.fail(f"{BINARY} missing: run build/build.sh (or make) first")
+    script = REPO / "build" / "install.sh"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DESTDIR": str(tmp_path),
+           "CNI_BIN_DIR": "/opt/cni/bin", "BUNDLE": str(DIST / "cni-bridge")}
+    subprocess.run(["sh", str(script)], env=env, check=True, capture_output=True, timeout=120)
+    link = tmp_path / "opt" / "cni" / "bin" / "cni-bridge"
+    assert link.is_symlink()
+    assert os.readlink(link).startswith("cni-bridge.d/")
+    assert os.readlink(link).endswith("/cni-bridge-launch")
+    proc = run(link, {"CNI_COMMAND": "VERSION"}, b"")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert set(parse(proc.stdout)["supportedVersions"]) >= SPEC_VERSIONS
+    subprocess.run(["sh", str(script), "--uninstall"], env=env, check=True, capture_output=True,
+                   timeout=120)
+    assert list((tmp_path / "opt" / "cni" / "bin").iterdir()) == []

@@ -74,6 +74,21 @@ def test_version_answer() -> None:
     assert out["cniVersion"] == "1.1.0"
 
 
+def test_a_request_the_launcher_lost_after_go_is_answered_never_run(capfd: pytest.CaptureFixture[str]) -> None:
+    # build/launcher.c execs the bundle so after losing the resident mid-request: an ADD with
+    # a valid config must come back as "try again later", in the request's version, unrun.
+    env = {"CNI_COMMAND": "ADD", **FULL_ENV, "CNI_BRIDGE_RELAY_FAILED": "connection lost"}
+    code, out = run_inproc(env, b'{"cniVersion":"0.4.0","name":"n","type":"cni-bridge"}')
+    assert code == 1
+    assert out == {
+        "cniVersion": "0.4.0",
+        "code": 11,
+        "msg": "the cni-bridge resident did not complete the request",
+        "details": "connection lost",
+    }
+    assert "connection lost" in capfd.readouterr().err
+
+
 def test_stdin_too_large() -> None:
     code, out = run_inproc({"CNI_COMMAND": "ADD", **FULL_ENV}, b" " * (2 << 20))
     assert code == 1 and out["code"] == 6
