@@ -16,6 +16,10 @@
  * set, and the bundle only writes the CNI "try again later" error for it (error JSON in the
  * request's cniVersion needs a JSON parser, which the bundle has).
  *
+ * Two things it does not try to be clever about: after a refusal the bundle's own client asks
+ * the resident once more (one extra round trip on a rare path), and without /proc it cannot find
+ * the bundle at all and answers a CNI error.
+ *
  * Standard C and Linux only; built by build/build.sh with -O2 -Wall -Wextra -Werror.
  */
 #define _GNU_SOURCE
@@ -28,6 +32,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -35,8 +40,9 @@
 #include <time.h>
 #include <unistd.h>
 
-/* These mirror cni_bridge/resident/protocol.py, cni_bridge/resident/client.py and
- * cni_bridge/limits.py; tests/integration/test_launcher.py fails if they drift. */
+/* These mirror cni_bridge/resident/protocol.py, cni_bridge/resident/client.py,
+ * cni_bridge/limits.py and cni_bridge/cli.py; tests/unit/test_launcher_constants.py compares
+ * them, tests/integration/test_launcher.py fails if the socket name or framing drift. */
 #define PROTOCOL_VERSION 1
 #define K_REQUEST 1
 #define K_READY 2
@@ -56,12 +62,14 @@
 #define RESULT_HEAD 8      /* i32 exit code, u32 stderr length */
 #define DEFAULT_READY_TIMEOUT 1.0
 #define DEFAULT_TIMEOUT 120.0
+#define MAX_SECONDS 1e9 /* client.MAX_SECONDS */
 #define RELAY_FAILED_VAR "CNI_BRIDGE_RELAY_FAILED"
 #define ENGINE_NAME "cni-bridge"
 
 extern char **environ;
 
 static char engine[PATH_MAX];     /* the bundle's own executable */
+static int committed;             /* GO was sent: the request may have run */
 static char *stdin_data;          /* what was read from fd 0, once read */
 static size_t stdin_len;
 static int stdin_read;
@@ -70,10 +78,13 @@ static int stdin_read;
 
 static void __attribute__((noreturn)) die_no_engine(const char *what)
 {
-    /* Without the bundle nothing can answer properly; a CNI error on stdout all the same. */
+    /* Without the bundle nothing can answer properly; a CNI error on stdout all the same:
+     * "try again later" once the request may have run (a retry is then the runtime's call),
+     * an internal error before. */
     char msg[PATH_MAX + 256];
     int n = snprintf(msg, sizeof msg,
-                     "{\"cniVersion\":\"1.1.0\",\"code\":999,\"msg\":\"cni-bridge: %s\"}\n", what);
+                     "{\"cniVersion\":\"1.1.0\",\"code\":%d,\"msg\":\"cni-bridge: %s\"}\n",
+                     committed ? 11 : 999, what);
     if (n > 0 && write(1, msg, (size_t)n) < 0) {
         /* nothing left to report it to */
     }
@@ -97,6 +108,7 @@ static void __attribute__((noreturn)) run_engine(char **argv)
                 die_no_engine("cannot hand stdin over to the bundle");
             off += (size_t)n;
         }
+        /* fds 0-2 are open (main), so the memfd is above them and dup2 is a real copy. */
         if (lseek(fd, 0, SEEK_SET) != 0 || dup2(fd, 0) != 0)
             die_no_engine("cannot hand stdin over to the bundle");
         close(fd);
@@ -108,7 +120,7 @@ static void __attribute__((noreturn)) run_engine(char **argv)
 static void __attribute__((noreturn)) relay_failed(char **argv, const char *reason)
 {
     if (setenv(RELAY_FAILED_VAR, reason, 1) != 0)
-        _exit(1);
+        die_no_engine("the resident did not complete the request");
     run_engine(argv);
 }
 
@@ -121,19 +133,25 @@ static double now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* client.env_seconds: a finite number >= 0, else the default. */
+static int ascii_space(char c)
+{
+    /* str.strip()'s ASCII whitespace */
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= '\x1c' && c <= '\x1f');
+}
+
+/* client.env_seconds: a decimal number from 0 to MAX_SECONDS, else the default. */
 static double env_seconds(const char *name, double dflt)
 {
     const char *s = getenv(name);
     char *end;
     double v;
-    if (!s || !*s)
+    if (!s || !*s || strpbrk(s, "xX_"))
         return dflt;
     errno = 0;
     v = strtod(s, &end);
-    while (*end == ' ' || *end == '\t' || *end == '\n')
+    while (ascii_space(*end))
         end++;
-    if (errno || *end || end == s || !(v >= 0) || v > 1e12)
+    if (errno || *end || end == s || !(v >= 0) || v > MAX_SECONDS)
         return dflt;
     return v;
 }
@@ -141,23 +159,26 @@ static double env_seconds(const char *name, double dflt)
 /* client._MODES: these values of CNI_BRIDGE_RESIDENT turn the resident off. */
 static int resident_off(void)
 {
+    static const char *const off[] = {"0", "off", "no", "false"};
     const char *s = getenv("CNI_BRIDGE_RESIDENT");
-    char buf[16];
-    size_t n = 0;
+    size_t n, i, j;
     if (!s)
         return 0;
-    while (*s == ' ' || *s == '\t' || *s == '\n' || *s == '\r' || *s == '\f' || *s == '\v')
+    while (ascii_space(*s))
         s++;
-    for (; *s && n < sizeof buf - 1; s++)
-        buf[n++] = (*s >= 'A' && *s <= 'Z') ? (char)(*s - 'A' + 'a') : *s;
-    if (*s)
-        return 0; /* too long to be one of them */
-    while (n && (buf[n - 1] == ' ' || buf[n - 1] == '\t' || buf[n - 1] == '\n' ||
-                 buf[n - 1] == '\r' || buf[n - 1] == '\f' || buf[n - 1] == '\v'))
+    n = strlen(s);
+    while (n && ascii_space(s[n - 1]))
         n--;
-    buf[n] = 0;
-    return !strcmp(buf, "0") || !strcmp(buf, "off") || !strcmp(buf, "no") ||
-           !strcmp(buf, "false");
+    for (i = 0; i < sizeof off / sizeof off[0]; i++) {
+        if (strlen(off[i]) != n)
+            continue;
+        for (j = 0; j < n; j++)
+            if ((s[j] >= 'A' && s[j] <= 'Z' ? s[j] - 'A' + 'a' : s[j]) != off[i][j])
+                break;
+        if (j == n)
+            return 1;
+    }
+    return 0;
 }
 
 static int resident_verb(const char *cmd)
@@ -269,31 +290,34 @@ static enum io_status recv_header(int fd, int *kind, uint32_t *len, uint32_t lim
 
 /* ---------------------------------------------------------------- the request */
 
+/* Block until fd is ready (for a descriptor someone handed us in non-blocking mode). */
+static void wait_forever(int fd, short events)
+{
+    struct pollfd p = {.fd = fd, .events = events};
+    while (poll(&p, 1, -1) < 0 && errno == EINTR)
+        ;
+}
+
+/* All of stdin up to one byte over the bound, which is enough for the engine to tell "too
+ * large" (cli._read_stdin). One allocation: pages never touched cost nothing, and a failure
+ * can only happen before anything was read, so the bundle still gets stdin whole. */
 static int read_stdin(void)
 {
-    size_t cap = 16384;
+    const size_t cap = (size_t)MAX_STDIN_BYTES + 1;
     stdin_data = malloc(cap);
     if (!stdin_data)
         return -1;
     stdin_read = 1;
-    /* One byte over the bound is enough for the engine to tell "too large" (cli._read_stdin). */
-    while (stdin_len < (size_t)MAX_STDIN_BYTES + 1) {
-        ssize_t n;
-        if (stdin_len == cap) {
-            char *bigger;
-            cap *= 2;
-            if (cap > (size_t)MAX_STDIN_BYTES + 1)
-                cap = (size_t)MAX_STDIN_BYTES + 1;
-            bigger = realloc(stdin_data, cap);
-            if (!bigger)
-                return -1;
-            stdin_data = bigger;
-        }
-        n = read(0, stdin_data + stdin_len, cap - stdin_len);
+    while (stdin_len < cap) {
+        ssize_t n = read(0, stdin_data + stdin_len, cap - stdin_len);
         if (n < 0 && errno == EINTR)
             continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            wait_forever(0, POLLIN);
+            continue;
+        }
         if (n < 0)
-            return -1;
+            return -1; /* an unreadable stdin: the bundle reports it */
         if (n == 0)
             break;
         stdin_len += (size_t)n;
@@ -348,15 +372,16 @@ static long env_blob(unsigned char *out, size_t cap)
 /* client.build_identity + client.name_for for a frozen build. */
 static int socket_name(struct sockaddr_un *addr, socklen_t *alen, char *ident, size_t cap)
 {
+    char exe[PATH_MAX];
     struct stat st;
     uint64_t h = 0xCBF29CE484222325ULL;
     long long mtime_ns;
     const unsigned char *p;
     int n;
-    if (stat(engine, &st) != 0)
+    if (!realpath(engine, exe) || stat(exe, &st) != 0) /* os.path.realpath(sys.executable) */
         return -1;
     mtime_ns = (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec;
-    n = snprintf(ident, cap, "v%d|%s|%llu:%llu:%lld:%lld", PROTOCOL_VERSION, engine,
+    n = snprintf(ident, cap, "v%d|%s|%llu:%llu:%lld:%lld", PROTOCOL_VERSION, exe,
                  (unsigned long long)st.st_dev, (unsigned long long)st.st_ino,
                  (long long)st.st_size, mtime_ns);
     if (n < 0 || (size_t)n >= cap || n > MAX_IDENTITY)
@@ -396,13 +421,16 @@ static enum io_status send_request(int sock, const unsigned char *frame, size_t 
 {
     size_t sent = 0;
     if (nsfd >= 0) {
-        char ctl[CMSG_SPACE(sizeof(int))];
+        union {
+            char buf[CMSG_SPACE(sizeof(int))];
+            struct cmsghdr align;
+        } ctl;
         struct iovec iov = {.iov_base = (void *)frame, .iov_len = len};
-        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl,
-                             .msg_controllen = sizeof ctl};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+                             .msg_controllen = sizeof ctl.buf};
         struct cmsghdr *c;
         ssize_t n;
-        memset(ctl, 0, sizeof ctl);
+        memset(&ctl, 0, sizeof ctl);
         c = CMSG_FIRSTHDR(&msg);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;
@@ -445,13 +473,18 @@ int main(int argc, char **argv)
     enum io_status st;
     char *slash;
 
+    /* A runtime may exec us with 0-2 closed: the socket must not become our stdout. */
+    for (kind = 0; kind < 3; kind++)
+        if (fcntl(kind, F_GETFD) < 0 && errno == EBADF && open("/dev/null", O_RDWR) != kind)
+            _exit(1);
     if (!realpath("/proc/self/exe", self) || !(slash = strrchr(self, '/')) ||
         (size_t)(slash - self) + sizeof "/" ENGINE_NAME > sizeof engine)
         die_no_engine("cannot locate the bundle next to the launcher");
     memcpy(engine, self, (size_t)(slash - self));
     strcpy(engine + (slash - self), "/" ENGINE_NAME);
 
-    if (argc > 1 || !resident_verb(cmd) || resident_off() || geteuid() != 0)
+    if (argc > 1 || !resident_verb(cmd) || resident_off() || geteuid() != 0 ||
+        getenv(RELAY_FAILED_VAR))
         run_engine(argv);
     ready_timeout = env_seconds("CNI_BRIDGE_RESIDENT_READY_TIMEOUT", DEFAULT_READY_TIMEOUT);
     request_timeout = env_seconds("CNI_BRIDGE_RESIDENT_TIMEOUT", DEFAULT_TIMEOUT);
@@ -510,6 +543,7 @@ int main(int argc, char **argv)
     /* If GO cannot be sent whole, the server cannot have read it, so nothing runs. */
     if (send_all(sock, go, sizeof go, now() + ready_timeout) != IO_OK)
         run_engine(argv);
+    committed = 1;
     if (nsfd >= 0)
         close(nsfd);
 
@@ -533,12 +567,17 @@ int main(int argc, char **argv)
         snprintf(reason, sizeof reason, "no answer within %gs", request_timeout);
         relay_failed(argv, reason);
     }
+    if (st != IO_OK)
+        relay_failed(argv, st == IO_CLOSED ? "connection lost mid-request: peer closed"
+                                           : "connection lost mid-request: receive failed");
     errlen = get32(payload + 4);
-    if (st != IO_OK || errlen > MAX_STDERR || errlen > rlen - RESULT_HEAD ||
+    if (errlen > MAX_STDERR || errlen > rlen - RESULT_HEAD ||
         rlen - RESULT_HEAD - errlen > MAX_STDOUT)
         relay_failed(argv, "connection lost mid-request: bad RESULT frame");
 
-    /* As cli.run: stderr text first, then the answer, then exit with the code. */
+    /* As cli.run: stderr text first, then the answer, then exit with the code. A runtime
+     * that stopped reading must not turn that code into death by SIGPIPE. */
+    signal(SIGPIPE, SIG_IGN);
     {
         const unsigned char *parts[2] = {payload + RESULT_HEAD, payload + RESULT_HEAD + errlen};
         size_t lens[2] = {errlen, rlen - RESULT_HEAD - errlen};
@@ -548,6 +587,10 @@ int main(int argc, char **argv)
                 ssize_t n = write(fds[i], parts[i], lens[i]);
                 if (n < 0 && errno == EINTR)
                     continue;
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                    wait_forever(fds[i], POLLOUT);
+                    continue;
+                }
                 if (n <= 0)
                     break;
                 parts[i] += n;

@@ -87,12 +87,19 @@ _BOOT = (
 )
 
 
+MAX_SECONDS = 1e9  # beyond this a socket timeout overflows; build/launcher.c uses the same bound
+
+
 def env_seconds(env: "Mapping[str, str]", name: str, default: float) -> float:
+    """A decimal number of seconds from 0 to MAX_SECONDS, else the default."""
+    raw = env.get(name, "")
+    if "_" in raw:  # float() takes 1_000; C's strtod, in the launcher, does not
+        return default
     try:
-        value = float(env.get(name, ""))
+        value = float(raw)
     except ValueError:
         return default
-    return value if value >= 0 and value == value and value != float("inf") else default
+    return value if 0 <= value <= MAX_SECONDS else default
 
 
 class ClientConfig:

@@ -259,3 +259,26 @@ def test_a_resident_that_is_not_root_gets_nothing(bundle: Bundle) -> None:
     assert squatter.stdout.readline().strip() == "0"  # not one byte of the request was sent
     (fb,) = bundle.fallbacks()
     assert fb["stdin"] == stdin and fb["relay"] is None
+
+
+def test_closed_standard_descriptors_do_not_become_the_socket(bundle: Bundle) -> None:
+    env = bundle.env
+    host = env.netns("host")
+    env.start_server(host)
+    req_env, _, _ = env.request("STATUS")
+    # Exec'd with fds 0-2 closed, a STATUS (no netns descriptor opened first) would get the
+    # resident's socket as fd 0 and read its request from it. The launcher puts /dev/null
+    # there: the resident gets an empty stdin, and answers (its fake engine fails to parse it).
+    done = bundle.run(host, req_env, "", wrap=("sh", "-c", 'exec "$@" <&- >&- 2>&-', "-"))
+    assert done.returncode not in (0, FALLBACK_EXIT)
+    assert bundle.fallbacks() == []
+
+
+def test_a_preset_relay_failure_is_left_to_the_bundle(bundle: Bundle) -> None:
+    env = bundle.env
+    host, ctr = env.netns("host"), env.netns("ctr")
+    env.start_server(host)
+    req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr))
+    done = bundle.run(host, {**req_env, "CNI_BRIDGE_RELAY_FAILED": "x"}, stdin)
+    assert done.returncode == FALLBACK_EXIT
+    assert env.calls(rid) == []  # as the Python client: such a request never runs
