@@ -421,6 +421,21 @@ def _set_container_af(ct: Rtnl, index: int, ifname: str, *, link_local: bool) ->
                 raise _fail(f"setting arp_notify/addrgenmode on {ifname}", exc) from None
 
 
+def _set_port_af(rt: Rtnl, index: int, name: str) -> None:
+    """No IPv6 link-local address on a host-side veth (addrgenmode none), before it comes up.
+
+    A bridge port's own IP stack never sees a frame (the bridge takes them first), yet each
+    link-local address adds a route to the host's fe80::/64 node, which every later one walks,
+    and a route-table sweep at each link up: O(ports) kernel work per ADD."""
+    inet6 = _attr(AF_INET6, _attr(IFLA_INET6_ADDR_GEN_MODE, bytes([IN6_ADDR_GEN_MODE_NONE])))
+    payload = _IFINFO.pack(0, 0, index, 0, 0) + _attr(IFLA_AF_SPEC, inet6)
+    try:
+        rt.request(_RawRequest(payload), RTM_SETLINK)
+    except NetlinkError as exc:
+        if exc.errno != errno.EAFNOSUPPORT:  # IPv6 disabled on the host: nothing to prevent
+            raise _fail(f"setting addrgenmode on {name}", exc) from None
+
+
 def _set_link(
     rt: Rtnl,
     index: int,
@@ -571,7 +586,6 @@ def _veth_msg(
     data = {"attrs": [("VETH_INFO_PEER", {"attrs": peer})]}
     info = {"attrs": [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", data)]}
     msg = _link_msg()
-    msg["flags"] = msg["change"] = IFF_UP
     msg["attrs"] = [("IFLA_IFNAME", host_name), ("IFLA_MASTER", master), ("IFLA_LINKINFO", info)]
     if mtu:
         msg["attrs"].append(("IFLA_MTU", mtu))
@@ -743,6 +757,7 @@ class NetlinkOps:
                 host = _get_link(rt, name=host_name)
                 if host is None:
                     raise LinkNotFound(host_name, None)
+                _set_port_af(rt, host.index, host_name)
                 if hairpin or port_isolation or vlans:
                     try:
                         msg = _bridge_port_msg(host.index, hairpin, port_isolation, vlans)
@@ -750,6 +765,7 @@ class NetlinkOps:
                     except NetlinkError as exc:
                         what = f"setting bridge port options on {host_name}"
                         raise _fail(what, exc, vlan=bool(vlans)) from None
+                _set_link(rt, host.index, f"bringing up {host_name}", attrs=[], up=True)
                 if promisc and not br.flags & IFF_PROMISC:
                     what = f"setting promiscuous mode on {bridge}"
                     _set_link(rt, br.index, what, attrs=[], promisc=True)

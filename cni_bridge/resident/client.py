@@ -1,5 +1,10 @@
 """The thin client: hand one CNI request to the resident cni-bridge and relay its answer.
 
+A built bundle is exec'd through its native launcher (build/launcher.c), which performs this
+module's happy path (connect, REQUEST, READY, GO, RESULT) without starting Python and execs the
+bundle, landing here, for everything else. This module stays the reference: the launcher's
+constants are checked against it (tests/unit/test_launcher_constants.py).
+
 Imported by every exec'd plugin before anything heavy, so it uses only the cheapest standard
 modules: `_socket` rather than `socket` (which pulls in `enum` and `selectors`, ~10 ms), no
 `typing`, `json`, `hashlib` or `subprocess` on the common path.

@@ -151,6 +151,9 @@ def test_add_path_state_and_traffic(env: Env) -> None:
         assert host_end["operstate"] == "UP"
         assert host_end["linkinfo"]["info_slave_data"]["hairpin"] is True
         assert host_end["ifindex"] == res["host"]["index"]
+        # A bridge port gets no IPv6 link-local address (addrgenmode none before link up).
+        assert addrs(env.host, res["host"]["name"]) == {}
+        assert host_end.get("inet6_addr_gen_mode") == "none"
         ctr = env.ctrs[i]
         eth0 = link(ctr, "eth0")
         assert eth0 is not None
