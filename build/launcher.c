@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <poll.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -70,6 +71,8 @@ extern char **environ;
 
 static char engine[PATH_MAX];     /* the bundle's own executable */
 static int committed;             /* GO was sent: the request may have run */
+
+static int write_all(int fd, const void *buf, size_t len);
 static char *stdin_data;          /* what was read from fd 0, once read */
 static size_t stdin_len;
 static int stdin_read;
@@ -85,9 +88,8 @@ static void __attribute__((noreturn)) die_no_engine(const char *what)
     int n = snprintf(msg, sizeof msg,
                      "{\"cniVersion\":\"1.1.0\",\"code\":%d,\"msg\":\"cni-bridge: %s\"}\n",
                      committed ? 11 : 999, what);
-    if (n > 0 && write(1, msg, (size_t)n) < 0) {
-        /* nothing left to report it to */
-    }
+    if (n > 0)
+        write_all(1, msg, (size_t)n); /* if that fails, nothing is left to report it to */
     _exit(1);
 }
 
@@ -97,17 +99,8 @@ static void __attribute__((noreturn)) run_engine(char **argv)
 {
     if (stdin_read) {
         int fd = memfd_create("cni-bridge-stdin", MFD_CLOEXEC);
-        size_t off = 0;
-        if (fd < 0)
+        if (fd < 0 || write_all(fd, stdin_data, stdin_len) != 0)
             die_no_engine("cannot hand stdin over to the bundle");
-        while (off < stdin_len) {
-            ssize_t n = write(fd, stdin_data + off, stdin_len - off);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0)
-                die_no_engine("cannot hand stdin over to the bundle");
-            off += (size_t)n;
-        }
         /* fds 0-2 are open (main), so the memfd is above them and dup2 is a real copy. */
         if (lseek(fd, 0, SEEK_SET) != 0 || dup2(fd, 0) != 0)
             die_no_engine("cannot hand stdin over to the bundle");
@@ -211,7 +204,8 @@ static uint32_t get32(const unsigned char *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
-/* Wait until fd is ready for `events` or the deadline passes: 0 ready, -1 timeout/error. */
+/* Wait until fd is ready for `events` or the deadline (INFINITY: none) passes: 0 ready,
+ * -1 timeout/error. */
 static int wait_fd(int fd, short events, double deadline)
 {
     for (;;) {
@@ -229,7 +223,29 @@ static int wait_fd(int fd, short events, double deadline)
     }
 }
 
-enum io_status { IO_OK = 0, IO_TIMEOUT, IO_CLOSED, IO_ERROR };
+/* All of buf, through EINTR and a descriptor someone handed us in non-blocking mode. */
+static int write_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (wait_fd(fd, POLLOUT, INFINITY) != 0)
+                return -1;
+            continue;
+        }
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* IO_BAD: a whole frame arrived but is not what the protocol allows. */
+enum io_status { IO_OK = 0, IO_TIMEOUT, IO_CLOSED, IO_ERROR, IO_BAD };
 
 static enum io_status send_all(int fd, const unsigned char *buf, size_t len, double deadline)
 {
@@ -280,23 +296,15 @@ static enum io_status recv_header(int fd, int *kind, uint32_t *len, uint32_t lim
     if (st != IO_OK)
         return st;
     if (h[0] != 'C' || h[1] != 'B')
-        return IO_ERROR;
+        return IO_BAD;
     *kind = h[2];
     *len = get32(h + 3);
     if (*len > limit)
-        return IO_ERROR;
+        return IO_BAD;
     return IO_OK;
 }
 
 /* ---------------------------------------------------------------- the request */
-
-/* Block until fd is ready (for a descriptor someone handed us in non-blocking mode). */
-static void wait_forever(int fd, short events)
-{
-    struct pollfd p = {.fd = fd, .events = events};
-    while (poll(&p, 1, -1) < 0 && errno == EINTR)
-        ;
-}
 
 /* All of stdin up to one byte over the bound, which is enough for the engine to tell "too
  * large" (cli._read_stdin). One allocation: pages never touched cost nothing, and a failure
@@ -312,10 +320,9 @@ static int read_stdin(void)
         ssize_t n = read(0, stdin_data + stdin_len, cap - stdin_len);
         if (n < 0 && errno == EINTR)
             continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            wait_forever(0, POLLIN);
-            continue;
-        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) &&
+            wait_fd(0, POLLIN, INFINITY) == 0)
+            continue; /* a non-blocking stdin someone handed us */
         if (n < 0)
             return -1; /* an unreadable stdin: the bundle reports it */
         if (n == 0)
@@ -464,7 +471,6 @@ int main(int argc, char **argv)
     socklen_t clen = sizeof cred;
     double ready_timeout, request_timeout, deadline;
     unsigned char *frame, *env, *payload;
-    unsigned char hdr[HEADER_SIZE];
     long envlen;
     size_t identlen, paylen;
     uint32_t rlen, errlen;
@@ -549,54 +555,33 @@ int main(int argc, char **argv)
 
     /* Committed: the request runs (or ran) in the resident; never run it again from here. */
     deadline = now() + request_timeout;
-    st = recv_exact(sock, hdr, sizeof hdr, deadline);
-    if (st == IO_TIMEOUT) {
-        snprintf(reason, sizeof reason, "no answer within %gs", request_timeout);
-        relay_failed(argv, reason);
-    }
-    if (st != IO_OK || hdr[0] != 'C' || hdr[1] != 'B' || hdr[2] != K_RESULT ||
-        get32(hdr + 3) < RESULT_HEAD || get32(hdr + 3) > RESULT_HEAD + MAX_STDERR + MAX_STDOUT)
-        relay_failed(argv, st == IO_CLOSED ? "connection lost mid-request: peer closed"
-                                           : "connection lost mid-request: bad RESULT frame");
-    rlen = get32(hdr + 3);
-    payload = malloc(rlen);
-    if (!payload)
+    st = recv_header(sock, &kind, &rlen, RESULT_HEAD + MAX_STDERR + MAX_STDOUT, deadline);
+    if (st == IO_OK && (kind != K_RESULT || rlen < RESULT_HEAD))
+        st = IO_BAD;
+    payload = st == IO_OK ? malloc(rlen) : NULL;
+    if (st == IO_OK && !payload)
         relay_failed(argv, "connection lost mid-request: out of memory");
-    st = recv_exact(sock, payload, rlen, deadline);
+    if (st == IO_OK)
+        st = recv_exact(sock, payload, rlen, deadline);
+    if (st == IO_OK) {
+        errlen = get32(payload + 4);
+        if (errlen > MAX_STDERR || errlen > rlen - RESULT_HEAD ||
+            rlen - RESULT_HEAD - errlen > MAX_STDOUT)
+            st = IO_BAD;
+    }
     if (st == IO_TIMEOUT) {
         snprintf(reason, sizeof reason, "no answer within %gs", request_timeout);
         relay_failed(argv, reason);
     }
     if (st != IO_OK)
         relay_failed(argv, st == IO_CLOSED ? "connection lost mid-request: peer closed"
+                           : st == IO_BAD  ? "connection lost mid-request: bad RESULT frame"
                                            : "connection lost mid-request: receive failed");
-    errlen = get32(payload + 4);
-    if (errlen > MAX_STDERR || errlen > rlen - RESULT_HEAD ||
-        rlen - RESULT_HEAD - errlen > MAX_STDOUT)
-        relay_failed(argv, "connection lost mid-request: bad RESULT frame");
 
     /* As cli.run: stderr text first, then the answer, then exit with the code. A runtime
      * that stopped reading must not turn that code into death by SIGPIPE. */
     signal(SIGPIPE, SIG_IGN);
-    {
-        const unsigned char *parts[2] = {payload + RESULT_HEAD, payload + RESULT_HEAD + errlen};
-        size_t lens[2] = {errlen, rlen - RESULT_HEAD - errlen};
-        int fds[2] = {2, 1}, i;
-        for (i = 0; i < 2; i++) {
-            while (lens[i]) {
-                ssize_t n = write(fds[i], parts[i], lens[i]);
-                if (n < 0 && errno == EINTR)
-                    continue;
-                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                    wait_forever(fds[i], POLLOUT);
-                    continue;
-                }
-                if (n <= 0)
-                    break;
-                parts[i] += n;
-                lens[i] -= (size_t)n;
-            }
-        }
-    }
+    write_all(2, payload + RESULT_HEAD, errlen);
+    write_all(1, payload + RESULT_HEAD + errlen, rlen - RESULT_HEAD - errlen);
     _exit((int)get32(payload));
 }

@@ -403,14 +403,17 @@ def _forwarding(rt: Rtnl, family: int) -> int | None:
     return int(_S32.unpack_from(raw)[0]) if raw is not None and len(raw) >= 4 else None
 
 
+# IFLA_AF_SPEC's AF_INET6 part for "no IPv6 link-local address" (addrgenmode none).
+_NO_LINK_LOCAL = _attr(AF_INET6, _attr(IFLA_INET6_ADDR_GEN_MODE, bytes([IN6_ADDR_GEN_MODE_NONE])))
+
+
 def _set_container_af(ct: Rtnl, index: int, ifname: str, *, link_local: bool) -> None:
     """arp_notify on (a gratuitous ARP when the link comes up, as the reference plugin sets
     it), and without `link_local` no IPv6 link-local address (addrgenmode none: no DAD, MLD
     or router solicitation ever leaves the interface). One netlink message, before link up."""
     inet = _attr(AF_INET, _attr(IFLA_INET_CONF, _attr(IPV4_DEVCONF_ARP_NOTIFY, _U32.pack(1))))
-    inet6 = _attr(AF_INET6, _attr(IFLA_INET6_ADDR_GEN_MODE, bytes([IN6_ADDR_GEN_MODE_NONE])))
     head = _IFINFO.pack(0, 0, index, 0, 0)
-    for families in ([inet] if link_local else [inet, inet6], [inet]):
+    for families in ([inet] if link_local else [inet, _NO_LINK_LOCAL], [inet]):
         try:
             payload = head + _attr(IFLA_AF_SPEC, b"".join(families))
             ct.request(_RawRequest(payload), RTM_SETLINK)
@@ -427,8 +430,7 @@ def _set_port_af(rt: Rtnl, index: int, name: str) -> None:
     A bridge port's own IP stack never sees a frame (the bridge takes them first), yet each
     link-local address adds a route to the host's fe80::/64 node, which every later one walks,
     and a route-table sweep at each link up: O(ports) kernel work per ADD."""
-    inet6 = _attr(AF_INET6, _attr(IFLA_INET6_ADDR_GEN_MODE, bytes([IN6_ADDR_GEN_MODE_NONE])))
-    payload = _IFINFO.pack(0, 0, index, 0, 0) + _attr(IFLA_AF_SPEC, inet6)
+    payload = _IFINFO.pack(0, 0, index, 0, 0) + _attr(IFLA_AF_SPEC, _NO_LINK_LOCAL)
     try:
         rt.request(_RawRequest(payload), RTM_SETLINK)
     except NetlinkError as exc:

@@ -101,6 +101,13 @@ class Bundle:
             (self.dir / "link").symlink_to(self.launch.name)
         return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60, cwd="/")
 
+    def namespaces(self, *, serve: bool) -> tuple[str, str]:
+        """A host and a container namespace; with `serve`, a resident in the host one."""
+        host, ctr = self.env.netns("host"), self.env.netns("ctr")
+        if serve:
+            self.env.start_server(host)
+        return host, ctr
+
     def fallbacks(self) -> list[dict[str, Any]]:
         if not self.record.exists():
             return []
@@ -122,8 +129,7 @@ def _netns_ino(ns: str) -> int:
 
 def test_a_request_is_relayed_to_the_resident_without_the_bundle(bundle: Bundle) -> None:
     env = bundle.env
-    host, ctr = env.netns("host"), env.netns("ctr")
-    env.start_server(host)
+    host, ctr = bundle.namespaces(serve=True)
     req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr), exit=3)
     done = bundle.run(host, {**req_env, "PATH": "/usr/bin:/bin"}, stdin)
     assert done.returncode == 3, done.stderr  # the engine's exit code, relayed
@@ -138,8 +144,7 @@ def test_a_request_is_relayed_to_the_resident_without_the_bundle(bundle: Bundle)
 
 def test_umask_and_a_large_stdin_travel_whole(bundle: Bundle) -> None:
     env = bundle.env
-    host, ctr = env.netns("host"), env.netns("ctr")
-    env.start_server(host)
+    host, ctr = bundle.namespaces(serve=True)
     req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr))
     conf = json.loads(stdin)
     conf["padding"] = "x" * 300_000  # several socket buffers: the rest follows the descriptor
@@ -154,7 +159,7 @@ def test_umask_and_a_large_stdin_travel_whole(bundle: Bundle) -> None:
 
 def test_without_a_resident_the_bundle_gets_the_request_untouched(bundle: Bundle) -> None:
     env = bundle.env
-    host, ctr = env.netns("host"), env.netns("ctr")
+    host, ctr = bundle.namespaces(serve=False)
     req_env, stdin, _ = env.request("ADD", netns=str(NETNS_DIR / ctr))
     done = bundle.run(host, req_env, stdin)
     assert done.returncode == FALLBACK_EXIT, done.stderr
@@ -165,8 +170,7 @@ def test_without_a_resident_the_bundle_gets_the_request_untouched(bundle: Bundle
 
 def test_what_is_not_a_plugin_request_goes_to_the_bundle(bundle: Bundle) -> None:
     env = bundle.env
-    host, ctr = env.netns("host"), env.netns("ctr")
-    env.start_server(host)
+    host, ctr = bundle.namespaces(serve=True)
     req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr))
     # operator commands, the resident turned off, VERSION, a netns that is not one
     assert bundle.run(host, {}, "", args=("ls", "--network", "x")).returncode == FALLBACK_EXIT
@@ -186,8 +190,7 @@ def test_what_is_not_a_plugin_request_goes_to_the_bundle(bundle: Bundle) -> None
 
 def test_a_refused_request_falls_back_with_its_stdin(bundle: Bundle) -> None:
     env = bundle.env
-    host, ctr = env.netns("host"), env.netns("ctr")
-    env.start_server(host)
+    host, ctr = bundle.namespaces(serve=True)
     req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr))
     conf = json.loads(stdin)
     conf["padding"] = "y" * 200_000
@@ -204,8 +207,7 @@ def test_a_refused_request_falls_back_with_its_stdin(bundle: Bundle) -> None:
 
 def test_a_worker_dying_after_go_is_reported_and_never_rerun(bundle: Bundle) -> None:
     env = bundle.env
-    host, ctr = env.netns("host"), env.netns("ctr")
-    env.start_server(host)
+    host, ctr = bundle.namespaces(serve=True)
     req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr), mode="crash")
     done = bundle.run(host, req_env, stdin)
     assert done.returncode == FALLBACK_EXIT
@@ -217,8 +219,7 @@ def test_a_worker_dying_after_go_is_reported_and_never_rerun(bundle: Bundle) -> 
 
 def test_a_hung_request_times_out_and_runs_once(bundle: Bundle) -> None:
     env = bundle.env
-    host, ctr = env.netns("host"), env.netns("ctr")
-    env.start_server(host)
+    host, ctr = bundle.namespaces(serve=True)
     req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr), mode="hang", seconds=5)
     done = bundle.run(host, {**req_env, "CNI_BRIDGE_RESIDENT_TIMEOUT": "1"}, stdin)
     assert done.returncode == FALLBACK_EXIT
@@ -228,27 +229,10 @@ def test_a_hung_request_times_out_and_runs_once(bundle: Bundle) -> None:
 
 
 def test_a_resident_that_is_not_root_gets_nothing(bundle: Bundle) -> None:
-    from tests.integration.test_resident import SQUATTER_SCRIPT
-
     env = bundle.env
-    host, ctr = env.netns("host"), env.netns("ctr")
-    squatter = subprocess.Popen(
-        [
-            "nsenter",
-            f"--net={NETNS_DIR / host}",
-            sys.executable,
-            "-c",
-            SQUATTER_SCRIPT,
-            str(ROOT),
-            env.name.hex(),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    env.procs.append(squatter)
+    host, ctr = bundle.namespaces(serve=False)
+    squatter = env.start_squatter(host)
     assert squatter.stdout is not None
-    assert squatter.stdout.readline().strip() == "listening"
     req_env, stdin, _ = env.request("ADD", netns=str(NETNS_DIR / ctr))
     done = bundle.run(host, req_env, stdin)
     assert done.returncode == FALLBACK_EXIT
@@ -276,8 +260,7 @@ def test_closed_standard_descriptors_do_not_become_the_socket(bundle: Bundle) ->
 
 def test_a_preset_relay_failure_is_left_to_the_bundle(bundle: Bundle) -> None:
     env = bundle.env
-    host, ctr = env.netns("host"), env.netns("ctr")
-    env.start_server(host)
+    host, ctr = bundle.namespaces(serve=True)
     req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr))
     done = bundle.run(host, {**req_env, "CNI_BRIDGE_RELAY_FAILED": "x"}, stdin)
     assert done.returncode == FALLBACK_EXIT

@@ -263,6 +263,21 @@ class Env:
         assert wait_until(lambda: self.ping(ns) is not None), self.server_log(ns)
         return proc
 
+    def start_squatter(self, ns: str) -> subprocess.Popen[str]:
+        """A non-root listener on the resident's name (SQUATTER_SCRIPT), once it listens; it
+        prints how many bytes a client sent it after the client has gone."""
+        argv = ["nsenter", f"--net={NETNS_DIR / ns}", sys.executable, "-c", SQUATTER_SCRIPT]
+        squatter = subprocess.Popen(
+            [*argv, str(ROOT), self.name.hex()],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self.procs.append(squatter)
+        assert squatter.stdout is not None
+        assert squatter.stdout.readline().strip() == "listening"
+        return squatter
+
     def server_log(self, ns: str) -> str:
         path = self.tmp / f"server-{ns}.log"
         return path.read_text() if path.exists() else ""
@@ -492,23 +507,8 @@ def test_a_non_root_caller_is_refused(env: Env) -> None:
 
 def test_the_client_ignores_a_resident_that_is_not_root(env: Env) -> None:
     host = env.netns("host")
-    squatter = subprocess.Popen(
-        [
-            "nsenter",
-            f"--net={NETNS_DIR / host}",
-            sys.executable,
-            "-c",
-            SQUATTER_SCRIPT,
-            str(ROOT),
-            env.name.hex(),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    env.procs.append(squatter)
+    squatter = env.start_squatter(host)
     assert squatter.stdout is not None
-    assert squatter.stdout.readline().strip() == "listening"
     req_env, stdin, _ = env.request("ADD", netns=str(NETNS_DIR / host))
     assert env.call(host, req_env, stdin) is None
     assert squatter.stdout.readline().strip() == "0"  # not one byte of the request was sent
