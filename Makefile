@@ -30,7 +30,7 @@ sysdeps:
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:" $$missing; \
 		if [ "$$(id -u)" != 0 ]; then echo "need root to install:" $$missing >&2; exit 1; fi; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq $$missing >/dev/null; \
 	fi
 
 $(VENV)/.ok: pyproject.toml | sysdeps
