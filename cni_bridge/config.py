@@ -204,6 +204,9 @@ class NetConf(_Model):
     is_default_gateway: bool = Field(False, alias="isDefaultGateway")
     force_address: bool = Field(False, alias="forceAddress")
     ip_masq: bool = Field(False, alias="ipMasq")
+    # Extension (ip-masq-agent's option of the same name): destinations that ipMasq leaves
+    # alone, so pods keep their address towards the cluster CIDR (pods on other nodes).
+    non_masquerade_cidrs: list[IPNetwork] = Field(default_factory=list, alias="nonMasqueradeCIDRs")
     mtu: int | None = Field(None, ge=68, le=65535)
     hairpin_mode: bool = Field(False, alias="hairpinMode")
     promisc_mode: bool = Field(False, alias="promiscMode")
@@ -247,6 +250,13 @@ class NetConf(_Model):
         if problem:
             raise ValueError(f"bridge name {v!r} {problem}")
         return v
+
+    @field_validator("non_masquerade_cidrs", mode="before")
+    @classmethod
+    def _non_masq(cls, v: Any) -> list[IPNetwork]:
+        if not isinstance(v, list):
+            raise ValueError("nonMasqueradeCIDRs must be a list of CIDRs")
+        return [_network(x, "nonMasqueradeCIDRs entry") for x in v]
 
     @field_validator("vlan_trunk")
     @classmethod

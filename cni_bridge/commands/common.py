@@ -105,6 +105,7 @@ def network_fw(conf: NetConf, subnets: list[IPNetwork]) -> NetworkFw:
         subnets=subnets,
         ip_masq=conf.ip_masq,
         isolate=conf.isolation,
+        non_masq=list(conf.non_masquerade_cidrs),
     )
 
 

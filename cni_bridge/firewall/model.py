@@ -44,6 +44,7 @@ class NetworkFw:
     subnets: list[IPNetwork]
     ip_masq: bool
     isolate: bool = True
+    non_masq: list[IPNetwork] = field(default_factory=list)  # destinations ipMasq leaves alone
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ def network_to_dict(net: NetworkFw) -> dict[str, Any]:
         "subnets": [str(s) for s in net.subnets],
         "ipMasq": net.ip_masq,
         "isolate": net.isolate,
+        "nonMasqueradeCIDRs": [str(s) for s in net.non_masq],
     }
 
 
@@ -136,6 +138,7 @@ def network_from_dict(d: dict[str, Any]) -> NetworkFw:
         subnets=[ipaddress.ip_network(s, strict=False) for s in d["subnets"]],
         ip_masq=bool(d["ipMasq"]),
         isolate=bool(d.get("isolate", True)),
+        non_masq=[ipaddress.ip_network(s, strict=False) for s in d.get("nonMasqueradeCIDRs", [])],
     )
 
 

@@ -7,8 +7,10 @@ map elements, so ADD and DEL never create or delete rules in our table (a transa
 that deletes rules makes closing the netlink socket wait 12-23 ms).
 
 - network elements (comment: the network name): its bridge in ``bridges``,
-  ``isolated``, ``bridge_self`` and ``strict``; its subnets in ``masq4/6`` (ipMasq)
-  and its subnet pairs in ``same4/6`` (interval sets, so "same network" is one lookup);
+  ``isolated``, ``bridge_self`` and ``strict``; its subnets in ``masq4/6`` (ipMasq),
+  its subnet pairs in ``same4/6`` (interval sets, so "same network" is one lookup) and
+  (subnet, nonMasqueradeCIDRs entry) pairs in ``nomasq4/6`` (destinations that keep the
+  source address, e.g. the cluster CIDR);
 - attachment elements (comment: "<network> <tag> <owner>"): port mappings in the
   ``pub*`` maps keyed by (l4proto, port) or (host address, l4proto, port), and a claim
   of the host port in ``ports`` (see below).
@@ -88,6 +90,7 @@ BRIDGE_SELF = "bridge_self"  # ifname . ifname: (br, br), routed traffic within 
 STRICT = "strict"  # ifname: bridges behind a foreign forward policy drop
 MASQ = {4: "masq4", 6: "masq6"}  # subnets of networks with ipMasq
 SAME = {4: "same4", 6: "same6"}  # (subnet, subnet) pairs of one network
+NOMASQ = {4: "nomasq4", 6: "nomasq6"}  # (subnet, nonMasqueradeCIDRs entry) pairs
 PORTS = "ports"  # nfproto . l4proto . port -> attachment id, or CLAIM_SPECIFIC
 CLAIM_SPECIFIC = 0  # the marker of mappings on specific host addresses
 MARKER_COMMENT = "* published on specific host addresses"  # "*": no network name
@@ -108,7 +111,15 @@ PUB = {
 }
 _ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 _L3 = {4: "ip", 6: "ip6"}
-NETWORK_SETS = (BRIDGES, ISOLATED, BRIDGE_SELF, STRICT, *MASQ.values(), *SAME.values())
+NETWORK_SETS = (
+    BRIDGES,
+    ISOLATED,
+    BRIDGE_SELF,
+    STRICT,
+    *MASQ.values(),
+    *SAME.values(),
+    *NOMASQ.values(),
+)
 PUB_MAPS = tuple(name for pm in PUB.values() for name in (pm.addr, pm.port))
 ATTACHMENT_SETS = (*PUB_MAPS, PORTS)
 
@@ -123,6 +134,7 @@ def _set_decls() -> dict[str, Json]:
     for fam, addr in _ADDR_TYPE.items():
         decls[MASQ[fam]] = {"type": addr, "flags": ["interval"]}
         decls[SAME[fam]] = {"type": [addr, addr], "flags": ["interval"]}
+        decls[NOMASQ[fam]] = {"type": [addr, addr], "flags": ["interval"]}
         for specific in (False, True):
             key: list[str] = [addr] if specific else []
             key += ["inet_proto", "inet_service"]
@@ -205,11 +217,12 @@ def _masq_rules(fam: int) -> tuple[tuple[str, tuple[Json, ...]], ...]:
             (_match(_ct("status"), "dnat", "in"), _match(pair, f"@{SAME[fam]}"), _MASQ),
         ),
         (
-            f"{LAYOUT} masq{fam}: ipMasq networks leaving their subnets",
+            f"{LAYOUT} masq{fam}: ipMasq networks leaving their subnets, but to nonMasqueradeCIDRs",
             (
                 _match(_pl(l3, "saddr"), f"@{MASQ[fam]}"),
                 _match(_pl(l3, "daddr"), _prefix(multicast), "!="),
                 _match(pair, f"@{SAME[fam]}", "!="),
+                _match(pair, f"@{NOMASQ[fam]}", "!="),
                 _MASQ,
             ),
         ),
@@ -429,6 +442,15 @@ def network_keys(net: NetworkFw, strict: bool) -> dict[str, list[Any]]:
             continue
         if net.ip_masq:
             keys[MASQ[fam]] = [_prefix(s) for s in subnets]
+            # collapsed: overlapping entries would be refused by the interval set
+            kept = sorted(
+                ipaddress.collapse_addresses(n for n in net.non_masq if n.version == fam),  # type: ignore[type-var]
+                key=str,
+            )
+            if kept:
+                keys[NOMASQ[fam]] = [
+                    {"concat": [_prefix(a), _prefix(b)]} for a, b in itertools.product(subnets, kept)
+                ]
         keys[SAME[fam]] = [
             {"concat": [_prefix(a), _prefix(b)]} for a, b in itertools.product(subnets, subnets)
         ]

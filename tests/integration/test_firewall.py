@@ -257,6 +257,21 @@ def test_no_masquerade_without_ip_masq(topo: Topo) -> None:
     assert t.reach("c1", "tcp", OUT4, 9000) == "10.88.1.2"
 
 
+def test_non_masquerade_cidrs_keep_the_source_address(topo: Topo) -> None:
+    t = topo
+    t.lab.server(t.out, "tcp", 9000)
+    ip_batch(t.out, ["route add 10.88.1.0/24 via " + HOST4])
+    # the outside's IPv4 subnet stands for "the cluster": the container's address is kept
+    # there; IPv6 traffic still leaves masqueraded
+    kept = NetworkFw(NET_A.name, NET_A.bridge, NET_A.subnets, True, non_masq=[ip_network("192.0.2.0/24")])
+    t.fw("add", kept, attachment("t1", "c1"))
+    assert t.reach("c1", "tcp", OUT4, 9000) == "10.88.1.2"
+    assert t.reach("c1", "tcp", OUT6, 9000) == HOST6
+    t.fw("del", kept, attachment("t1", "c1"), last=True)
+    assert [e for o in nft_ruleset(t.host) if "set" in o and o["set"]["name"].startswith("nomasq")
+            for e in o["set"].get("elem", [])] == []
+
+
 def test_isolation_between_bridges(topo_bnf: Topo) -> None:
     t = topo_bnf
     t.lab.server(t.ns["c3"], "tcp", 80)

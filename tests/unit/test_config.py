@@ -139,12 +139,21 @@ def test_port_mappings_need_capability() -> None:
         ({"isGateway": "maybe"}, "isGateway"),
         ({"ipam": {"type": "host-local", "subnet": "10.0.0.0/24", "dataDir": "relative"}}, "dataDir"),
         ({"ipam": {"type": "host-local", "subnet": "10.0.0.0/24", "routes": [{"dst": "::/0"}]}}, "routes"),
+        ({"nonMasqueradeCIDRs": ["10.244.0.1/16"]}, "nonMasqueradeCIDRs"),
+        ({"nonMasqueradeCIDRs": ["cluster"]}, "nonMasqueradeCIDRs"),
+        ({"nonMasqueradeCIDRs": "10.244.0.0/16"}, "nonMasqueradeCIDRs"),
     ],
 )
 def test_config_errors_name_the_field(override: dict[str, Any], field_text: str) -> None:
     err = bad(conf(**override))
     assert err.code == 7
     assert field_text in err.msg, err.msg
+
+
+def test_non_masquerade_cidrs() -> None:
+    n = load_netconf(conf(nonMasqueradeCIDRs=["10.244.0.0/16", "fd00:244::/56"]))
+    assert [str(c) for c in n.non_masquerade_cidrs] == ["10.244.0.0/16", "fd00:244::/56"]
+    assert load_netconf(conf()).non_masquerade_cidrs == []
 
 
 def test_unknown_cni_version_is_code_1() -> None:

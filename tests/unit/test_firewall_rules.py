@@ -753,3 +753,61 @@ def test_a_second_add_of_a_v4_network_lists_only_what_it_needs(fake: FakeNft, fw
     }
     assert {"chains", "ruleset"} <= {k for c in fake.lists for k in c}
     assert other.tag in json.dumps(fake.writes[-1])  # and the transaction went through
+
+
+# ------------------------------------------------------------------ nonMasqueradeCIDRs
+
+
+NET_K = NetworkFw(
+    "kube",
+    "cni0",
+    [ip_network("10.244.1.0/24"), ip_network("fd00:244:1::/64")],
+    True,
+    non_masq=[
+        ip_network("10.244.0.0/16"),
+        ip_network("10.244.7.0/24"),  # inside the first: collapsed away
+        ip_network("192.168.50.0/24"),
+        ip_network("fd00:244::/56"),
+    ],
+)
+
+
+def test_non_masquerade_cidrs_are_pairs_with_the_subnets() -> None:
+    keys = rules.network_keys(NET_K, strict=False)
+
+    def pairs(name: str) -> list[tuple[str, str]]:
+        return [tuple(rules.canon(k, True)) for k in keys[name]]  # type: ignore[misc]
+
+    assert pairs("nomasq4") == [("10.244.1.0/24", "10.244.0.0/16"), ("10.244.1.0/24", "192.168.50.0/24")]
+    assert pairs("nomasq6") == [("fd00:244:1::/64", "fd00:244::/56")]
+    # without ipMasq nothing is masqueraded, so there is nothing to exempt
+    plain = NetworkFw(NET_K.name, NET_K.bridge, NET_K.subnets, False, non_masq=NET_K.non_masq)
+    assert not {"nomasq4", "nomasq6"} & set(rules.network_keys(plain, strict=False))
+
+
+def test_masquerade_rule_skips_the_non_masquerade_pairs() -> None:
+    chain = rules.CHAINS["postrouting"]
+    for fam in (4, 6):
+        (expr,) = [e for c, e in chain.rules if c.startswith(f"v1 masq{fam}:")]
+        assert {"match": {"op": "!=", "left": expr[2]["match"]["left"], "right": f"@nomasq{fam}"}} in expr
+
+
+def test_non_masquerade_cidrs_add_and_del_touch_only_elements(fake: FakeNft, fw: Firewall) -> None:
+    att = AttachmentFw("k1", "kube/c1/eth0", [ip_address("10.244.1.2")], [])
+    att2 = AttachmentFw("k2", "kube/c2/eth0", [ip_address("10.244.1.3")], [])
+    fw.add_attachment(NET_K, att)
+    sets = fake.tables[("inet", "cni_bridge")]["sets"]
+    assert len(sets["nomasq4"]["elems"]) == 2 and len(sets["nomasq6"]["elems"]) == 1
+    fake.writes.clear()
+    fw.add_attachment(NET_K, att2)
+    fw.del_attachment(NET_K, att2, last_in_network=False)
+    assert all("element" in next(iter(c.values())) for w in fake.writes for c in w)
+    fw.del_attachment(NET_K, att, last_in_network=True)
+    assert not sets["nomasq4"]["elems"] and not sets["nomasq6"]["elems"]
+
+
+def test_model_round_trip_keeps_non_masquerade_cidrs() -> None:
+    assert network_from_dict(network_to_dict(NET_K)) == NET_K
+    old = network_to_dict(NET)
+    del old["nonMasqueradeCIDRs"]  # a record written before the field existed
+    assert network_from_dict(old).non_masq == []
