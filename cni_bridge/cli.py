@@ -25,6 +25,7 @@ cni-bridge: a CNI plugin (run by container runtimes with CNI_COMMAND set) and it
   cni-bridge status [--data-dir D]                    networks, pools, firewall health
   cni-bridge gc [--network N] [--data-dir D]          remove attachments whose netns is gone
   cni-bridge serve                                    run the warm resident (normally automatic)
+  cni-bridge routes --peers FILE [--dry-run]          routes to other nodes' pod CIDRs (host-gw)
   cni-bridge --version
 """
 RESIDENT_VERBS = frozenset({"ADD", "DEL", "CHECK", "STATUS", "GC"})
@@ -95,6 +96,10 @@ def operator_main(args: list[str], env: "Mapping[str, str]") -> int:
         from cni_bridge.resident.server import main as serve_main
 
         return serve_main(rest)
+    if cmd == "routes":
+        from cni_bridge.nodes.routes import main as routes_main
+
+        return routes_main(rest)
     if cmd in ("ls", "status", "gc"):
         from cni_bridge.operator import main as op_main
 

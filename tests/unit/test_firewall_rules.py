@@ -761,13 +761,13 @@ def test_a_second_add_of_a_v4_network_lists_only_what_it_needs(fake: FakeNft, fw
 NET_K = NetworkFw(
     "kube",
     "cni0",
-    [ip_network("10.244.1.0/24"), ip_network("fd00:244:1::/64")],
+    [ip_network("10.244.1.0/24"), ip_network("fd00:10:244:1::/64")],
     True,
     non_masq=[
         ip_network("10.244.0.0/16"),
         ip_network("10.244.7.0/24"),  # inside the first: collapsed away
         ip_network("192.168.50.0/24"),
-        ip_network("fd00:244::/56"),
+        ip_network("fd00:10:244::/56"),
     ],
 )
 
@@ -779,7 +779,7 @@ def test_non_masquerade_cidrs_are_pairs_with_the_subnets() -> None:
         return [tuple(rules.canon(k, True)) for k in keys[name]]  # type: ignore[misc]
 
     assert pairs("nomasq4") == [("10.244.1.0/24", "10.244.0.0/16"), ("10.244.1.0/24", "192.168.50.0/24")]
-    assert pairs("nomasq6") == [("fd00:244:1::/64", "fd00:244::/56")]
+    assert pairs("nomasq6") == [("fd00:10:244:1::/64", "fd00:10:244::/56")]
     # without ipMasq nothing is masqueraded, so there is nothing to exempt
     plain = NetworkFw(NET_K.name, NET_K.bridge, NET_K.subnets, False, non_masq=NET_K.non_masq)
     assert not {"nomasq4", "nomasq6"} & set(rules.network_keys(plain, strict=False))

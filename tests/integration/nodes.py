@@ -1,0 +1,128 @@
+"""Simulated cluster nodes for integration tests: a "LAN" namespace holding a bridge, each
+node a harness Lab (its own host namespace, data dir and cni-bridge network with its own pod
+CIDR) linked to the LAN by a veth, and an "outside" host on the LAN. Namespaces start with
+cbK (the kube stream's prefix); everything is removed in teardown."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.integration import nsnet
+from tests.integration.harness import ROOT, Lab, Netns, plugin_command, run
+
+PREFIX = "cbK"
+LAN4, LAN6 = "192.168.77.{}", "fd77::{}"
+OUT = 100  # the outside host's last address byte on the LAN
+CLUSTER4, CLUSTER6 = "10.244.0.0/16", "fd00:10:244::/56"
+
+
+def pod_cidrs(i: int) -> tuple[str, str]:
+    return f"10.244.{i}.0/24", f"fd00:10:244:{i}::/64"
+
+
+@dataclass
+class Node:
+    index: int
+    lab: Lab
+    conf: dict[str, Any]
+    pods: dict[str, tuple[Netns, list[str]]] = field(default_factory=dict)  # name -> ns, ips
+
+    @property
+    def host(self) -> Netns:
+        return self.lab.host
+
+    @property
+    def ip4(self) -> str:
+        return LAN4.format(self.index + 10)
+
+    @property
+    def ip6(self) -> str:
+        return LAN6.format(self.index + 10)
+
+    def pod(self, name: str) -> tuple[Netns, list[str]]:
+        ns = self.lab.container()
+        result = self.lab.add(self.conf, f"{name}-{self.index}", ns)
+        ips = [ip["address"].split("/")[0] for ip in result["ips"]]
+        self.pods[name] = (ns, ips)
+        return ns, ips
+
+    def cni_bridge(self, *args: str, env: dict[str, str] | None = None,
+                   timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """An operator command of the plugin under test, run inside the node's namespace."""
+        full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)}
+        full.update(env or {})
+        cmd = ["nsenter", f"--net={self.host.path}", "env", "-i",
+               *[f"{k}={v}" for k, v in full.items()], *plugin_command(), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+    def routes(self, family: str = "-4") -> list[dict[str, Any]]:
+        out = run(["ip", "-n", self.host.name, "-j", family, "route", "show"]).stdout
+        import json
+
+        data: list[dict[str, Any]] = json.loads(out or b"[]")
+        return data
+
+
+class Cluster:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs = nsnet.Lab(PREFIX)  # servers: started and ended by pid
+        (tmp / "infra").mkdir(parents=True, exist_ok=True)
+        self.infra = Lab(tmp / "infra", prefix=PREFIX)  # the LAN and the outside host
+        self.nodes: list[Node] = []
+        try:
+            self.lan = self.infra.netns("lan")
+            self.lan.exec("ip", "link", "add", "lan0", "type", "bridge")
+            self.lan.exec("ip", "link", "set", "lan0", "up")
+            self.out = self.infra.netns("out")
+            self._plug(self.out, "eth0", OUT)
+        except BaseException:
+            self.close()
+            raise
+
+    def _plug(self, ns: Netns, ifname: str, last: int) -> None:
+        port = f"p{last}"
+        run(["ip", "link", "add", port, "netns", self.lan.name, "type", "veth", "peer", "name",
+             ifname, "netns", ns.name])
+        self.lan.exec("ip", "link", "set", port, "master", "lan0", "up")
+        ns.exec("ip", "link", "set", "lo", "up")
+        ns.exec("ip", "addr", "add", f"{LAN4.format(last)}/24", "dev", ifname)
+        ns.exec("ip", "addr", "add", f"{LAN6.format(last)}/64", "dev", ifname, "nodad")
+        ns.exec("ip", "link", "set", ifname, "up")
+
+    def node(self, **over: Any) -> Node:
+        i = len(self.nodes) + 1
+        (self.tmp / f"node{i}").mkdir(parents=True, exist_ok=True)
+        lab = Lab(self.tmp / f"node{i}", prefix=PREFIX)
+        c4, c6 = pod_cidrs(i)
+        conf = lab.conf(
+            name="cluster",
+            bridge="cni0",
+            nonMasqueradeCIDRs=[CLUSTER4, CLUSTER6],
+            ipam={"type": "host-local", "ranges": [[{"subnet": c4}], [{"subnet": c6}]],
+                  "dataDir": str(lab.data_dir)},
+        )
+        conf.update(over)
+        node = Node(i, lab, conf)
+        self.nodes.append(node)
+        self._plug(lab.host, "eth0", i + 10)
+        return node
+
+    def peers_file(self, nodes: list[Node], extra: str = "") -> Path:
+        lines = []
+        for n in nodes:
+            c4, c6 = pod_cidrs(n.index)
+            lines += [f"{n.ip4} {c4}", f"{n.ip6} {c6}"]
+        path = self.tmp / "peers"
+        path.write_text("\n".join(lines) + "\n" + extra)
+        return path
+
+    def close(self) -> None:
+        self.procs.close()
+        for node in reversed(self.nodes):
+            node.lab.close()
+        self.infra.close()
