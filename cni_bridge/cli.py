@@ -26,6 +26,7 @@ cni-bridge: a CNI plugin (run by container runtimes with CNI_COMMAND set) and it
   cni-bridge gc [--network N] [--data-dir D]          remove attachments whose netns is gone
   cni-bridge serve                                    run the warm resident (normally automatic)
   cni-bridge routes --peers FILE [--dry-run]          routes to other nodes' pod CIDRs (host-gw)
+  cni-bridge kube [--node-name N] [--kubeconfig F]    Kubernetes mode: conflist + routes from the API
   cni-bridge --version
 """
 RESIDENT_VERBS = frozenset({"ADD", "DEL", "CHECK", "STATUS", "GC"})
@@ -100,6 +101,10 @@ def operator_main(args: list[str], env: "Mapping[str, str]") -> int:
         from cni_bridge.nodes.routes import main as routes_main
 
         return routes_main(rest)
+    if cmd == "kube":
+        from cni_bridge.nodes.kube import main as kube_main
+
+        return kube_main(rest)
     if cmd in ("ls", "status", "gc"):
         from cni_bridge.operator import main as op_main
 
