@@ -168,8 +168,11 @@ def test_kube_mode_writes_the_conf_and_follows_the_nodes(cluster: Cluster, tmp_p
         assert kube.wait(timeout=10) == 0
         text = log.read_text()
         for line in ("wrote ", "node node3 added", "node node2 re-addressed", "node node3 removed",
-                     "410 Gone", "route add 10.244.3.0/24", "route delete 10.244.3.0/24"):
+                     "route add 10.244.3.0/24", "route delete 10.244.3.0/24"):
             assert line in text, (line, text)
+        # the relist after compaction (counted above) follows the 410 itself, or, on a loaded
+        # machine, a resumed watch that lightkube reports as failed first: both list again
+        assert "410 Gone" in text or "listing again" in text, text
         assert "Traceback" not in text
     finally:
         for p in procs:
