@@ -1,5 +1,6 @@
-# cni-bridge. Every target installs what it needs on a fresh Debian machine (as root):
-# system packages that are missing, then a virtual environment in .venv.
+# cni-bridge. Every target installs what it needs on a fresh Debian machine: system packages
+# that are missing (as root), then a virtual environment in .venv. `lint` and `unit` need only
+# the venv (python3-venv aside) and run as a normal user.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -33,23 +34,33 @@ sysdeps:
 		apt-get -o DPkg::Lock::Timeout=300 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq $$missing >/dev/null; \
 	fi
 
-$(VENV)/.ok: pyproject.toml | sysdeps
+# The venv alone (pip packages): enough for lint and unit, as a normal user (only python3-venv
+# from the system). Any other goal installs the system packages first (python3-venv among
+# them), also under -j.
+VENV_NEEDS := $(if $(filter-out lint unit venv clean,$(or $(MAKECMDGOALS),all)),sysdeps)
+$(VENV)/.ok: pyproject.toml | $(VENV_NEEDS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -c 'import pyroute2, pydantic'
+	touch $@
+
+# The nftables binding is Debian's (python3-nftables, not on PyPI): linked into the venv once
+# sysdeps has installed it. Unit tests never import it (the firewall is faked there).
+$(VENV)/.nft: $(VENV)/.ok | sysdeps
 	ln -sfn /usr/lib/python3/dist-packages/nftables \
 		"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/nftables"
-	$(PY) -c 'import nftables, pyroute2, pydantic'
+	$(PY) -c 'import nftables'
 	touch $@
 
 venv: $(VENV)/.ok
-deps: sysdeps venv
+deps: sysdeps venv $(VENV)/.nft
 
-lint: deps
+lint: venv
 	$(VENV)/bin/ruff check cni_bridge tests bench demo
 	$(VENV)/bin/mypy
 
-unit: deps
+unit: venv
 	$(PYTEST) tests/unit
 
 dist/bin/cni-bridge: $(SOURCES) | deps
