@@ -1,13 +1,22 @@
-"""Verb dispatch. Each verb's module is imported only when that verb runs."""
+"""Verb dispatch: the one wrapper every verb runs in.
+
+Each verb's module is imported only when that verb runs, and exposes
+`run(request, conf, env, deps) -> result | None`. Here, once for all of them: the side-effect
+interfaces are built (or the caller's fakes taken), the lower layers' exceptions become CNI
+errors with their codes, and the netlink socket is closed whatever happens.
+"""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cni_bridge.config import NetConf
 from cni_bridge.protocol.request import Request
+
+if TYPE_CHECKING:
+    from cni_bridge.commands.deps import Deps
 
 _MODULES = {
     "ADD": "cni_bridge.commands.add",
@@ -18,7 +27,17 @@ _MODULES = {
 }
 
 
-def dispatch(request: Request, conf: NetConf, env: Mapping[str, str]) -> dict[str, Any] | None:
+def dispatch(
+    request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps | None = None
+) -> dict[str, Any] | None:
+    from cni_bridge.commands.common import mapped_errors
+    from cni_bridge.commands.deps import real_deps
+
     module = importlib.import_module(_MODULES[request.command])
-    result: dict[str, Any] | None = module.run(request, conf, env)
+    deps = deps or real_deps(env)
+    try:
+        with mapped_errors():
+            result: dict[str, Any] | None = module.run(request, conf, env, deps)
+    finally:
+        deps.close()
     return result

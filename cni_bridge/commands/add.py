@@ -17,13 +17,12 @@ from cni_bridge.commands.common import (
     NetworkStores,
     attachment_fw,
     last_in_network,
-    mapped_errors,
     mapping_record,
     network_fw,
     network_subnets,
     sandbox_path,
 )
-from cni_bridge.commands.deps import Deps, real_deps
+from cni_bridge.commands.deps import Deps
 from cni_bridge.commands.teardown import release_ipam, teardown
 from cni_bridge.config import NetConf
 from cni_bridge.errors import INTERFACE_EXISTS, INVALID_ENV, TRY_AGAIN_LATER, CNIError
@@ -38,14 +37,8 @@ from cni_bridge.state import PHASE_READY, Attachment, boot_id, boot_time
 log = logging.getLogger(__name__)
 
 
-def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps | None = None) -> dict[str, Any]:
-    deps = deps or real_deps(env)
-    try:
-        with mapped_errors():
-            result = add(request, conf, env, deps)
-    finally:
-        deps.close()
-    return result.render(conf.cni_version)
+def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> dict[str, Any]:
+    return add(request, conf, env, deps).render(conf.cni_version)
 
 
 def check_netns(path: str) -> None:

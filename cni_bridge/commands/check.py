@@ -7,12 +7,11 @@ from collections.abc import Mapping
 from cni_bridge.commands.common import (
     NetworkStores,
     attachment_fw,
-    mapped_errors,
     network_fw,
     network_subnets,
     sandbox_path,
 )
-from cni_bridge.commands.deps import Deps, real_deps
+from cni_bridge.commands.deps import Deps
 from cni_bridge.config import NetConf
 from cni_bridge.errors import CHECK_MISMATCH, INVALID_CONFIG, UNKNOWN_CONTAINER, CNIError
 from cni_bridge.protocol.request import Request
@@ -20,13 +19,8 @@ from cni_bridge.protocol.result import Interface, Result, parse_result
 from cni_bridge.state import PHASE_READY
 
 
-def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps | None = None) -> None:
-    deps = deps or real_deps(env)
-    try:
-        with mapped_errors():
-            problems = check(request, conf, deps, sandbox_path(request, env))
-    finally:
-        deps.close()
+def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> None:
+    problems = check(request, conf, deps, sandbox_path(request, env))
     if problems:
         raise CNIError(CHECK_MISMATCH, "CHECK: " + "; ".join(problems))
 

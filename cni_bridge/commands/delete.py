@@ -6,8 +6,8 @@ import ipaddress
 import os
 from collections.abc import Mapping
 
-from cni_bridge.commands.common import NetworkStores, mapped_errors, mapping_record
-from cni_bridge.commands.deps import Deps, real_deps
+from cni_bridge.commands.common import NetworkStores, mapping_record
+from cni_bridge.commands.deps import Deps
 from cni_bridge.commands.teardown import teardown
 from cni_bridge.config import NetConf
 from cni_bridge.errors import CLEANUP_FAILED, CNIError
@@ -15,13 +15,8 @@ from cni_bridge.protocol.request import Request
 from cni_bridge.state import Attachment
 
 
-def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps | None = None) -> None:
-    deps = deps or real_deps(env)
-    try:
-        with mapped_errors():
-            errors = delete(request, conf, env, deps)
-    finally:
-        deps.close()
+def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> None:
+    errors = delete(request, conf, env, deps)
     if errors:
         raise CNIError(CLEANUP_FAILED, "DEL could not remove everything", "; ".join(errors))
 

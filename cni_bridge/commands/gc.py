@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cni_bridge.commands.common import NetworkStores, mapped_errors, network_fw, network_subnets
-from cni_bridge.commands.deps import Deps, real_deps
+from cni_bridge.commands.common import NetworkStores, network_fw, network_subnets
+from cni_bridge.commands.deps import Deps
 from cni_bridge.commands.teardown import teardown
 from cni_bridge.config import NetConf
 from cni_bridge.errors import CLEANUP_FAILED, INVALID_CONFIG, CNIError
@@ -39,13 +39,8 @@ def valid_attachments(config: Mapping[str, Any]) -> set[tuple[str, str]]:
     return out
 
 
-def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps | None = None) -> None:
-    deps = deps or real_deps(env)
-    try:
-        with mapped_errors():
-            errors = collect(conf, valid_attachments(request.config), deps, env, request.stdin)
-    finally:
-        deps.close()
+def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> None:
+    errors = collect(conf, valid_attachments(request.config), deps, env, request.stdin)
     if errors:
         raise CNIError(CLEANUP_FAILED, "GC could not remove everything", "; ".join(errors))
 

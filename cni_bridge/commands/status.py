@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Mapping
 
 from cni_bridge.commands.common import NetworkStores
-from cni_bridge.commands.deps import Deps, real_deps
+from cni_bridge.commands.deps import Deps
 from cni_bridge.config import NetConf
 from cni_bridge.errors import STATUS_LIMITED, STATUS_UNAVAILABLE, CNIError
 from cni_bridge.protocol.request import Request
@@ -69,12 +69,8 @@ def _ipv6_disabled() -> bool:
         return True
 
 
-def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps | None = None) -> None:
-    deps = deps or real_deps(env)
-    try:
-        fatal, limited = problems(conf, deps)
-    finally:
-        deps.close()
+def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> None:
+    fatal, limited = problems(conf, deps)
     if fatal:
         raise CNIError(STATUS_UNAVAILABLE, "; ".join(fatal))
     if limited:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from cni_bridge.commands import add, check, delete, gc, status
+from cni_bridge.commands import dispatch
 from cni_bridge.commands.deps import Deps
 from cni_bridge.config import load_netconf
 from cni_bridge.errors import CNIError
@@ -69,8 +69,7 @@ class World:
         }
         req = parse_request(env, json.dumps(conf).encode())
         nc = load_netconf(req.config)
-        mod = {"ADD": add, "DEL": delete, "CHECK": check, "GC": gc, "STATUS": status}[verb]
-        return mod.run(req, nc, env, self.deps())
+        return dispatch(req, nc, env, self.deps())
 
     def store(self) -> DiskStore:
         return DiskStore("unit", str(self.tmp / "ipam"))
