@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from cni_bridge.resident import client, protocol, server
+from cni_bridge.resident import client, protocol, worker
 
 ROOT = Path(__file__).resolve().parents[2]
 HANDLER = "tests.integration.test_resident:fake_handle"
@@ -78,7 +78,7 @@ def fake_handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
         "command": env.get("CNI_COMMAND"),
         "netns": netns,
         "netns_ino": _ino(netns),
-        "original_netns": env.get(server.ORIGINAL_NETNS_VAR),
+        "original_netns": env.get(worker.ORIGINAL_NETNS_VAR),
         "umask": umask,
         "cni_args": env.get("CNI_ARGS"),
         "environ_args": os.environ.get("CNI_ARGS"),
@@ -779,7 +779,7 @@ def _serve_in_child(conn: socket.socket, identity: str) -> int:
     if pid == 0:
         status = 2
         try:
-            status = 0 if server.serve_connection(conn, _pair_handler, identity=identity) else 1
+            status = 0 if worker.serve_connection(conn, _pair_handler, identity=identity) else 1
         finally:
             os._exit(status)
     conn.close()

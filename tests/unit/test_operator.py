@@ -19,7 +19,7 @@ from cni_bridge.commands.deps import Deps
 from cni_bridge.config import load_netconf
 from cni_bridge.ipam.disk import DiskStore
 from cni_bridge.protocol.request import parse_request
-from cni_bridge.resident import server
+from cni_bridge.resident import worker
 from cni_bridge.state import NETWORK_FILE, STATE_DIR, StateStore, host_veth_name
 from tests.unit.fakes import FakeFirewall, FakeNet
 
@@ -191,7 +191,7 @@ def test_status_reports_pools_and_stale_attachments(world: World, capsys: pytest
 def test_records_and_results_name_the_runtimes_netns(world: World) -> None:
     """Under the resident, CNI_NETNS is the worker's descriptor path; the runtime's own path
     travels in ORIGINAL_NETNS_ENV and is what results and records must name."""
-    assert ORIGINAL_NETNS_ENV == server.ORIGINAL_NETNS_VAR
+    assert ORIGINAL_NETNS_ENV == worker.ORIGINAL_NETNS_VAR
     runtime_path = world.netns("r")
     worker_path = "/proc/self/ns/net"  # any existing nsfs path under /proc
     out = world.add("res", worker_path, 8080, {ORIGINAL_NETNS_ENV: runtime_path})

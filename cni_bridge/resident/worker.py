@@ -1,0 +1,369 @@
+"""A worker: one process that serves requests handed to it, one at a time, then leaves.
+
+Each request is the whole exchange of `protocol` on one connection: admission (see
+`admission`), READY, GO, the engine once, RESULT. A pooled worker then tells the parent it is
+free on its channel (a SOCK_SEQPACKET pair) and gets the next connection as a descriptor, for
+as long as it stays fit: a request must leave the process as it found it (see `_fit`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from typing import NamedTuple, NoReturn
+
+from cni_bridge.resident import protocol
+from cni_bridge.resident.admission import (
+    Refused,
+    admit,
+    check_peer,
+    passed_fds,
+    receive_request,
+)
+
+Handler = Callable[[Mapping[str, str], bytes], tuple[int, bytes]]
+
+
+class Engine(NamedTuple):
+    """What `--handler MODULE:ATTR` names: the handler, and the module's optional hooks."""
+
+    handle: Handler
+    prepare: Callable[[], None] | None = None  # once per pooled worker, after its fork
+    reusable: Callable[[], bool] | None = None  # after each request: may the worker go on?
+
+
+IO_TIMEOUT = 5.0  # reading a request and waiting for GO: the client is already waiting
+RESULT_TIMEOUT = 30.0  # delivering a result to a client that reads it at once
+# A worker's exit status: the request ran, or it was declined (a refused caller is no activity:
+# a resident that can serve nobody, e.g. started from a private mount namespace, still idles out).
+WORKER_RAN = 0
+WORKER_NOT_RUN = 10
+ORIGINAL_NETNS_VAR = "CNI_BRIDGE_ORIGINAL_NETNS"
+# The pool's channel between the parent and a worker (SOCK_SEQPACKET, one byte a message).
+TAKE = b"C"  # parent -> worker, with the connection as SCM_RIGHTS
+FREE = b"R"  # worker -> parent: ready for a (first or next) connection
+FREE_AFTER_RUN = b"D"  # the same, after a request that ran (activity for the idle timer)
+
+
+def log(message: str) -> None:
+    try:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        sys.stderr.write(f"{stamp} cni-bridge resident[{os.getpid()}]: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+
+def request_environ(
+    request: protocol.Request, netns_fd: int, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The caller's forwarded variables over ours, also installed as this worker's os.environ."""
+    own = os.environ if base is None else base
+    env = {k: v for k, v in own.items() if not protocol.is_forwarded(k)}
+    env.update(request.env)
+    if netns_fd >= 0:
+        env[ORIGINAL_NETNS_VAR] = request.env.get("CNI_NETNS", "")
+        # /proc/<pid>, not /proc/self: the path stays valid in helpers the engine may fork.
+        env["CNI_NETNS"] = f"/proc/{os.getpid()}/fd/{netns_fd}"
+    os.environ.clear()
+    os.environ.update(env)
+    return env
+
+
+# Exceptions that escaped the engine in this process: a worker that saw one serves no more.
+HANDLER_FAILURES: list[str] = []
+
+
+def internal_error(stdin: bytes, detail: str) -> bytes:
+    return protocol.error_reply(stdin, 999, "internal error", detail)
+
+
+def run_handler(
+    handler: Handler, env: Mapping[str, str], stdin: bytes, umask: int
+) -> tuple[int, bytes, bytes]:
+    """Run the engine once with the caller's umask; return (exit code, stdout, stderr)."""
+    os.umask(umask)
+    root = logging.getLogger()
+    handlers_before = list(root.handlers)
+    capture = os.memfd_create("cni-bridge-stderr", os.MFD_CLOEXEC)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(capture, 2)
+    try:
+        try:
+            code, out = handler(env, stdin)
+            if not isinstance(code, int) or not isinstance(out, bytes | bytearray):
+                raise TypeError(f"handler returned {type(code).__name__}, {type(out).__name__}")
+            out = bytes(out)
+        except BaseException as exc:  # the engine should raise nothing; a worker never dies of it
+            traceback.print_exc()
+            detail = f"{type(exc).__name__}: {exc}"
+            HANDLER_FAILURES.append(detail)
+            code, out = 1, internal_error(stdin, detail)
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        # Handlers the request configured (a log file named in its environment) end with it:
+        # the next request in this worker sets up its own.
+        for h in [h for h in root.handlers if h not in handlers_before]:
+            root.removeHandler(h)
+            h.close()
+    size = os.fstat(capture).st_size
+    err = os.pread(capture, protocol.MAX_STDERR, max(0, size - protocol.MAX_STDERR))
+    os.close(capture)
+    return code, out, err
+
+
+def refuse(conn: socket.socket, reason: str) -> None:
+    log(f"refused: {reason}")
+    try:
+        data = reason.encode("utf-8", "replace")[: protocol.MAX_REASON]
+        protocol.send_all(conn, protocol.encode_frame(protocol.REFUSE, data), time.monotonic() + 1)
+    except (OSError, protocol.ProtocolError):
+        pass
+
+
+class CallerWatch:
+    """After GO the caller only waits for the result. If it goes away (its timeout, or the
+    runtime killed the exec'd plugin), this worker dies at once, exactly as an in-process plugin
+    killed mid-request would: the attachment records let the runtime's DEL or GC clean up, and no
+    orphaned request keeps changing state that a DEL or a retried ADD now owns.
+
+    `stop()` ends the watch once the engine has returned, so a worker that serves another
+    request is not killed when this caller closes its end after reading the result."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        import threading
+
+        self._conn = conn
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._watch, name="caller-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        poller = select.poll()
+        poller.register(self._conn.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        poller.register(self._stop_r, select.POLLIN)
+        while True:
+            try:
+                events = poller.poll()
+            except InterruptedError:
+                continue
+            for fd, ev in events:
+                if fd == self._stop_r:
+                    return
+                if ev & (select.POLLHUP | select.POLLERR):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                try:
+                    data = self._conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if not data:  # EOF: the caller closed its end
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return  # the caller sent something after GO: not ours to judge; stop watching
+
+    def stop(self) -> None:
+        os.write(self._stop_w, b"x")
+        self._thread.join()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+
+def serve_connection(
+    conn: socket.socket,
+    handler: Handler,
+    *,
+    identity: str,
+    base_env: Mapping[str, str] | None = None,
+) -> bool:
+    """The whole exchange for one accepted connection; True if the handler ran. `base_env`:
+    the worker's own environment, under the caller's variables (default: os.environ now)."""
+    fds: list[int] = []
+    netns_fd = -1
+    try:
+        try:
+            check_peer(conn)
+            try:
+                request = receive_request(conn, time.monotonic() + IO_TIMEOUT, fds)
+            except (OSError, protocol.ProtocolError) as exc:
+                raise Refused(f"bad request: {exc}") from exc
+            netns_fd = admit(request, fds, identity)
+        except Refused as exc:
+            refuse(conn, str(exc))
+            return False
+        try:
+            protocol.send_all(
+                conn, protocol.encode_frame(protocol.READY), time.monotonic() + IO_TIMEOUT
+            )
+            kind, _ = protocol.recv_frame(conn, time.monotonic() + IO_TIMEOUT)
+        except (OSError, protocol.ProtocolError) as exc:
+            log(f"caller left before GO, not run: {exc}")  # it runs the request itself
+            return False
+        if kind != protocol.GO:
+            log(f"expected GO, got {protocol.KIND_NAMES[kind]}: not run")
+            return False
+        watch = CallerWatch(conn)
+        code, out, err = run_handler(
+            handler, request_environ(request, netns_fd, base_env), request.stdin, request.umask
+        )
+        watch.stop()
+        try:
+            payload = protocol.encode_result(code, out, err)
+        except protocol.ProtocolError as exc:
+            payload = protocol.encode_result(1, internal_error(request.stdin, str(exc)), err)
+        try:
+            frame = protocol.encode_frame(protocol.RESULT, payload)
+            protocol.send_all(conn, frame, time.monotonic() + RESULT_TIMEOUT)
+        except (OSError, protocol.ProtocolError) as exc:
+            log(f"result not delivered: {exc}")
+        return True
+    finally:
+        for fd in [*fds, netns_fd]:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        conn.close()
+
+
+def run(
+    conn: socket.socket | None,
+    channel: socket.socket | None,
+    engine: Engine,
+    *,
+    identity: str,
+    hard_timeout: float,
+    max_requests: int,
+    preloaded: frozenset[str],
+    forget_parent: Callable[[], None],
+) -> NoReturn:
+    """In a fresh fork: serve `conn`, then (with a channel) further connections the parent
+    hands over while this process stays fit to: see `_fit`. `forget_parent` closes what the
+    fork inherited of the parent's own state. Never returns."""
+    status = WORKER_NOT_RUN
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        forget_parent()
+        base_env = dict(os.environ)
+        if channel is not None and engine.prepare is not None:
+            engine.prepare()
+        # As the worker will be between requests: the connection in hand is closed by then.
+        baseline = _process_state(ignore=conn)
+        served = 0
+        ran = False
+        while True:
+            if conn is None:
+                assert channel is not None
+                try:
+                    channel.send(FREE_AFTER_RUN if ran else FREE)
+                except OSError:  # the parent is leaving, or has closed our channel
+                    break
+                conn = _receive_connection(channel)
+                if conn is None:  # the parent closed the channel: not needed any more
+                    break
+            if hard_timeout > 0:  # SIGALRM's default action ends a hung worker
+                signal.setitimer(signal.ITIMER_REAL, hard_timeout)
+            ran = serve_connection(conn, engine.handle, identity=identity, base_env=base_env)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            conn = None
+            if ran:
+                status = WORKER_RAN
+                served += 1
+                if served == 1:
+                    _report_late_imports(preloaded)
+            if channel is None or served >= max_requests or not _fit(baseline, engine.reusable):
+                break
+    except BaseException:
+        traceback.print_exc()
+        status = 2
+    finally:
+        os._exit(status)
+
+
+def _report_late_imports(preloaded: frozenset[str]) -> None:
+    late = sorted(set(sys.modules) - preloaded)
+    if late:  # each of these costs a worker's first request: warm() should load them
+        log(f"a request imported {len(late)} modules not preloaded: {', '.join(late[:30])}")
+
+
+def _receive_connection(channel: socket.socket) -> socket.socket | None:
+    """The connection the parent hands over, or None when it closed the channel instead."""
+    msg, ancdata, _flags, _ = channel.recvmsg(
+        16, socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC
+    )
+    fds = passed_fds(ancdata)
+    if msg != TAKE or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return socket.socket(fileno=fds[0])
+
+
+def _process_state(ignore: socket.socket | None = None) -> tuple[object, ...]:
+    """What a request must leave as it found it for the next one to run in this process (the
+    working directory is simply reset)."""
+    import threading
+
+    os.chdir("/")
+    listing = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:  # the listing's own descriptor is not part of the state
+        fds = frozenset(os.listdir(listing)) - {str(listing)}
+    finally:
+        os.close(listing)
+    if ignore is not None:
+        fds -= {str(ignore.fileno())}
+    return (
+        fds,
+        threading.active_count(),
+        os.stat("/proc/self/ns/net").st_ino,
+        os.stat("/proc/self/ns/mnt").st_ino,
+    )
+
+
+def _fit(baseline: tuple[object, ...], reusable: Callable[[], bool] | None) -> bool:
+    """Whether this worker may serve another request: the engine raised nothing and left no
+    descriptor (a lock held by an open file would block the next request on itself), no
+    thread and no namespace switch behind. Otherwise the worker leaves
+    and the next request gets a fresh fork, as every request did before workers were reused."""
+    if HANDLER_FAILURES or not (reusable is None or reusable()):
+        return False
+    now = _process_state()
+    if now == baseline:
+        return True
+    fds_before, fds_now = baseline[0], now[0]
+    assert isinstance(fds_before, frozenset) and isinstance(fds_now, frozenset)
+    detail = (
+        [f"descriptors opened {_fd_names(fds_now - fds_before)}"] if fds_now - fds_before else []
+    )
+    if fds_before - fds_now:
+        detail.append(f"descriptors closed {sorted(fds_before - fds_now)}")
+    if baseline[1:] != now[1:]:
+        detail.append(f"threads/net ns/mount ns {baseline[1:]} -> {now[1:]}")
+    log(f"worker leaves after its request: {'; '.join(detail)}")
+    return False
+
+
+def _fd_names(fds: frozenset[str]) -> list[str]:
+    out = []
+    for fd in sorted(fds):
+        try:
+            out.append(f"{fd}={os.readlink('/proc/self/fd/' + fd)}")
+        except OSError:
+            out.append(fd)
+    return out
+
+
