@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.integration import nsnet
 from tests.integration.harness import ROOT, Lab, Netns, plugin_command, run
+from tests.lab import Lab as ProcessLab
 
 PREFIX = "cbK"
 LAN4, LAN6 = "192.168.77.{}", "fd77::{}"
@@ -70,7 +70,7 @@ class Node:
 class Cluster:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.procs = nsnet.Lab(PREFIX)  # servers: started and ended by pid
+        self.procs = ProcessLab(PREFIX)  # servers: started and ended by pid
         (tmp / "infra").mkdir(parents=True, exist_ok=True)
         self.infra = Lab(tmp / "infra", prefix=PREFIX)  # the LAN and the outside host
         self.nodes: list[Node] = []

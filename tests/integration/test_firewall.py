@@ -1,6 +1,6 @@
 """The nftables layer with real packets: a "host" namespace with two bridges (netA with
 containers c1 and c2, netB with c3) and an "outside" namespace behind a veth. The
-firewall code runs inside the host namespace, in a child process (`ip netns exec`).
+firewall code runs inside the host namespace, in a child process (nsenter, see tests/lab).
 """
 
 from __future__ import annotations
@@ -22,15 +22,7 @@ from cni_bridge.firewall.model import (
     attachment_to_dict,
     network_to_dict,
 )
-from tests.integration.nsnet import (
-    Lab,
-    ip_batch,
-    nft_comments,
-    nft_counter,
-    nft_ruleset,
-    run,
-    sysctl,
-)
+from tests.lab import Lab, Netns, nft
 
 pytestmark = [
     pytest.mark.integration,
@@ -97,9 +89,9 @@ def attachment(tag: str, container: str, *mappings: PortMapping) -> AttachmentFw
 @dataclass
 class Topo:
     lab: Lab
-    host: str
-    out: str
-    ns: dict[str, str]  # container -> namespace
+    host: Netns
+    out: Netns
+    ns: dict[str, Netns]  # container -> namespace
 
     def fw(
         self, op: str, net: NetworkFw | None = None, att: AttachmentFw | None = None, **kw: Any
@@ -109,7 +101,7 @@ class Topo:
             req["net"] = network_to_dict(net)
         if att is not None:
             req["att"] = attachment_to_dict(att)
-        out = self.lab.python(self.host, _DRIVER, json.dumps(req), cwd_path=REPO)
+        out = self.lab.python(self.host, _DRIVER, json.dumps(req), pythonpath=REPO)
         res = json.loads(out)
         if "error" in res:
             raise FwError(res["error"]["code"], res["error"]["msg"])
@@ -123,16 +115,16 @@ class Topo:
 
     def reach(self, src: str, proto: str, host: str, port: int, src_port: int = 0) -> str | None:
         ns = {"host": self.host, "out": self.out}.get(src) or self.ns[src]
-        return self.lab.client(ns, proto, host, port, src_port)
+        return self.lab.probe(ns, proto, host, port, src_port)
 
 
 def build(lab: Lab, br_netfilter: bool = True) -> Topo:
-    host, out = lab.netns("h"), lab.netns("o")
-    sysctl(host, "net.ipv4.ip_forward", 1)
-    sysctl(host, "net.ipv6.conf.all.forwarding", 1)
+    host, out = lab.netns("h", dad=False), lab.netns("o", dad=False)
+    host.sysctl("net.ipv4.ip_forward", 1)
+    host.sysctl("net.ipv6.conf.all.forwarding", 1)
     if os.path.exists("/proc/sys/net/bridge"):
-        sysctl(host, "net.bridge.bridge-nf-call-iptables", int(br_netfilter))
-        sysctl(host, "net.bridge.bridge-nf-call-ip6tables", int(br_netfilter))
+        host.sysctl("net.bridge.bridge-nf-call-iptables", int(br_netfilter))
+        host.sysctl("net.bridge.bridge-nf-call-ip6tables", int(br_netfilter))
     lines = []
     for i, net in enumerate((NET_A, NET_B), start=1):
         lines += [
@@ -141,17 +133,16 @@ def build(lab: Lab, br_netfilter: bool = True) -> Topo:
             f"addr add fd88:{i}::1/64 dev {net.bridge} nodad",
             f"link set {net.bridge} up",
         ]
-    ip_batch(host, lines)
+    host.ip_batch(lines)
     lab.veth(host, "up0", out, "eth0")
-    ip_batch(host, [f"addr add {HOST4}/24 dev up0", f"addr add {HOST6}/64 dev up0 nodad"])
-    ip_batch(out, [f"addr add {OUT4}/24 dev eth0", f"addr add {OUT6}/64 dev eth0 nodad"])
+    host.ip_batch([f"addr add {HOST4}/24 dev up0", f"addr add {HOST6}/64 dev up0 nodad"])
+    out.ip_batch([f"addr add {OUT4}/24 dev eth0", f"addr add {OUT6}/64 dev eth0 nodad"])
     ns = {}
     for name, (net, ip4, ip6) in CONTAINERS.items():
-        c = ns[name] = lab.netns(name)
+        c = ns[name] = lab.netns(name, dad=False)
         veth = f"v{name}"
         lab.veth(host, veth, c, "eth0")
-        ip_batch(
-            host,
+        host.ip_batch(
             [
                 f"link set {veth} master {net.bridge}",
                 f"link set {veth} type bridge_slave hairpin on",
@@ -159,8 +150,7 @@ def build(lab: Lab, br_netfilter: bool = True) -> Topo:
         )
         gw4 = ip4.rsplit(".", 1)[0] + ".1"
         gw6 = ip6.rsplit(":", 1)[0] + ":1"
-        ip_batch(
-            c,
+        c.ip_batch(
             [
                 f"addr add {ip4}/24 dev eth0",
                 f"addr add {ip6}/64 dev eth0 nodad",
@@ -169,7 +159,7 @@ def build(lab: Lab, br_netfilter: bool = True) -> Topo:
             ],
         )
     for net in (NET_A, NET_B):  # what the lead's net layer does for localhost access
-        sysctl(host, f"net.ipv4.conf.{net.bridge}.route_localnet", 1)
+        host.sysctl(f"net.ipv4.conf.{net.bridge}.route_localnet", 1)
     return Topo(lab, host, out, ns)
 
 
@@ -186,7 +176,7 @@ def topo_bnf(request: pytest.FixtureRequest) -> Iterator[Topo]:
 
 
 def our_comments(t: Topo, needle: str) -> list[str]:
-    return [c for c in nft_comments(t.host) if needle in c.split()]
+    return [c for c in nft.comments(t.host) if needle in c.split()]
 
 
 # ------------------------------------------------------------------------ tests
@@ -196,7 +186,7 @@ def test_status_and_fresh_table(topo: Topo) -> None:
     assert topo.fw("status") is None
     assert topo.fw("foreign") == []
     topo.add(attachment("t1", "c1"))
-    tables = [o["table"]["name"] for o in nft_ruleset(topo.host) if "table" in o]
+    tables = [o["table"]["name"] for o in nft.ruleset(topo.host) if "table" in o]
     assert tables == ["cni_bridge"]
     assert topo.fw("check", NET_A, attachment("t1", "c1")) == []
 
@@ -253,14 +243,14 @@ def test_no_masquerade_without_ip_masq(topo: Topo) -> None:
     plain = NetworkFw(NET_A.name, NET_A.bridge, NET_A.subnets, ip_masq=False)
     t.fw("add", plain, attachment("t1", "c1"))
     assert t.reach("c1", "tcp", OUT4, 9000) is None
-    ip_batch(t.out, ["route add 10.88.1.0/24 via " + HOST4])
+    t.out.ip_batch(["route add 10.88.1.0/24 via " + HOST4])
     assert t.reach("c1", "tcp", OUT4, 9000) == "10.88.1.2"
 
 
 def test_non_masquerade_cidrs_keep_the_source_address(topo: Topo) -> None:
     t = topo
     t.lab.server(t.out, "tcp", 9000)
-    ip_batch(t.out, ["route add 10.88.1.0/24 via " + HOST4])
+    t.out.ip_batch(["route add 10.88.1.0/24 via " + HOST4])
     # the outside's IPv4 subnet stands for "the cluster": the container's address is kept
     # there; IPv6 traffic still leaves masqueraded
     kept = NetworkFw(NET_A.name, NET_A.bridge, NET_A.subnets, True, non_masq=[ip_network("192.0.2.0/24")])
@@ -268,7 +258,7 @@ def test_non_masquerade_cidrs_keep_the_source_address(topo: Topo) -> None:
     assert t.reach("c1", "tcp", OUT4, 9000) == "10.88.1.2"
     assert t.reach("c1", "tcp", OUT6, 9000) == HOST6
     t.fw("del", kept, attachment("t1", "c1"), last=True)
-    assert [e for o in nft_ruleset(t.host) if "set" in o and o["set"]["name"].startswith("nomasq")
+    assert [e for o in nft.ruleset(t.host) if "set" in o and o["set"]["name"].startswith("nomasq")
             for e in o["set"].get("elem", [])] == []
 
 
@@ -282,7 +272,7 @@ def test_isolation_between_bridges(topo_bnf: Topo) -> None:
     assert t.reach("c1", "tcp", "10.88.2.2", 80) is None
     assert t.reach("c3", "tcp", "10.88.1.2", 80) is None
     assert t.reach("c1", "tcp", "fd88:2::2", 80) is None
-    assert nft_counter(t.host, "cni_bridge", "forward", "v1 isolation: from") > 0
+    assert nft.counter(t.host, "cni_bridge", "forward", "v1 isolation: from") > 0
     # the published port of the other network, through a host address
     assert t.reach("c1", "tcp", HOST4, 8081) is not None
     assert t.reach("c1", "tcp", "10.88.1.1", 8081) is not None
@@ -324,12 +314,9 @@ def test_port_conflicts(topo: Topo) -> None:
 
 def test_foreign_inet_forward_drop(topo: Topo) -> None:
     t = topo
-    run(
-        [
-            "nft",
-            "add table inet admin; add chain inet admin filter_fwd { type filter hook forward priority 0; policy drop; }; add rule inet admin filter_fwd tcp dport 22 accept",
-        ],
-        ns=t.host,
+    t.host.exec(
+        "nft",
+        "add table inet admin; add chain inet admin filter_fwd { type filter hook forward priority 0; policy drop; }; add rule inet admin filter_fwd tcp dport 22 accept",
     )
     t.lab.server(t.ns["c1"], "tcp", 80)
     t.lab.server(t.out, "tcp", 9000)
@@ -339,18 +326,18 @@ def test_foreign_inet_forward_drop(topo: Topo) -> None:
     assert t.reach("out", "tcp", HOST4, 8080) == OUT4
     assert t.reach("c1", "tcp", OUT4, 9000) == HOST4
     # the admin's policy still holds for traffic that is neither a reply nor published
-    ip_batch(t.out, ["route add 10.88.1.0/24 via " + HOST4])
+    t.out.ip_batch(["route add 10.88.1.0/24 via " + HOST4])
     assert t.reach("out", "tcp", "10.88.1.2", 80) is None
-    admin = [c for c in nft_comments(t.host) if c.startswith("cni-bridge:")]
+    admin = [c for c in nft.comments(t.host) if c.startswith("cni-bridge:")]
     assert admin == ["cni-bridge:netA", "cni-bridge:netA"]  # once per network
     assert t.fw("check", NET_A, attachment("t1", "c1", PortMapping(8080, 80))) == []
     t.delete(attachment("t1", "c1"), last=False)
-    assert [c for c in nft_comments(t.host) if c.startswith("cni-bridge:")] == admin
+    assert [c for c in nft.comments(t.host) if c.startswith("cni-bridge:")] == admin
     t.delete(attachment("t2", "c2"), last=True)
-    assert not [c for c in nft_comments(t.host) if c.startswith("cni-bridge:")]
+    assert not [c for c in nft.comments(t.host) if c.startswith("cni-bridge:")]
     chains = [
         o["chain"]["name"]
-        for o in nft_ruleset(t.host)
+        for o in nft.ruleset(t.host)
         if "chain" in o and o["chain"]["table"] == "admin"
     ]
     assert chains == ["filter_fwd"]
@@ -358,21 +345,21 @@ def test_foreign_inet_forward_drop(topo: Topo) -> None:
 
 def test_iptables_nft_forward_drop_stays_readable(topo: Topo) -> None:
     t = topo
-    run(["iptables-nft", "-P", "FORWARD", "DROP"], ns=t.host)
-    run(["ip6tables-nft", "-P", "FORWARD", "DROP"], ns=t.host)
+    t.host.exec("iptables-nft", "-P", "FORWARD", "DROP")
+    t.host.exec("ip6tables-nft", "-P", "FORWARD", "DROP")
     t.lab.server(t.ns["c1"], "tcp", 80)
     t.add(attachment("t1", "c1", PortMapping(8080, 80)))
     assert t.reach("out", "tcp", HOST4, 8080) == OUT4
     assert t.reach("out", "tcp", HOST6, 8080) == OUT6
-    rules = run(["iptables-nft", "-S", "FORWARD"], ns=t.host).stdout
+    rules = t.host.exec("iptables-nft", "-S", "FORWARD").stdout
     ours = [line.replace('"', "") for line in rules.splitlines() if "cni-bridge:netA" in line]
     assert sorted(ours) == [
         "-A FORWARD -i cbbrA -m comment --comment cni-bridge:netA -j ACCEPT",
         "-A FORWARD -o cbbrA -m comment --comment cni-bridge:netA -j ACCEPT",
     ]
     t.delete(attachment("t1", "c1"), last=True)
-    assert "cni-bridge" not in run(["iptables-nft", "-S", "FORWARD"], ns=t.host).stdout
-    assert "cni-bridge" not in run(["ip6tables-nft", "-S", "FORWARD"], ns=t.host).stdout
+    assert "cni-bridge" not in t.host.exec("iptables-nft", "-S", "FORWARD").stdout
+    assert "cni-bridge" not in t.host.exec("ip6tables-nft", "-S", "FORWARD").stdout
 
 
 def test_guard_drops_loopback_from_off_host(topo: Topo) -> None:
@@ -380,11 +367,10 @@ def test_guard_drops_loopback_from_off_host(topo: Topo) -> None:
     t.lab.server(t.host, "tcp", 7000, host="127.0.0.1")
     t.lab.server(t.ns["c1"], "tcp", 80)
     # make the hole reachable: the uplink accepts 127/8 and both senders route it to the host
-    sysctl(t.host, "net.ipv4.conf.up0.route_localnet", 1)
+    t.host.sysctl("net.ipv4.conf.up0.route_localnet", 1)
     for ns, gw, dev in ((t.out, HOST4, "eth0"), (t.ns["c1"], "10.88.1.1", "eth0")):
-        sysctl(ns, f"net.ipv4.conf.{dev}.route_localnet", 1)
-        ip_batch(
-            ns,
+        ns.sysctl(f"net.ipv4.conf.{dev}.route_localnet", 1)
+        ns.ip_batch(
             [
                 f"route add 127.0.0.1/32 via {gw} dev {dev} table 100",
                 "rule add to 127.0.0.1 lookup 100 pref 10",
@@ -397,7 +383,7 @@ def test_guard_drops_loopback_from_off_host(topo: Topo) -> None:
     t.add(attachment("t1", "c1", PortMapping(8080, 80)))
     assert t.reach("out", "tcp", "127.0.0.1", 7000) is None
     assert t.reach("c1", "tcp", "127.0.0.1", 7000) is None
-    assert nft_counter(t.host, "cni_bridge", "guard", "v1 guard") > 0
+    assert nft.counter(t.host, "cni_bridge", "guard", "v1 guard") > 0
     # localhost access to a published port still works
     assert t.reach("host", "tcp", "127.0.0.1", 8080) is not None
 
@@ -407,10 +393,10 @@ def test_udp_mapping_flushes_stale_conntrack(topo: Topo) -> None:
     t.lab.server(t.ns["c1"], "udp", 53)
     t.add(attachment("t2", "c2"))  # conntrack runs in a namespace once a rule needs it
     assert t.reach("out", "udp", HOST4, 5454, src_port=40000) is None
-    entries = run(["conntrack", "-L", "-p", "udp", "--dport", "5454"], ns=t.host).stdout
+    entries = t.host.exec("conntrack", "-L", "-p", "udp", "--dport", "5454").stdout
     assert "sport=40000" in entries
     t.add(attachment("t1", "c1", PortMapping(5454, 53, "udp")))
-    entries = run(["conntrack", "-L", "-p", "udp", "--dport", "5454"], ns=t.host).stdout
+    entries = t.host.exec("conntrack", "-L", "-p", "udp", "--dport", "5454").stdout
     assert "sport=40000" not in entries
     assert t.reach("out", "udp", HOST4, 5454, src_port=40000) == OUT4
 
@@ -473,13 +459,13 @@ def test_del_removes_exactly_the_attachment(topo: Topo) -> None:
     t.add(on_b)
     assert t.reach("out", "tcp", HOST4, 7070) == OUT4
     t.delete(on_a, last=False)
-    assert "* published on specific host addresses" in nft_comments(t.host)
+    assert "* published on specific host addresses" in nft.comments(t.host)
     assert t.reach("c1", "tcp", "10.88.1.1", 7070) is not None
     t.delete(on_b, last=False)
-    assert "* published on specific host addresses" not in nft_comments(t.host)
+    assert "* published on specific host addresses" not in nft.comments(t.host)
     t.delete(attachment("t2", "c2"), last=True)
     assert our_comments(t, "netA") == []
-    assert not [c for c in nft_comments(t.host) if c.startswith("netA")]
+    assert not [c for c in nft.comments(t.host) if c.startswith("netA")]
     t.delete(attachment("t2", "c2"), last=True)  # DEL twice: fine
     assert t.fw("check", NET_A, attachment("t2", "c2")) != []
 
@@ -496,7 +482,7 @@ def test_gc_and_check(topo: Topo) -> None:
     assert t.fw("gc", NET_A, keep=["t2"]) == []
     assert t.fw("tags", NET_A) == ["t2"]
     assert any("tcp/8080" in m for m in t.fw("check", NET_A, stale))
-    run(["nft", "flush map inet cni_bridge pub4_port"], ns=t.host)
+    t.host.exec("nft", "flush map inet cni_bridge pub4_port")
     assert any("tcp/9090" in m for m in t.fw("check", NET_A, keep))
     assert t.fw("gc", NET_A, keep=[]) == []
-    assert not [c for c in nft_comments(t.host) if c.startswith("netA")]
+    assert not [c for c in nft.comments(t.host) if c.startswith("netA")]
