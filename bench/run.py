@@ -3,7 +3,7 @@
     python -m bench.run [--n 30] [--scale 1,100,1000] [--only reference|ours]
                         [--out bench/results/latest.json]
 
-Both sides run the same scenario through the same client (`cni_bridge.client.run_chain`),
+Both sides run the same scenario through the same client (`cni_bridge.libcni.run_chain`),
 each in a throwaway "host" namespace of its own with one container namespace per
 attachment. The client runs in a worker process started with `nsenter --net=<host>`, so every
 plugin exec happens inside the host namespace; the worker times each command (the whole
@@ -116,10 +116,10 @@ class WorkerState:
     """Runs commands for the parent; lives inside the host namespace."""
 
     def __init__(self, cfg: Json) -> None:
-        from cni_bridge import client
+        from cni_bridge import libcni
 
-        self.client = client
-        self.conf = client.conflist_from_dict(cfg["conflist"])
+        self.libcni = libcni
+        self.conf = libcni.conflist_from_dict(cfg["conflist"])
         self.cni_path: str = cfg["cni_path"]
         self.cache_dir: str = cfg["cache_dir"]
         self.timeout = float(cfg["timeout"])
@@ -141,7 +141,7 @@ class WorkerState:
         result = None
         start = time.perf_counter()
         try:
-            result = self.client.run_chain(
+            result = self.libcni.run_chain(
                 command,
                 self.conf,
                 netns,

@@ -96,7 +96,7 @@ def operator_main(args: list[str], env: "Mapping[str, str]") -> int:
         sys.stdout.write(f"cni-bridge {__version__}\n")
         return 0
     if cmd == "client":
-        from cni_bridge.client import main as client_main
+        from cni_bridge.libcni.cli import main as client_main
 
         return client_main(rest)
     if cmd == "serve":

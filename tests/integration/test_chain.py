@@ -112,6 +112,6 @@ def client_env(lab: Lab, netconf: str, cap: dict[str, object] | None, *args: str
     }
     if cap is not None:
         env["CAP_ARGS"] = json.dumps(cap)
-    proc = run(["nsenter", f"--net={lab.host.path}", sys.executable, "-m", "cni_bridge.client", *args],
+    proc = run(["nsenter", f"--net={lab.host.path}", sys.executable, "-m", "cni_bridge.libcni", *args],
                check=False, env=env)
     return proc.returncode, proc.stdout.decode() + proc.stderr.decode()

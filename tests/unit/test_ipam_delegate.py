@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 from cni_bridge.errors import CNIError
-from cni_bridge.ipam.delegate import exec_plugin, find_in_path
+from cni_bridge.invoke import find_in_path
+from cni_bridge.ipam.delegate import exec_plugin
 
 # A fake IPAM plugin: echoes what it was given, or fails the way FAKE_MODE says.
 FAKE = f"""#!{sys.executable}
@@ -35,6 +37,8 @@ elif mode == "list":
     print("[1, 2]")
 elif mode == "hang":
     time.sleep(60)
+elif mode == "fds":
+    print(json.dumps({{"open": sorted(int(fd) for fd in os.listdir("/proc/self/fd"))}}))
 """
 
 
@@ -72,7 +76,7 @@ def test_runs_the_first_executable_in_cni_path(
     assert "SECRET_OF_PARENT" not in env  # only the env we pass
     assert out["stdin"] == '{"name": "n"}'
     assert out["ips"] == [{"address": "10.0.0.5/24"}]
-    assert find_in_path("fake", path_of(plugin_dirs)) == str(plugin_dirs[1] / "fake")
+    assert find_in_path("fake", [str(d) for d in plugin_dirs]) == str(plugin_dirs[1] / "fake")
 
 
 def test_plugin_error_object_is_passed_through(plugin_dirs: tuple[Path, Path]) -> None:
@@ -85,7 +89,7 @@ def test_unparsable_failure_is_999(plugin_dirs: tuple[Path, Path]) -> None:
     with pytest.raises(CNIError) as exc:
         run(plugin_dirs, "garbage")
     assert exc.value.code == 999
-    assert "panic: runtime error" in exc.value.details
+    assert "panic: runtime error" in exc.value.msg  # libcni's wording quotes what it printed
 
 
 def test_failure_with_stderr_only(
@@ -94,9 +98,9 @@ def test_failure_with_stderr_only(
     with pytest.raises(CNIError) as exc:
         run(plugin_dirs, "stderr")
     assert exc.value.code == 999
-    assert exc.value.details == "something broke"
+    assert exc.value.msg == "netplugin failed: 'something broke': exit status 1"
     assert "something broke" in capsys.readouterr().err  # its log goes on to ours
-    with pytest.raises(CNIError, match="failed with no output"):
+    with pytest.raises(CNIError, match="failed with no error message: exit status 1"):
         run(plugin_dirs, "silent-fail")
 
 
@@ -108,6 +112,21 @@ def test_output_shapes(plugin_dirs: tuple[Path, Path]) -> None:
     with pytest.raises(CNIError) as exc:
         run(plugin_dirs, "list")
     assert exc.value.code == 6
+
+
+def test_only_stdio_is_passed_on(plugin_dirs: tuple[Path, Path]) -> None:
+    # An inheritable descriptor of ours (one a runtime left open, say) must not reach the plugin.
+    r, w = os.pipe()
+    os.dup2(r, 100, inheritable=True)
+    try:
+        out = run(plugin_dirs, "fds")
+    finally:
+        for fd in (r, w, 100):
+            os.close(fd)
+    opened = out["open"]
+    assert isinstance(opened, list)
+    assert 100 not in opened
+    assert opened[:3] == [0, 1, 2]
 
 
 def test_timeout(plugin_dirs: tuple[Path, Path]) -> None:

@@ -1,4 +1,4 @@
-"""The CNI client against fake plugins: scripts that record their env and stdin and answer.
+"""The libcni client against fake plugins: scripts that record their env and stdin and answer.
 
 No root needed: nothing here touches the network, only files under tmp_path.
 """
@@ -17,8 +17,10 @@ from typing import Any
 
 import pytest
 
-from cni_bridge import client
+from cni_bridge import libcni
 from cni_bridge.errors import CNIError
+from cni_bridge.libcni import cache, cli
+from cni_bridge.protocol.versions import CURRENT_VERSION
 
 FAKE_PLUGIN = """#!{python}
 import json, os, sys, time
@@ -107,7 +109,7 @@ class Env:
 
     def run(self, *argv: str, **extra: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
-        code = client.main(list(argv), environ=self.environ(**extra), stdout=out, stderr=err)
+        code = cli.main(list(argv), environ=self.environ(**extra), stdout=out, stderr=err)
         return code, out.getvalue(), err.getvalue()
 
     def cache_files(self) -> list[str]:
@@ -139,7 +141,7 @@ def test_load_conflist_picks_by_name_in_sorted_order(world: Env) -> None:
     world.write_conflist("net", [{"type": "alpha"}], filename="20-net.conflist")
     world.write_conflist("net", [{"type": "beta"}], filename="10-net.conflist")
     world.write_conflist("other", [{"type": "gamma"}], filename="05-other.conflist")
-    conf = client.load_conflist(str(world.netd), "net")
+    conf = libcni.load_conflist(str(world.netd), "net")
     assert [p["type"] for p in conf.plugins] == ["beta"]
     assert conf.raw == (world.netd / "10-net.conflist").read_bytes()
 
@@ -148,7 +150,7 @@ def test_single_conf_is_wrapped_into_a_list(world: Env) -> None:
     (world.netd / "10-single.conf").write_text(
         json.dumps({"cniVersion": "0.4.0", "name": "single", "type": "alpha"})
     )
-    conf = client.load_conflist(str(world.netd), "single")
+    conf = libcni.load_conflist(str(world.netd), "single")
     assert conf.name == "single"
     assert conf.cni_version == "0.4.0"
     assert [p["type"] for p in conf.plugins] == ["alpha"]
@@ -156,12 +158,12 @@ def test_single_conf_is_wrapped_into_a_list(world: Env) -> None:
 
 def test_missing_network_and_empty_dir_are_config_errors(world: Env) -> None:
     with pytest.raises(CNIError) as empty:
-        client.load_conflist(str(world.netd), "net")
+        libcni.load_conflist(str(world.netd), "net")
     assert empty.value.code == 7
     assert "no net configurations found" in empty.value.msg
     world.write_conflist("net", [{"type": "alpha"}])
     with pytest.raises(CNIError) as missing:
-        client.load_conflist(str(world.netd), "absent")
+        libcni.load_conflist(str(world.netd), "absent")
     assert 'no net configuration with name "absent"' in missing.value.msg
 
 
@@ -177,7 +179,7 @@ def test_missing_network_and_empty_dir_are_config_errors(world: Env) -> None:
 )
 def test_malformed_conflists_are_rejected(body: bytes, code: int) -> None:
     with pytest.raises(CNIError) as err:
-        client.conflist_from_bytes(body)
+        libcni.conflist_from_bytes(body)
     assert err.value.code == code
 
 
@@ -315,18 +317,20 @@ def test_bad_runtime_inputs_fail_before_any_plugin_runs(
     assert world.calls() == []
 
 
-def test_missing_plugin_is_an_error(world: Env) -> None:
+def test_missing_plugin_is_an_invalid_config_like_a_delegated_one(world: Env) -> None:
     world.write_conflist("net", [{"type": "alpha"}, {"type": "delta"}])
     code, out, _ = world.run("add", "net", NETNS, CNI_CONTAINERID=CID)
     assert code == 1
-    assert 'failed to find plugin "delta"' in json.loads(out)["msg"]
+    error = json.loads(out)
+    assert error["code"] == 7
+    assert error["msg"] == f'failed to find plugin "delta" in path [{world.root}/nothing-here {world.bin}]'
 
 
 def test_plugin_type_cannot_escape_cni_path(world: Env) -> None:
     world.write_conflist("net", [{"type": "../bin/alpha"}])
     code, out, _ = world.run("add", "net", NETNS, CNI_CONTAINERID=CID)
     assert code == 1
-    assert "invalid plugin type" in json.loads(out)["msg"]
+    assert "invalid plugin name" in json.loads(out)["msg"]
     assert world.calls() == []
 
 
@@ -408,11 +412,16 @@ def test_cached_result_is_converted_to_the_configs_version(world: Env) -> None:
 
 def test_convert_result_adds_and_removes_ip_versions() -> None:
     new = {"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.2/24"}, {"address": "fd00::2/64"}]}
-    old = client.convert_result(new, "0.4.0")
+    old = cache.result_as_version(new, "0.4.0")
     assert [ip["version"] for ip in old["ips"]] == ["4", "6"]
-    assert client.convert_result(old, "1.1.0")["ips"] == new["ips"]
-    with pytest.raises(CNIError):
-        client.convert_result(new, "0.2.0")
+    assert cache.result_as_version(old, "1.1.0")["ips"] == new["ips"]
+    # Down to 0.2.0's flat form, as libcni converts; a version the spec does not have fails.
+    flat = cache.result_as_version(new, "0.2.0")
+    assert (flat["ip4"], flat["ip6"]) == ({"ip": "10.0.0.2/24"}, {"ip": "fd00::2/64"})
+    with pytest.raises(CNIError) as exc:
+        cache.result_as_version(new, "0.9.0")
+    assert exc.value.code == 1
+    assert cache.result_as_version(new, "1.0.0") is new  # same version: passed on as stored
 
 
 def test_check_runs_in_order_with_the_cached_result(world: Env) -> None:
@@ -541,7 +550,7 @@ def test_version_asks_each_plugin_like_libcni(world: Env) -> None:
     call = world.calls()[0]
     assert call["env"]["CNI_COMMAND"] == "VERSION"
     assert call["env"]["CNI_NETNS"] == "dummy"
-    assert call["stdin"] == {"cniVersion": client.CURRENT_VERSION}
+    assert call["stdin"] == {"cniVersion": CURRENT_VERSION}
 
 
 # --------------------------------------------------------------------------- execution
@@ -566,9 +575,9 @@ def test_large_stdin_and_stdout_do_not_deadlock(world: Env) -> None:
 
 
 def test_run_chain_api_and_exec_records(world: Env) -> None:
-    records: list[client.ExecRecord] = []
+    records: list[libcni.ExecRecord] = []
     conflist = {"cniVersion": "1.0.0", "name": "api", "plugins": chain()}
-    result = client.run_chain(
+    result = libcni.run_chain(
         "ADD",
         conflist,
         NETNS,
@@ -591,7 +600,7 @@ def test_run_chain_api_and_exec_records(world: Env) -> None:
     assert world.calls()[1]["stdin"]["runtimeConfig"] == PORTS
     assert world.calls()[0]["env"]["CNI_ARGS"] == "K=V"
     assert (
-        client.run_chain(
+        libcni.run_chain(
             "DEL", conflist, NETNS, "api-1", cni_path=str(world.bin), cache_dir=str(world.cache)
         )
         is None
@@ -606,8 +615,8 @@ def test_run_chain_raises_plugin_errors(world: Env) -> None:
         "name": "api",
         "plugins": [{"type": "alpha", "fake": {"fail": {"ADD": error}}}],
     }
-    with pytest.raises(client.PluginError) as err:
-        client.run_chain(
+    with pytest.raises(libcni.PluginError) as err:
+        libcni.run_chain(
             "ADD", conflist, NETNS, "x", cni_path=[str(world.bin)], cache_dir=str(world.cache)
         )
     assert (err.value.code, err.value.msg, err.value.plugin) == (100, "port taken", "alpha")
@@ -619,7 +628,7 @@ def test_parallel_adds_write_distinct_cache_entries(world: Env) -> None:
     conflist = {"cniVersion": "1.0.0", "name": "par", "plugins": [{"type": "alpha"}]}
 
     def add(i: int) -> dict[str, Any] | None:
-        return client.run_chain(
+        return libcni.run_chain(
             "ADD", conflist, NETNS, f"p{i}", cni_path=str(world.bin), cache_dir=str(world.cache)
         )
 
@@ -636,3 +645,25 @@ def test_cli_usage_errors_exit_2(world: Env) -> None:
     assert exc.value.code == 2
     with pytest.raises(SystemExit):
         world.run("frobnicate", "net", NETNS)
+
+
+def test_client_import_stays_lean() -> None:
+    """Exec'd once per command: the import pulls in no typing, subprocess or plugin machinery."""
+    import subprocess
+
+    code = (
+        "import sys; before = set(sys.modules); import cni_bridge.libcni.cli; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(root)},
+    ).stdout.split()
+    heavy = {"typing", "subprocess", "dataclasses", "ipaddress", "argparse", "hashlib"}
+    assert not heavy & set(out), out
+    assert not [m for m in out if m.startswith(("pydantic", "pyroute2", "nftables"))], out
+    assert "cni_bridge.invoke" in out
