@@ -22,7 +22,7 @@ from pydantic import (
 
 from cni_bridge.errors import INVALID_CONFIG, CNIError
 from cni_bridge.ipam.ranges import Range, validate_range_sets
-from cni_bridge.protocol.cniargs import CniArgs, normalize_mac
+from cni_bridge.protocol.cniargs import normalize_mac
 from cni_bridge.protocol.names import ifname_problem
 from cni_bridge.protocol.versions import DEFAULT_CONFIG_VERSION, require_supported
 
@@ -295,36 +295,6 @@ class NetConf(_Model):
         if not self.capabilities.get("portMappings"):
             return []
         return list(self.runtime_config.port_mappings)
-
-    def requested_ips(self, cni_args: CniArgs) -> list[IPAddress]:
-        """Static IPs, from the sources host-local reads: runtimeConfig.ips, args.cni.ips, CNI_ARGS IP."""
-        raw: list[str] = []
-        if self.capabilities.get("ips"):
-            raw.extend(self.runtime_config.ips)
-        cni = self.args.get("cni") if isinstance(self.args, dict) else None
-        if isinstance(cni, dict) and isinstance(cni.get("ips"), list):
-            raw.extend(str(x) for x in cni["ips"])
-        out: list[IPAddress] = []
-        for text in raw:
-            try:
-                out.append(ipaddress.ip_interface(text).ip)
-            except ValueError:
-                raise CNIError(INVALID_CONFIG, f"requested IP {text!r} is not an IP address") from None
-        out.extend(cni_args.ips)
-        seen: list[IPAddress] = []
-        for ip in out:
-            if ip not in seen:
-                seen.append(ip)
-        return seen
-
-    def requested_mac(self, cni_args: CniArgs) -> str:
-        """MAC for the container interface: runtimeConfig.mac, then args.cni.mac, then CNI_ARGS MAC."""
-        if self.capabilities.get("mac") and self.runtime_config.mac:
-            return normalize_mac(self.runtime_config.mac, "runtimeConfig.mac")
-        cni = self.args.get("cni") if isinstance(self.args, dict) else None
-        if isinstance(cni, dict) and cni.get("mac"):
-            return normalize_mac(str(cni["mac"]), "args.cni.mac")
-        return cni_args.mac
 
     def effective_range_sets(self) -> list[tuple[Range, ...]]:
         if self.capabilities.get("ipRanges") and self.runtime_config.ip_ranges:

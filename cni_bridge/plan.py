@@ -1,13 +1,25 @@
-"""From a validated config and the addresses IPAM handed out to what ADD must make. Pure."""
+"""What an ADD must make, decided before anything is made. Pure.
+
+The request is read once, into `AddRequest` (names, the requested MAC and addresses, the
+published ports): CNI_ARGS is parsed here and nowhere else. Once IPAM has answered,
+`build_plan` turns both into one frozen `AddPlan` that holds every input of every effect:
+the bridge's and the container's addresses, routes and DNS, and the firewall's network and
+attachment, so the effects never reach back into the config or the mutable record.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from cni_bridge.config import NetConf
+from cni_bridge.config import NetConf, PortMappingConf
+from cni_bridge.errors import INVALID_CONFIG, CNIError
+from cni_bridge.firewall.model import AttachmentFw, NetworkFw, PortMapping
+from cni_bridge.protocol.cniargs import CniArgs, normalize_mac, parse_cni_args
+from cni_bridge.protocol.request import Request
 from cni_bridge.protocol.result import DNS, Interface, IPConfig, Result, Route
+from cni_bridge.state import attachment_tag, host_veth_name
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -17,12 +29,110 @@ DEFAULT_V4 = ipaddress.ip_network("0.0.0.0/0")
 DEFAULT_V6 = ipaddress.ip_network("::/0")
 
 
-@dataclass
+@dataclass(frozen=True)
+class AddRequest:
+    """One ADD as asked: who, where, and what the runtime requested."""
+
+    network: str
+    container_id: str
+    ifname: str
+    netns: str  # what netlink opens (a resident worker's descriptor path, possibly)
+    sandbox: str  # the namespace as the runtime named it: what results and records report
+    host_veth: str
+    tag: str
+    mac: str  # requested for the container end; "" lets the kernel choose
+    requested_ips: tuple[IPAddress, ...]
+    port_mappings: tuple[PortMapping, ...]
+
+    @property
+    def owner(self) -> str:
+        return attachment_owner(self.network, self.container_id, self.ifname)
+
+
+def attachment_owner(network: str, container_id: str, ifname: str) -> str:
+    """How the firewall names an attachment to people (in its element comments)."""
+    return f"{network}/{container_id}/{ifname}"
+
+
+def parse_add(request: Request, conf: NetConf, sandbox: str) -> AddRequest:
+    cni_args = parse_cni_args(request.args)
+    return AddRequest(
+        network=conf.name,
+        container_id=request.container_id,
+        ifname=request.ifname,
+        netns=request.netns,
+        sandbox=sandbox,
+        host_veth=host_veth_name(conf.name, request.container_id, request.ifname),
+        tag=attachment_tag(conf.name, request.container_id, request.ifname),
+        mac=requested_mac(conf, cni_args),
+        requested_ips=tuple(requested_ips(conf, cni_args)),
+        port_mappings=tuple(port_mapping(pm) for pm in conf.port_mappings()),
+    )
+
+
+def port_mapping(pm: PortMappingConf) -> PortMapping:
+    return PortMapping(pm.host_port, pm.container_port, pm.protocol, pm.host_ip, pm.host_port_end)
+
+
+def requested_ips(conf: NetConf, cni_args: CniArgs) -> list[IPAddress]:
+    """Static IPs, from the sources host-local reads, in its order: runtimeConfig.ips (with
+    the `ips` capability), args.cni.ips, then CNI_ARGS IP. Duplicates are dropped."""
+    raw: list[str] = []
+    if conf.capabilities.get("ips"):
+        raw.extend(conf.runtime_config.ips)
+    cni = conf.args.get("cni") if isinstance(conf.args, dict) else None
+    if isinstance(cni, dict) and isinstance(cni.get("ips"), list):
+        raw.extend(str(x) for x in cni["ips"])
+    out: list[IPAddress] = []
+    for text in raw:
+        try:
+            out.append(ipaddress.ip_interface(text).ip)
+        except ValueError:
+            raise CNIError(INVALID_CONFIG, f"requested IP {text!r} is not an IP address") from None
+    out.extend(cni_args.ips)
+    return list(dict.fromkeys(out))
+
+
+def requested_mac(conf: NetConf, cni_args: CniArgs) -> str:
+    """MAC for the container interface: runtimeConfig.mac (with the `mac` capability), then
+    args.cni.mac, then CNI_ARGS MAC."""
+    if conf.capabilities.get("mac") and conf.runtime_config.mac:
+        return normalize_mac(conf.runtime_config.mac, "runtimeConfig.mac")
+    cni = conf.args.get("cni") if isinstance(conf.args, dict) else None
+    if isinstance(cni, dict) and cni.get("mac"):
+        return normalize_mac(str(cni["mac"]), "args.cni.mac")
+    return cni_args.mac
+
+
+def network_fw(conf: NetConf, subnets: Sequence[IPNetwork]) -> NetworkFw:
+    return NetworkFw(
+        name=conf.name,
+        bridge=conf.bridge,
+        subnets=list(subnets),
+        ip_masq=conf.ip_masq,
+        isolate=conf.isolation,
+        non_masq=list(conf.non_masquerade_cidrs),
+    )
+
+
+def network_subnets(conf: NetConf, addresses: Sequence[IPInterface] = ()) -> list[IPNetwork]:
+    """The network's subnets: from host-local's ranges, else from the attachment's addresses
+    (a delegated IPAM plugin's network is known only by what it handed out)."""
+    subnets: list[IPNetwork] = [r.subnet for rs in conf.effective_range_sets() for r in rs]
+    if not subnets:
+        subnets = [a.network for a in addresses]
+    return list(dict.fromkeys(subnets))
+
+
+@dataclass(frozen=True)
 class AddPlan:
-    ips: list[IPConfig]
-    routes: list[Route]
+    ask: AddRequest
+    ips: tuple[IPConfig, ...]
+    routes: tuple[Route, ...]
     dns: DNS
-    bridge_addrs: list[IPInterface] = field(default_factory=list)
+    bridge_addrs: tuple[IPInterface, ...]
+    fw_net: NetworkFw
+    fw_att: AttachmentFw
 
     @property
     def families(self) -> set[int]:
@@ -31,6 +141,10 @@ class AddPlan:
     @property
     def container_addrs(self) -> list[IPInterface]:
         return [ip.address for ip in self.ips]
+
+    @property
+    def publishes(self) -> bool:
+        return bool(self.ask.port_mappings)
 
     def kernel_routes(self) -> list[tuple[IPNetwork, IPAddress | None]]:
         """Routes as the container's kernel gets them: a route without gw goes via the gateway
@@ -42,8 +156,9 @@ class AddPlan:
         return [(r.dst, r.gw if r.gw is not None else gws.get(r.dst.version)) for r in self.routes]
 
 
-def build_plan(conf: NetConf, ipam_result: Result) -> AddPlan:
-    """Gateways, routes and DNS for the container, following the reference bridge plugin."""
+def build_plan(ask: AddRequest, conf: NetConf, ipam_result: Result) -> AddPlan:
+    """Gateways, routes and DNS for the container, following the reference bridge plugin,
+    and the firewall's inputs."""
     ips = [IPConfig(address=ip.address, gateway=ip.gateway, interface=2) for ip in ipam_result.ips]
     routes = list(ipam_result.routes)
     if conf.is_default_gateway:
@@ -75,7 +190,21 @@ def build_plan(conf: NetConf, ipam_result: Result) -> AddPlan:
         )
     else:
         dns = ipam_result.dns
-    return AddPlan(ips=ips, routes=routes, dns=dns, bridge_addrs=bridge_addrs)
+    addresses = [ip.address for ip in ips]
+    return AddPlan(
+        ask=ask,
+        ips=tuple(ips),
+        routes=tuple(routes),
+        dns=dns,
+        bridge_addrs=tuple(bridge_addrs),
+        fw_net=network_fw(conf, network_subnets(conf, addresses)),
+        fw_att=AttachmentFw(
+            tag=ask.tag,
+            owner=ask.owner,
+            ips=[a.ip for a in addresses],
+            port_mappings=list(ask.port_mappings),
+        ),
+    )
 
 
 def render_result(
@@ -83,13 +212,14 @@ def render_result(
     bridge: tuple[str, str],
     host: tuple[str, str],
     container: tuple[str, str, int],
-    netns: str,
 ) -> Result:
     return Result(
         interfaces=[
             Interface(name=bridge[0], mac=bridge[1]),
             Interface(name=host[0], mac=host[1]),
-            Interface(name=container[0], mac=container[1], mtu=container[2], sandbox=netns),
+            Interface(
+                name=container[0], mac=container[1], mtu=container[2], sandbox=plan.ask.sandbox
+            ),
         ],
         ips=list(plan.ips),
         routes=list(plan.routes),

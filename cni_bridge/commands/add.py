@@ -1,7 +1,17 @@
 """ADD: bridge, veth into the container, addresses and routes, firewall; all or nothing.
 
-Order of work (each step is recorded before it is made, and registers its undo right after):
-record -> IPAM -> bridge -> veth -> container addresses/routes -> firewall -> record ready.
+One flow: the request is read once (plan.parse_add), IPAM answers, plan.build_plan decides
+everything, then the effects run from that frozen plan, each registering its undo right after
+it is made: IPAM -> bridge -> veth -> container addresses/routes (beside the firewall) ->
+macspoofchk -> ready.
+
+The attachment record is written where crash safety needs it, and nowhere else:
+1. before any kernel change (after IPAM, in the same lock hold): what the kernel is about to
+   hold (names, addresses, ports) is then found by a DEL or GC after a crash. With a delegated
+   IPAM plugin it is written before the plugin runs too, since only our record leads a GC to a
+   lease held outside our store; host-local's reservation files name their owner themselves.
+2. with macspoofchk, the container's MAC before its guard is made (the guard is keyed by it);
+3. ready, with the result: CHECK, GC and a repeated ADD tell a live attachment by it.
 """
 
 from __future__ import annotations
@@ -15,20 +25,30 @@ from typing import Any
 from cni_bridge.background import Background
 from cni_bridge.commands.common import (
     NetworkStores,
-    attachment_fw,
     last_in_network,
-    mapping_record,
-    network_fw,
-    network_subnets,
+    mapping_records,
     sandbox_path,
 )
 from cni_bridge.commands.deps import Deps
 from cni_bridge.commands.teardown import release_ipam, teardown
 from cni_bridge.config import NetConf
-from cni_bridge.errors import INTERFACE_EXISTS, INVALID_ENV, TRY_AGAIN_LATER, CNIError
+from cni_bridge.errors import (
+    INTERFACE_EXISTS,
+    INVALID_CONFIG,
+    INVALID_ENV,
+    TRY_AGAIN_LATER,
+    CNIError,
+)
 from cni_bridge.ipam.ranges import IPAddress
-from cni_bridge.plan import AddPlan, build_plan, ipam_result_from, parse_resolv_conf, render_result
-from cni_bridge.protocol.cniargs import parse_cni_args
+from cni_bridge.plan import (
+    AddPlan,
+    AddRequest,
+    build_plan,
+    ipam_result_from,
+    parse_add,
+    parse_resolv_conf,
+    render_result,
+)
 from cni_bridge.protocol.request import Request
 from cni_bridge.protocol.result import DNS, Result, parse_result
 from cni_bridge.rollback import Rollback
@@ -78,6 +98,7 @@ def make_reclaim(conf: NetConf, stores: NetworkStores) -> Any:
 
 def ipam_add(
     request: Request,
+    ask: AddRequest,
     conf: NetConf,
     env: Mapping[str, str],
     stores: NetworkStores,
@@ -86,13 +107,12 @@ def ipam_add(
     if conf.ipam.type == "host-local":
         from cni_bridge.ipam.allocator import allocate
 
-        cni_args = parse_cni_args(request.args)
         allocations = allocate(
             stores.ipam,
             conf.effective_range_sets(),
-            request.container_id,
-            request.ifname,
-            requested=conf.requested_ips(cni_args),
+            ask.container_id,
+            ask.ifname,
+            requested=list(ask.requested_ips),
             reclaim=make_reclaim(conf, stores),
             # The record lookup before this (same lock hold) already settled whether the
             # attachment holds addresses; host-local's check would read every reservation.
@@ -104,7 +124,9 @@ def ipam_add(
                 with open(conf.ipam.resolv_conf) as f:
                     dns = parse_resolv_conf(f.read())
             except OSError as exc:
-                raise CNIError(5, f"ipam.resolvConf {conf.ipam.resolv_conf!r}: {exc.strerror}") from None
+                raise CNIError(
+                    INVALID_CONFIG, f"ipam.resolvConf {conf.ipam.resolv_conf!r}: {exc.strerror}"
+                ) from None
         return ipam_result_from(
             [(a.address, a.gateway) for a in allocations],
             [(r.dst, r.gw) for r in conf.ipam.routes],
@@ -120,30 +142,27 @@ def ipam_add(
 
 def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> Result:
     check_netns(request.netns)
-    cni_args = parse_cni_args(request.args)
-    mac = conf.requested_mac(cni_args)
-    mappings = conf.port_mappings()
-    stores = NetworkStores(conf)
     # The record and the result name the namespace as the runtime does (not a resident
     # worker's descriptor path, which dies with the worker).
-    att = Attachment.new(
-        conf.name, request.container_id, request.ifname, sandbox_path(request, env)
-    )
+    ask = parse_add(request, conf, sandbox_path(request, env))
+    stores = NetworkStores(conf)
+    att = Attachment.new(conf.name, ask.container_id, ask.ifname, ask.sandbox)
     att.bridge = conf.bridge
-    att.mac = mac
-    att.port_mappings = [mapping_record(pm) for pm in mappings]
+    att.mac = ask.mac
+    att.port_mappings = mapping_records(ask.port_mappings)
+    delegated = conf.ipam.type not in ("", "host-local")
 
     rollback = Rollback()
     try:
         deps.hook("record")
         with stores.lock():
-            existing = stores.state.get(conf.name, request.container_id, request.ifname)
+            existing = stores.state.get(conf.name, ask.container_id, ask.ifname)
             if existing is not None:
                 _clear_previous(conf, stores, existing, deps, env, request)
-            stores.state.put(att)
             stores.state.save_network(network_snapshot(request.config))
+            if delegated:
+                stores.state.put(att)
             rollback.push("record", lambda: _locked(stores, lambda: stores.state.remove(att)))
-
             # Same lock hold: one flock per ADD for the record and the addresses. The undo goes
             # first: a delegated plugin may have handed out a lease even if we fail afterwards.
             rollback.push(
@@ -151,46 +170,43 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
                 lambda: _locked(stores, lambda: release_ipam(conf, stores, att, env, request.stdin)),
             )
             deps.hook("ipam")
-            ipam_result = ipam_add(request, conf, env, stores)
+            ipam_result = ipam_add(request, ask, conf, env, stores)
             att.ips = [str(ip.address) for ip in ipam_result.ips]
-            stores.state.put(att)
-        plan = build_plan(conf, ipam_result)
+            stores.state.put(att)  # write 1: before any kernel change
+        plan = build_plan(ask, conf, ipam_result)
         deps.hook("firewall")
-        fw_net = network_fw(conf, network_subnets(conf, att))
         # Not under the network lock: the transaction is atomic, the kernel refuses port
         # conflicts inside it, and the network's shared elements cannot be removed meanwhile,
         # since a DEL decides "last attachment" under the lock and sees our record.
         # It needs nothing from the datapath (the addresses come from IPAM, the host veth name
         # is derived), so it runs beside it: both mostly wait on the kernel, and ~3 ms of an
         # ADD's ~10 overlap. Its undo is registered only once it is known to have happened.
-        fw_job = Background(lambda: deps.firewall.add_attachment(fw_net, attachment_fw(att)))
+        fw_job = Background(lambda: deps.firewall.add_attachment(plan.fw_net, plan.fw_att))
         datapath_done = False
         try:
-            result = _datapath(request, conf, deps, att, plan, rollback, bool(mappings))
+            result = _datapath(conf, deps, plan, rollback)
             datapath_done = True
         finally:
             fw_error = fw_job.join()
             if fw_error is None:
-                rollback.push("firewall", lambda: _fw_undo(conf, stores, deps, att))
+                rollback.push("firewall", lambda: _fw_undo(stores, deps, att, plan))
             elif not datapath_done:  # the datapath's error is the one reported: log this one
                 log.warning("firewall also failed: %s", fw_error)
         if fw_error is not None:
             raise fw_error
 
         if conf.macspoofchk:
-            # The guard names the MAC the kernel gave the container end: recorded before the
-            # guard exists, so a DEL after a crash can remove it.
             att.mac = result.interfaces[2].mac
             with stores.lock():
-                stores.state.put(att)
-            deps.firewall.add_macspoof(att.host_veth, att.mac)
-            rollback.push("macspoofchk", lambda: deps.firewall.del_macspoof(att.host_veth, att.mac))
+                stores.state.put(att)  # write 2: the guard's key, before the guard
+            deps.firewall.add_macspoof(ask.host_veth, att.mac)
+            rollback.push("macspoofchk", lambda: deps.firewall.del_macspoof(ask.host_veth, att.mac))
 
         deps.hook("ready")
         att.result = result.render("1.1.0")
         att.phase = PHASE_READY
         with stores.lock():
-            stores.state.put(att)
+            stores.state.put(att)  # write 3: ready
         rollback.commit()
         return result
     except BaseException:
@@ -230,61 +246,47 @@ def _clear_previous(
         )
 
 
-def _datapath(
-    request: Request,
-    conf: NetConf,
-    deps: Deps,
-    att: Attachment,
-    plan: AddPlan,
-    rollback: Rollback,
-    has_mappings: bool,
-) -> Result:
-    net = deps.net
+def _datapath(conf: NetConf, deps: Deps, plan: AddPlan, rollback: Rollback) -> Result:
+    net, ask = deps.net, plan.ask
     deps.hook("bridge")
     bridge = net.ensure_bridge(conf.bridge, conf.mtu, bool(conf.vlan or conf.vlan_trunk))
     if plan.bridge_addrs:
-        net.ensure_bridge_addrs(conf.bridge, plan.bridge_addrs, conf.force_address)
+        net.ensure_bridge_addrs(conf.bridge, list(plan.bridge_addrs), conf.force_address)
     fams = plan.families
     if fams:
         net.set_forwarding(4 in fams, 6 in fams)
-    if has_mappings and 4 in fams:
+    if plan.publishes and 4 in fams:
         # 127.0.0.1:<hostPort> is DNATed out of the bridge; the firewall guards the other side.
         net.set_route_localnet(conf.bridge)
 
     deps.hook("veth")
     host, cont = net.create_veth(
-        request.netns,
-        request.ifname,
-        att.host_veth,
+        ask.netns,
+        ask.ifname,
+        ask.host_veth,
         conf.bridge,
         mtu=conf.mtu,
-        container_mac=att.mac or None,
+        container_mac=ask.mac or None,
         # A container reaching its own published port needs its packets sent back out of the
         # port they came in on.
-        hairpin=conf.hairpin_mode or has_mappings,
+        hairpin=conf.hairpin_mode or plan.publishes,
         promisc=conf.promisc_mode,
         port_isolation=conf.port_isolation,
         vlan=conf.vlan or None,
         vlan_trunk=conf.vlan_trunk or None,
     )
-    rollback.push("veth", lambda: net.delete_link(att.host_veth))
+    rollback.push("veth", lambda: net.delete_link(ask.host_veth))
 
     deps.hook("container")
     net.configure_container(
-        request.netns,
-        request.ifname,
+        ask.netns,
+        ask.ifname,
         plan.container_addrs,
         plan.kernel_routes(),
         enable_dad=conf.enabledad,
         ipv6=conf.ipv6_link_local or any(a.version == 6 for a in plan.container_addrs),
     )
-    return render_result(
-        plan,
-        (bridge.name, bridge.mac),
-        (host.name, host.mac),
-        (cont.name, cont.mac, cont.mtu),
-        att.netns,
-    )
+    return render_result(plan, (bridge.name, bridge.mac), (host.name, host.mac), (cont.name, cont.mac, cont.mtu))
 
 
 def network_snapshot(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -298,9 +300,7 @@ def _locked(stores: NetworkStores, fn: Any) -> None:
         fn()
 
 
-def _fw_undo(conf: NetConf, stores: NetworkStores, deps: Deps, att: Attachment) -> None:
-    fw_net = network_fw(conf, network_subnets(conf, att))
+def _fw_undo(stores: NetworkStores, deps: Deps, att: Attachment, plan: AddPlan) -> None:
     with stores.lock():
         last = last_in_network(stores, att)
-        deps.firewall.del_attachment(fw_net, attachment_fw(att), last)
-
+        deps.firewall.del_attachment(plan.fw_net, plan.fw_att, last)

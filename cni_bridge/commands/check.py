@@ -6,9 +6,7 @@ from collections.abc import Mapping
 
 from cni_bridge.commands.common import (
     NetworkStores,
-    attachment_fw,
-    network_fw,
-    network_subnets,
+    record_fw,
     sandbox_path,
 )
 from cni_bridge.commands.deps import Deps
@@ -68,8 +66,7 @@ def check(request: Request, conf: NetConf, deps: Deps, sandbox: str = "") -> lis
         bridge = deps.net.host_link(conf.bridge)
         if bridge is None or host.master != bridge.index:
             problems.append(f"host veth {att.host_veth} is not attached to bridge {conf.bridge}")
-    fw_net = network_fw(conf, network_subnets(conf, att))
-    problems.extend(deps.firewall.check_attachment(fw_net, attachment_fw(att)))
+    problems.extend(deps.firewall.check_attachment(*record_fw(conf, att)))
     return problems
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from cni_bridge.config import NetConf, PortMappingConf
+from cni_bridge.config import NetConf
 from cni_bridge.errors import (
     ADDRESS_CONFLICT,
     ADDRESS_EXHAUSTED,
@@ -23,10 +23,8 @@ from cni_bridge.ipam.disk import DiskStore
 from cni_bridge.state import Attachment, StateStore
 
 if TYPE_CHECKING:
-    from cni_bridge.firewall.model import AttachmentFw, NetworkFw
+    from cni_bridge.firewall.model import AttachmentFw, NetworkFw, PortMapping
     from cni_bridge.protocol.request import Request
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Set by the resident's worker (resident/server.py ORIGINAL_NETNS_VAR), whose CNI_NETNS is a
 # /proc/<worker>/fd/<n> path to the descriptor the client sent: valid only while the worker runs.
@@ -88,34 +86,26 @@ def mapped_errors() -> Iterator[None]:
         raise CNIError(NETWORK_FAILURE, exc.msg) from None
 
 
-def network_subnets(conf: NetConf, att: Attachment | None = None) -> list[IPNetwork]:
-    """The network's subnets: from host-local's ranges, else from the attachment's addresses."""
-    subnets: list[IPNetwork] = [r.subnet for rs in conf.effective_range_sets() for r in rs]
-    if not subnets and att is not None:
-        subnets = [ipaddress.ip_interface(ip).network for ip in att.ips]
-    return list(dict.fromkeys(subnets))
+def record_fw(conf: NetConf, att: Attachment) -> tuple[NetworkFw, AttachmentFw]:
+    """The firewall's inputs as a record describes them: for the verbs that have only the
+    record (DEL, GC, CHECK, a failed ADD's undo works from its plan instead)."""
+    from cni_bridge.firewall.model import AttachmentFw, mapping_from_dict
+    from cni_bridge.plan import attachment_owner, network_fw, network_subnets
 
-
-def network_fw(conf: NetConf, subnets: list[IPNetwork]) -> NetworkFw:
-    from cni_bridge.firewall.model import NetworkFw
-
-    return NetworkFw(
-        name=conf.name,
-        bridge=conf.bridge,
-        subnets=subnets,
-        ip_masq=conf.ip_masq,
-        isolate=conf.isolation,
-        non_masq=list(conf.non_masquerade_cidrs),
+    addresses = [ipaddress.ip_interface(ip) for ip in att.ips]
+    return network_fw(conf, network_subnets(conf, addresses)), AttachmentFw(
+        tag=att.tag,
+        owner=attachment_owner(att.network, att.container_id, att.ifname),
+        ips=[a.ip for a in addresses],
+        port_mappings=[mapping_from_dict(pm) for pm in att.port_mappings],
     )
 
 
-def mapping_record(pm: PortMappingConf) -> dict[str, Any]:
-    """A config port mapping in the firewall's JSON form, as records keep it."""
-    from cni_bridge.firewall.model import PortMapping, mapping_to_dict
+def mapping_records(mappings: Iterable[PortMapping]) -> list[dict[str, Any]]:
+    """Port mappings in the firewall's JSON form, as records keep them."""
+    from cni_bridge.firewall.model import mapping_to_dict
 
-    return mapping_to_dict(
-        PortMapping(pm.host_port, pm.container_port, pm.protocol, pm.host_ip, pm.host_port_end)
-    )
+    return [mapping_to_dict(pm) for pm in mappings]
 
 
 def last_in_network(stores: NetworkStores, att: Attachment) -> bool:
@@ -131,14 +121,3 @@ def last_in_network(stores: NetworkStores, att: Attachment) -> bool:
     if stores.state.has_other(att.tag):
         return False
     return not stores.ipam.has_other_owner((att.container_id, att.ifname))
-
-
-def attachment_fw(att: Attachment) -> AttachmentFw:
-    from cni_bridge.firewall.model import AttachmentFw, mapping_from_dict
-
-    return AttachmentFw(
-        tag=att.tag,
-        owner=f"{att.network}/{att.container_id}/{att.ifname}",
-        ips=[ipaddress.ip_interface(ip).ip for ip in att.ips],
-        port_mappings=[mapping_from_dict(pm) for pm in att.port_mappings],
-    )

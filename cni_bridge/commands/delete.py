@@ -6,11 +6,12 @@ import ipaddress
 import os
 from collections.abc import Mapping
 
-from cni_bridge.commands.common import NetworkStores, mapping_record
+from cni_bridge.commands.common import NetworkStores, mapping_records
 from cni_bridge.commands.deps import Deps
 from cni_bridge.commands.teardown import teardown
 from cni_bridge.config import NetConf
 from cni_bridge.errors import CLEANUP_FAILED, CNIError
+from cni_bridge.plan import port_mapping
 from cni_bridge.protocol.request import Request
 from cni_bridge.state import Attachment
 
@@ -47,5 +48,5 @@ def _synthesized(request: Request, conf: NetConf, ips: list[str]) -> Attachment:
     att.pid, att.pid_start = 0, ""
     att.bridge = conf.bridge
     att.ips = ips
-    att.port_mappings = [mapping_record(pm) for pm in conf.port_mappings()]
+    att.port_mappings = mapping_records(port_mapping(pm) for pm in conf.port_mappings())
     return att

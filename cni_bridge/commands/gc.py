@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cni_bridge.commands.common import NetworkStores, network_fw, network_subnets
+from cni_bridge.commands.common import NetworkStores
 from cni_bridge.commands.deps import Deps
 from cni_bridge.commands.teardown import teardown
 from cni_bridge.config import NetConf
 from cni_bridge.errors import CLEANUP_FAILED, INVALID_CONFIG, CNIError
+from cni_bridge.plan import network_fw, network_subnets
 from cni_bridge.protocol.request import Request
 from cni_bridge.state import HOST_VETH_PREFIX, attachment_tag, host_veth_name
 

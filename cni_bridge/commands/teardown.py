@@ -14,10 +14,8 @@ from collections.abc import Mapping
 
 from cni_bridge.commands.common import (
     NetworkStores,
-    attachment_fw,
     last_in_network,
-    network_fw,
-    network_subnets,
+    record_fw,
 )
 from cni_bridge.commands.deps import Deps
 from cni_bridge.config import NetConf
@@ -61,7 +59,7 @@ def teardown(
 ) -> list[str]:
     """Removes everything `att` owns. The caller holds the network lock."""
     errors: list[str] = []
-    fw_net = network_fw(conf, network_subnets(conf, att))
+    fw_net, fw_att = record_fw(conf, att)
 
     def step(what: str, fn: object) -> None:
         try:
@@ -74,7 +72,7 @@ def teardown(
     step(
         "firewall",
         lambda: deps.firewall.del_attachment(
-            fw_net, attachment_fw(att), last, thorough=not att.recorded
+            fw_net, fw_att, last, thorough=not att.recorded
         ),
     )
     if conf.macspoofchk and att.mac:

@@ -33,7 +33,9 @@ V4_GW, V6_GW = "10.66.0.1", "fd00:66::1"
 # during those may come before or after it: its elements may or may not be there.
 LEFT_BEFORE = {
     "record": set(),
-    "ipam": {"record"},
+    # With host-local the record is first written with the addresses, right after IPAM (the
+    # reservation files name their owner until then); see commands/add.py.
+    "ipam": set(),
     "firewall": {"record", "reservation"},
     "bridge": {"record", "reservation"},
     "veth": {"record", "reservation", "bridge"},

@@ -355,3 +355,42 @@ def test_an_internal_error_makes_the_process_unfit_for_reuse(
     code, out = engine.handle(env, json.dumps(config(world.tmp)).encode())
     assert code == 1 and json.loads(out)["code"] == 999
     assert not engine.reusable()
+
+
+def test_add_writes_the_record_only_where_crash_safety_needs_it(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # plan.py/add.py's contract: with host-local, once before any kernel change (with the
+    # addresses) and once ready; macspoofchk adds one (the guard's key before the guard).
+    phases: list[tuple[str, list[str], str]] = []
+    real_put = StateStore.put
+
+    def put(self: StateStore, att: Any) -> None:
+        phases.append((att.phase, list(att.ips), att.mac))
+        real_put(self, att)
+
+    monkeypatch.setattr(StateStore, "put", put)
+    world.call("ADD")
+    assert [p for p, _, _ in phases] == ["adding", PHASE_READY]
+    assert phases[0][1] == ["10.50.0.2/29", "fd00:50::2/120"]  # addresses before the kernel
+    phases.clear()
+    world.call("ADD", cid="c2", ifname="eth1", macspoofchk=True)
+    assert [p for p, _, _ in phases] == ["adding", "adding", PHASE_READY]
+    assert phases[0][2] == "" and phases[1][2] != ""  # the MAC, recorded before its guard
+
+
+def test_add_firewall_inputs_come_from_the_plan_and_match_the_record(world: World) -> None:
+    # ADD installs from its frozen plan; DEL, GC and CHECK rebuild the same inputs from the
+    # record: both must describe the same elements or DEL would miss what ADD made.
+    from cni_bridge.commands.common import record_fw
+
+    added: list[tuple[Any, Any]] = []
+    real_add = world.fw.add_attachment
+    world.fw.add_attachment = lambda n, a: (added.append((n, a)), real_add(n, a))[1]  # type: ignore[method-assign]
+    world.call("ADD", args={"cni": {"ips": ["10.50.0.5"]}})
+    (rec,) = world.records()
+    ((net, att),) = added
+    conf = load_netconf(config(world.tmp, args={"cni": {"ips": ["10.50.0.5"]}}))
+    assert record_fw(conf, rec) == (net, att)
+    assert [str(ip) for ip in att.ips] == ["10.50.0.5", "fd00:50::2"]
+    assert att.port_mappings[0].host_port == 8080

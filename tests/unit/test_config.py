@@ -5,6 +5,7 @@ import pytest
 
 from cni_bridge.config import load_netconf
 from cni_bridge.errors import CNIError
+from cni_bridge.plan import requested_ips, requested_mac
 from cni_bridge.protocol.cniargs import parse_cni_args
 
 BASE: dict[str, Any] = {
@@ -168,8 +169,8 @@ def test_requested_ips_and_mac_sources() -> None:
         )
     )
     a = parse_cni_args("IgnoreUnknown=1;IP=10.22.0.7")
-    assert [str(ip) for ip in n.requested_ips(a)] == ["10.22.0.9", "fd00:22::9", "10.22.0.7"]
-    assert n.requested_mac(a) == "0a:58:00:00:00:09"
+    assert [str(ip) for ip in requested_ips(n, a)] == ["10.22.0.9", "fd00:22::9", "10.22.0.7"]
+    assert requested_mac(n, a) == "0a:58:00:00:00:09"
 
 
 def test_cni_args() -> None:
