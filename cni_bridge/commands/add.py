@@ -34,8 +34,8 @@ from cni_bridge.commands.teardown import release_ipam, teardown
 from cni_bridge.config import NetConf
 from cni_bridge.errors import (
     INTERFACE_EXISTS,
-    INVALID_CONFIG,
     INVALID_ENV,
+    IO_FAILURE,
     TRY_AGAIN_LATER,
     CNIError,
 )
@@ -125,7 +125,7 @@ def ipam_add(
                     dns = parse_resolv_conf(f.read())
             except OSError as exc:
                 raise CNIError(
-                    INVALID_CONFIG, f"ipam.resolvConf {conf.ipam.resolv_conf!r}: {exc.strerror}"
+                    IO_FAILURE, f"ipam.resolvConf {conf.ipam.resolv_conf!r}: {exc.strerror}"
                 ) from None
         return ipam_result_from(
             [(a.address, a.gateway) for a in allocations],

@@ -394,3 +394,11 @@ def test_add_firewall_inputs_come_from_the_plan_and_match_the_record(world: Worl
     assert record_fw(conf, rec) == (net, att)
     assert [str(ip) for ip in att.ips] == ["10.50.0.5", "fd00:50::2"]
     assert att.port_mappings[0].host_port == 8080
+
+
+def test_unreadable_resolv_conf_is_an_io_failure(world: World, tmp_path: Path) -> None:
+    ipam = config(tmp_path)["ipam"] | {"resolvConf": str(tmp_path / "missing")}
+    with pytest.raises(CNIError) as err:
+        world.call("ADD", ipam=ipam)
+    assert err.value.code == 5 and "resolvConf" in err.value.msg
+    assert world.records() == [] and world.store().get_by_id("c1", "eth0") == []
