@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cni_bridge.firewall.nft import Firewall
+    from cni_bridge.firewall.ops import FirewallOps
     from cni_bridge.net.ops import NetOps
 
 KILL_AT_ENV = "CNI_BRIDGE_TEST_KILL_AT"
@@ -35,7 +35,7 @@ def kill_hook(target: str) -> Callable[[str], None]:
 @dataclass
 class Deps:
     net_factory: Callable[[], NetOps]
-    firewall_factory: Callable[[], Firewall]
+    firewall_factory: Callable[[], FirewallOps]
     hook: Callable[[str], None] = _no_hook
     _net: Any = field(default=None, repr=False)
     _fw: Any = field(default=None, repr=False)
@@ -48,10 +48,10 @@ class Deps:
         return net
 
     @property
-    def firewall(self) -> Firewall:
+    def firewall(self) -> FirewallOps:
         if self._fw is None:
             self._fw = self.firewall_factory()
-        fw: Firewall = self._fw
+        fw: FirewallOps = self._fw
         return fw
 
     def close(self) -> None:
@@ -66,7 +66,7 @@ def _real_net() -> NetOps:
     return NetlinkOps()
 
 
-def _real_firewall() -> Firewall:
+def _real_firewall() -> FirewallOps:
     from cni_bridge.firewall.nft import Firewall
 
     return Firewall()

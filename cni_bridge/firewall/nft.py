@@ -1,6 +1,6 @@
-"""Applies cni-bridge's firewall through libnftables' JSON API: the only importer of
-`nftables`. Every ADD, DEL and GC is one transaction (one libnftables call), planned by
-the pure functions of rules.py from what the kernel holds right before.
+"""Applies cni-bridge's firewall through libnftables' JSON API: the real `FirewallOps` (ops.py)
+and the only importer of `nftables`. Every ADD, DEL and GC is one transaction (one libnftables
+call), planned by the pure functions of rules.py from what the kernel holds right before.
 
 Reads are sized so that ADD and DEL cost the same with 1 or 1000 containers:
 - ADD reads the layout without set elements (terse listing) and the small per-network
@@ -25,7 +25,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cni_bridge.errors import INTERNAL, PORT_CONFLICT, CNIError
 from cni_bridge.firewall import rules
@@ -39,6 +39,9 @@ from cni_bridge.firewall.model import (
     TableView,
 )
 from cni_bridge.firewall.rules import Json
+
+if TYPE_CHECKING:
+    from cni_bridge.firewall.ops import FirewallOps
 
 log = logging.getLogger(__name__)
 
@@ -388,3 +391,7 @@ class Firewall:
         except NftablesError as exc:
             return f"{exc.msg}: {exc.details}"
         return None
+
+
+def _conforms(fw: Firewall) -> FirewallOps:
+    return fw  # mypy checks here that Firewall implements the FirewallOps protocol

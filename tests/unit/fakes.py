@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cni_bridge.firewall.model import AttachmentFw, NetworkFw
+from cni_bridge.firewall.model import AttachmentFw, ForeignChain, NetworkFw
 from cni_bridge.net.ops import ContainerView, HostLink, LinkExists, LinkInfo
 
 
@@ -154,7 +154,7 @@ class FakeFirewall:
     def status(self) -> str | None:
         return None
 
-    def foreign_forward_drop(self) -> list[object]:
+    def foreign_forward_drop(self) -> list[ForeignChain]:
         return []
 
 

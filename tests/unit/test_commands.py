@@ -56,7 +56,7 @@ class World:
         self.fw = FakeFirewall()
 
     def deps(self) -> Deps:
-        return Deps(net_factory=lambda: self.net, firewall_factory=lambda: self.fw)  # type: ignore[arg-type,return-value]
+        return Deps(net_factory=lambda: self.net, firewall_factory=lambda: self.fw)
 
     def call(self, verb: str, cid: str = "c1", ifname: str = "eth0", netns: str | None = None, **over: Any) -> Any:
         conf = config(self.tmp, **over)

@@ -34,7 +34,7 @@ class World:
         self.fw = FakeFirewall()
 
     def deps(self) -> Deps:
-        return Deps(net_factory=lambda: self.net, firewall_factory=lambda: self.fw)  # type: ignore[arg-type,return-value]
+        return Deps(net_factory=lambda: self.net, firewall_factory=lambda: self.fw)
 
     def conf(self, **over: Any) -> dict[str, Any]:
         c: dict[str, Any] = {

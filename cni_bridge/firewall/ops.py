@@ -1,0 +1,56 @@
+"""The firewall side effects the commands need, as a Protocol the unit tests can fake.
+
+Standard library only: importing this module must not pull in libnftables. `nft.Firewall` is
+the real implementation (tests/unit/fakes.py holds the fake). Every method is one libnftables
+transaction or a read; none of them changes links, addresses or routes.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cni_bridge.firewall.model import AttachmentFw, ForeignChain, NetworkFw
+
+
+class FirewallOps(Protocol):
+    def add_attachment(self, net: NetworkFw, att: AttachmentFw) -> None:
+        """Ensure the static layout and the network's elements and publish the attachment's
+        port mappings, all in one transaction. Idempotent. Raises CNIError(PORT_CONFLICT)
+        naming the owner of a host port that is taken. The caller undoes it with
+        del_attachment."""
+        ...
+
+    def del_attachment(
+        self, net: NetworkFw, att: AttachmentFw, last_in_network: bool, *, thorough: bool = False
+    ) -> None:
+        """Delete the attachment's elements; when last_in_network also the network's own
+        elements and its accept rules in foreign chains. Idempotent. `thorough` finds the
+        elements by the attachment's tag instead of by the keys `att` lists (its record, and
+        with it its port mappings, may be lost)."""
+        ...
+
+    def check_attachment(self, net: NetworkFw, att: AttachmentFw) -> list[str]:
+        """Human messages of what add_attachment would have put in place and is missing."""
+        ...
+
+    def gc(self, net: NetworkFw, keep_tags: set[str]) -> list[str]:
+        """Delete the network's attachment elements whose tag is not kept (with none kept,
+        the network's own elements too). Continues past errors and returns them."""
+        ...
+
+    def add_macspoof(self, port: str, mac: str) -> None:
+        """Only frames from `mac` enter the bridge through host veth `port`. The caller
+        undoes it with del_macspoof."""
+        ...
+
+    def del_macspoof(self, port: str, mac: str) -> None:
+        """Idempotent: a guard already gone is fine."""
+        ...
+
+    def foreign_forward_drop(self) -> list[ForeignChain]:
+        """Other tables' base chains hooked at forward with policy drop (e.g. Docker's)."""
+        ...
+
+    def status(self) -> str | None:
+        """None when the firewall can be used here, else the reason."""
+        ...
