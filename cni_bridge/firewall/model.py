@@ -1,8 +1,10 @@
-"""What the firewall layer needs to know about a network and one attachment.
+"""What the firewall layer needs to know about a network and one attachment, what it reads
+back from the kernel, and what it refuses.
 
-Standard library only: the lead's state records and the thin client may import it.
-Validation that depends on nftables limits (comment length, range sizes) lives in
-rules.py; this module only holds data and its JSON form.
+Standard library only: the commands import it without pulling in libnftables. Validation
+that depends on nftables limits (comment length, range sizes) lives in rules.py and ports.py;
+this module only holds data, the errors of the pure layer and a port mapping's JSON form
+(as attachment records keep it).
 """
 
 from __future__ import annotations
@@ -117,29 +119,22 @@ class ForeignView:
     rules: list[Rule]
 
 
-# JSON forms, for state records and for driving the firewall in another process.
+# What the pure layer refuses. It knows no CNI error codes: nft.py maps these to them.
 
 
-def network_to_dict(net: NetworkFw) -> dict[str, Any]:
-    return {
-        "name": net.name,
-        "bridge": net.bridge,
-        "subnets": [str(s) for s in net.subnets],
-        "ipMasq": net.ip_masq,
-        "isolate": net.isolate,
-        "nonMasqueradeCIDRs": [str(s) for s in net.non_masq],
-    }
+class FirewallError(Exception):
+    """str() is the message the runtime shows."""
 
 
-def network_from_dict(d: dict[str, Any]) -> NetworkFw:
-    return NetworkFw(
-        name=str(d["name"]),
-        bridge=str(d["bridge"]),
-        subnets=[ipaddress.ip_network(s, strict=False) for s in d["subnets"]],
-        ip_masq=bool(d["ipMasq"]),
-        isolate=bool(d.get("isolate", True)),
-        non_masq=[ipaddress.ip_network(s, strict=False) for s in d.get("nonMasqueradeCIDRs", [])],
-    )
+class InvalidConfig(FirewallError):
+    """The network or attachment cannot be carried by our table (INVALID_CONFIG)."""
+
+
+class PortConflict(FirewallError):
+    """A host port is taken, or mapped twice by one attachment (PORT_CONFLICT)."""
+
+
+# A port mapping's JSON form, as attachment records keep it (commands/common.py).
 
 
 def mapping_to_dict(pm: PortMapping) -> dict[str, Any]:
@@ -167,22 +162,4 @@ def mapping_from_dict(d: dict[str, Any]) -> PortMapping:
         protocol=proto,
         host_ip=ipaddress.ip_address(host_ip) if host_ip else None,
         host_port_end=int(end) if end is not None else None,
-    )
-
-
-def attachment_to_dict(att: AttachmentFw) -> dict[str, Any]:
-    return {
-        "tag": att.tag,
-        "owner": att.owner,
-        "ips": [str(ip) for ip in att.ips],
-        "portMappings": [mapping_to_dict(pm) for pm in att.port_mappings],
-    }
-
-
-def attachment_from_dict(d: dict[str, Any]) -> AttachmentFw:
-    return AttachmentFw(
-        tag=str(d["tag"]),
-        owner=str(d["owner"]),
-        ips=[ipaddress.ip_address(ip) for ip in d["ips"]],
-        port_mappings=[mapping_from_dict(pm) for pm in d.get("portMappings", [])],
     )

@@ -10,7 +10,7 @@ Reads are sized so that ADD and DEL cost the same with 1 or 1000 containers:
   to repair), plan again and retry once.
 - DEL of one attachment reads only the small specific-address maps and deletes its
   every-address mappings by key, guarded in the transaction by their claims (see
-  rules.py); anything unexpected falls back to reading everything.
+  claims.py); anything unexpected falls back to reading everything.
 - the last DEL of a network, GC and CHECK read the whole table.
 
 ADD runs without the network's lock: static chains are written as add+flush+rules (idempotent
@@ -27,18 +27,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from cni_bridge.errors import INTERNAL, PORT_CONFLICT, CNIError
-from cni_bridge.firewall import rules
+from cni_bridge.errors import INTERNAL, INVALID_CONFIG, PORT_CONFLICT, CNIError
+from cni_bridge.firewall import layout, ports, rules
+from cni_bridge.firewall.layout import Json
 from cni_bridge.firewall.model import (
     AttachmentFw,
     Element,
+    FirewallError,
     ForeignChain,
     ForeignView,
+    InvalidConfig,
     NetworkFw,
+    PortConflict,
     Rule,
     TableView,
 )
-from cni_bridge.firewall.rules import Json
 
 if TYPE_CHECKING:
     from cni_bridge.firewall.ops import FirewallOps
@@ -52,11 +55,22 @@ class NftablesError(CNIError):
         self.error = error
 
 
+@contextmanager
+def _cni_codes() -> Iterator[None]:
+    """The pure layer's refusals as the CNI errors the runtime sees, messages unchanged."""
+    try:
+        yield
+    except PortConflict as exc:
+        raise CNIError(PORT_CONFLICT, str(exc)) from exc
+    except InvalidConfig as exc:
+        raise CNIError(INVALID_CONFIG, str(exc)) from exc
+
+
 # ---------------------------------------------------------------- parsing listings (pure)
 
 
 def _is_ours(obj: Json) -> bool:
-    return bool(obj.get("family") == rules.FAMILY and obj.get("table") == rules.TABLE)
+    return bool(obj.get("family") == layout.FAMILY and obj.get("table") == layout.TABLE)
 
 
 def _element(raw: Any) -> Element:
@@ -77,8 +91,8 @@ def parse_table(listing: Sequence[Json], view: TableView | None = None) -> Table
     """Our table's objects in a listing (other tables' objects are skipped)."""
     view = view or TableView()
     for obj in listing:
-        if "table" in obj and obj["table"].get("family") == rules.FAMILY:
-            view.exists = view.exists or obj["table"].get("name") == rules.TABLE
+        if "table" in obj and obj["table"].get("family") == layout.FAMILY:
+            view.exists = view.exists or obj["table"].get("name") == layout.TABLE
         for kind in ("set", "map"):
             if kind in obj and _is_ours(obj[kind]):
                 s = obj[kind]
@@ -197,7 +211,7 @@ class Firewall:
         out = []
         for c in parse_foreign_drop_chains(chains):
             listing: Sequence[Json] = listed
-            if c.family != rules.FAMILY or not listed:
+            if c.family != layout.FAMILY or not listed:
                 cmd = {"chain": {"family": c.family, "table": c.table, "name": c.name}}
                 listing = self._list("listing a foreign forward chain", cmd)
             out.append(parse_foreign_rules(c, listing))
@@ -210,7 +224,7 @@ class Firewall:
         view = TableView()
         if any(_is_ours(o["chain"]) for o in chains if "chain" in o):
             try:
-                table = {"table": {"family": rules.FAMILY, "name": rules.TABLE}}
+                table = {"table": {"family": layout.FAMILY, "name": layout.TABLE}}
                 view = parse_table(self._list("listing our table", table))
             except NftablesError as exc:
                 if "No such file or directory" not in exc.error:  # gone meanwhile: empty
@@ -226,23 +240,23 @@ class Firewall:
         if not any(_is_ours(o["chain"]) for o in chains if "chain" in o):
             return None
         with self._terse():
-            inet = self._list("listing inet tables", {"ruleset": {"family": rules.FAMILY}})
+            inet = self._list("listing inet tables", {"ruleset": {"family": layout.FAMILY}})
         view = parse_table(inet)
         strict = bool(parse_foreign_drop_chains(chains))
         sets, families = rules.reads_for_add(net, att, strict)
-        for name in rules.NETWORK_SETS:
+        for name in layout.NETWORK_SETS:
             if name in view.sets and name in sets:
-                cmd = {"set": {"family": rules.FAMILY, "table": rules.TABLE, "name": name}}
+                cmd = {"set": {"family": layout.FAMILY, "table": layout.TABLE, "name": name}}
                 parse_table(self._list("listing a set", cmd), view)
-        if all(rules.PUB[(fam, True)].port in view.sets for fam in families):
+        if all(layout.PUB[(fam, True)].port in view.sets for fam in families):
             self._read_specific(view, families)
         return view, self._foreign(chains, inet)
 
     def _read_specific(self, view: TableView, families: Iterable[int] = (4, 6)) -> None:
         """The specific-address maps into view: few elements, unlike the others."""
         for fam in families:
-            for name in (rules.PUB[(fam, True)].addr, rules.PUB[(fam, True)].port):
-                cmd = {"map": {"family": rules.FAMILY, "table": rules.TABLE, "name": name}}
+            for name in (layout.PUB[(fam, True)].addr, layout.PUB[(fam, True)].port):
+                cmd = {"map": {"family": layout.FAMILY, "table": layout.TABLE, "name": name}}
                 parse_table(self._list("listing a map", cmd), view)
 
     # ------------------------------------------------------------ public API
@@ -251,42 +265,43 @@ class Firewall:
         """Ensure the layout and the network's elements and publish the attachment's
         ports, in one transaction. Raises CNIError(PORT_CONFLICT) naming the owner of
         a host port that is taken."""
-        rules.validate(net, att)
-        entries = None
-        fast = self._read_for_add(net, att)
-        if fast is not None:
-            cmds, entries = rules.plan_add(net, att, *fast)
-            try:
-                self.apply(cmds, f"ADD of {att.owner}")
-            except NftablesError as exc:
-                log.debug("fast ADD refused, reading everything: %s", exc.error.strip())
-                entries = None
-        for attempt in (1, 2):
-            if entries is not None:
-                break
-            cmds, entries = rules.plan_add(net, att, *self.read())
-            try:
-                self.apply(cmds, f"ADD of {att.owner}")
-            except NftablesError as exc:
-                if attempt == 2:
-                    if "File exists" in exc.error or "resource busy" in exc.error:
-                        raise CNIError(
-                            PORT_CONFLICT, f"a host port of {att.owner} is already published"
-                        ) from exc
-                    raise
-                entries = None  # the ruleset changed between read and write: once more
-        udp = [e.key for e in entries or [] if e.key.protocol == "udp"]
-        if udp:
-            self._flush_udp(sorted({k.port for k in udp}), sorted({k.family for k in udp}))
+        with _cni_codes():
+            rules.validate(net, att)
+            entries = None
+            fast = self._read_for_add(net, att)
+            if fast is not None:
+                cmds, entries = rules.plan_add(net, att, *fast)
+                try:
+                    self.apply(cmds, f"ADD of {att.owner}")
+                except NftablesError as exc:
+                    log.debug("fast ADD refused, reading everything: %s", exc.error.strip())
+                    entries = None
+            for attempt in (1, 2):
+                if entries is not None:
+                    break
+                cmds, entries = rules.plan_add(net, att, *self.read())
+                try:
+                    self.apply(cmds, f"ADD of {att.owner}")
+                except NftablesError as exc:
+                    if attempt == 2:
+                        if "File exists" in exc.error or "resource busy" in exc.error:
+                            raise CNIError(
+                                PORT_CONFLICT, f"a host port of {att.owner} is already published"
+                            ) from exc
+                        raise
+                    entries = None  # the ruleset changed between read and write: once more
+            udp = [e.key for e in entries or [] if e.key.protocol == "udp"]
+            if udp:
+                self._flush_udp(sorted({k.port for k in udp}), sorted({k.family for k in udp}))
 
     @staticmethod
-    def _flush_udp(ports: list[int], families: list[int]) -> None:
+    def _flush_udp(udp_ports: list[int], families: list[int]) -> None:
         # Stale entries (a client that sent before the mapping existed) would keep
         # steering its datagrams past the new DNAT. Failure only costs that; log it.
         from cni_bridge.firewall import conntrack
 
         try:
-            conntrack.delete_udp_dport(ports, families)
+            conntrack.delete_udp_dport(udp_ports, families)
         except OSError as exc:
             log.warning("could not delete stale UDP conntrack entries: %s", exc)
 
@@ -298,17 +313,19 @@ class Firewall:
         foreign chains. Idempotent: what is missing is fine. `thorough` finds them by tag
         in the whole table instead of by the keys `att` lists (for an attachment whose
         record was lost: its mappings are unknown)."""
-        rules.validate(net)
+        with _cni_codes():
+            rules.validate(net)
         if not last_in_network and not thorough:
             try:
-                entries = rules.expand_mappings(att)
+                entries = ports.expand_mappings(att)
                 view = TableView(exists=True)
                 if any(e.key.host_ip is not None for e in entries):
                     self._read_specific(view)
                 self.apply(rules.plan_del_fast(net, att, view), f"DEL of {att.owner}")
                 return
-            except CNIError as exc:  # a bad record, the table gone, a key taken over
-                log.debug("fast DEL failed, reading everything: %s", exc.details or exc.msg)
+            except (CNIError, FirewallError) as exc:  # a bad record, the table gone, a key taken
+                why = exc.details if isinstance(exc, CNIError) and exc.details else str(exc)
+                log.debug("fast DEL failed, reading everything: %s", why)
         for attempt in (1, 2):
             view, foreign = self.read()
             cmds = rules.plan_del(net, {att.tag}, last_in_network, view, foreign)
@@ -349,12 +366,14 @@ class Firewall:
 
     def check_attachment(self, net: NetworkFw, att: AttachmentFw) -> list[str]:
         view, foreign = self.read()
-        return rules.check(net, att, view, foreign)
+        with _cni_codes():
+            return rules.check(net, att, view, foreign)
 
     def gc(self, net: NetworkFw, keep_tags: set[str]) -> list[str]:
         """Delete the elements of this network whose tag is not kept; with nothing kept,
         tear the network down. Continues past errors and returns them."""
-        rules.validate(net)
+        with _cni_codes():
+            rules.validate(net)
         try:
             view, foreign = self.read()
         except NftablesError as exc:

@@ -15,13 +15,8 @@ from typing import Any
 
 import pytest
 
-from cni_bridge.firewall.model import (
-    AttachmentFw,
-    NetworkFw,
-    PortMapping,
-    attachment_to_dict,
-    network_to_dict,
-)
+from cni_bridge.firewall.model import AttachmentFw, NetworkFw, PortMapping
+from tests.firewall_json import attachment_to_dict, network_to_dict
 from tests.lab import Lab, Netns, nft
 
 pytestmark = [
@@ -44,8 +39,8 @@ CONTAINERS = {
 _DRIVER = r"""
 import json, sys
 from cni_bridge.errors import CNIError
-from cni_bridge.firewall.model import attachment_from_dict, network_from_dict
 from cni_bridge.firewall.nft import Firewall
+from tests.firewall_json import attachment_from_dict, network_from_dict
 req = json.load(sys.stdin)
 fw = Firewall()
 net = network_from_dict(req["net"]) if "net" in req else None

@@ -17,19 +17,17 @@ from typing import Any
 import pytest
 
 from cni_bridge.errors import INVALID_CONFIG, PORT_CONFLICT, CNIError
-from cni_bridge.firewall import rules
+from cni_bridge.firewall import elements, layout, ports, rules
 from cni_bridge.firewall.model import (
     AttachmentFw,
     ForeignChain,
     ForeignView,
+    InvalidConfig,
     NetworkFw,
+    PortConflict,
     PortMapping,
     Rule,
     TableView,
-    attachment_from_dict,
-    attachment_to_dict,
-    network_from_dict,
-    network_to_dict,
 )
 from cni_bridge.firewall.nft import (
     Firewall,
@@ -37,6 +35,12 @@ from cni_bridge.firewall.nft import (
     parse_table,
 )
 from cni_bridge.firewall.ops import FirewallOps
+from tests.firewall_json import (
+    attachment_from_dict,
+    attachment_to_dict,
+    network_from_dict,
+    network_to_dict,
+)
 from tests.unit.fakes import FakeFirewall
 
 GOLDEN = Path(__file__).parent / "golden" / "firewall"
@@ -205,7 +209,7 @@ class FakeNft:
                 found = [
                     e
                     for e in s["elems"]
-                    if rules.canon(e["key"], interval) == rules.canon(key, interval)
+                    if elements.canon(e["key"], interval) == elements.canon(key, interval)
                 ]
                 if op == "delete":
                     if not found:
@@ -265,7 +269,7 @@ def fw(fake: FakeNft, monkeypatch: pytest.MonkeyPatch) -> Firewall:
 
 
 def test_golden_layout() -> None:
-    golden("layout", rules.render_layout())
+    golden("layout", layout.render_layout())
 
 
 def test_golden_first_add() -> None:
@@ -321,8 +325,8 @@ def test_add_and_del_never_read_the_growing_maps(fake: FakeNft, fw: Firewall) ->
     fw.add_attachment(NET, ATT2)
     fw.del_attachment(NET, ATT, last_in_network=False)
     fw.del_attachment(NET, ATT2, last_in_network=False)
-    growing = {rules.PORTS, *(rules.PUB[(fam, False)].addr for fam in (4, 6))}
-    growing |= {rules.PUB[(fam, False)].port for fam in (4, 6)}
+    growing = {layout.PORTS, *(layout.PUB[(fam, False)].addr for fam in (4, 6))}
+    growing |= {layout.PUB[(fam, False)].port for fam in (4, 6)}
     assert not [w for w in fake.lists if "table" in w]
     assert not [
         w for w in fake.lists if (w.get("set") or w.get("map") or {}).get("name") in growing
@@ -444,7 +448,7 @@ def test_subnets_learnt_one_add_at_a_time_pair_up(fake: FakeNft, fw: Firewall) -
     fw.add_attachment(first, AttachmentFw("s1", "netS/s1/eth0", [ip_address("10.5.1.2")]))
     fw.add_attachment(second, AttachmentFw("s2", "netS/s2/eth0", [ip_address("10.5.2.2")]))
     view, _ = fw.read()
-    pairs = sorted(rules.net_str(k) for k in rules.keys(view, rules.SAME[4]))
+    pairs = sorted(elements.net_str(k) for k in elements.keys(view, layout.SAME[4]))
     assert pairs == [f"10.5.{a}.0/24 . 10.5.{b}.0/24" for a, b in ((1, 1), (1, 2), (2, 1), (2, 2))]
 
 
@@ -460,10 +464,10 @@ def test_network_resources_cannot_be_shared(fw: Firewall) -> None:
 
 
 def test_check_reports_what_is_missing(fake: FakeNft, fw: Firewall) -> None:
-    assert fw.check_attachment(NET, ATT) == [f"nftables table inet {rules.TABLE} is missing"]
+    assert fw.check_attachment(NET, ATT) == [f"nftables table inet {layout.TABLE} is missing"]
     fw.add_attachment(NET, ATT)
     assert fw.check_attachment(NET, ATT) == []
-    table = fake.tables[("inet", rules.TABLE)]
+    table = fake.tables[("inet", layout.TABLE)]
     table["sets"]["pub4_port"]["elems"].clear()
     table["sets"]["masq6"]["elems"].clear()
     table["chains"]["guard"]["rules"].clear()
@@ -552,7 +556,7 @@ def test_expand_mappings() -> None:
             PortMapping(1000, 2000, host_port_end=1002),
         ],
     )
-    got = [str(e) for e in rules.expand_mappings(att)]
+    got = [str(e) for e in ports.expand_mappings(att)]
     assert got == [
         "host port tcp/80 -> 10.0.0.2:8080",
         "host port tcp/80 -> [fd00::2]:8080",
@@ -568,19 +572,30 @@ def test_expand_mappings() -> None:
     v4only = AttachmentFw(
         "t", "o", [ip_address("10.0.0.2")], [PortMapping(1, 1, host_ip=ip_address("::1"))]
     )
-    assert rules.expand_mappings(v4only) == []  # nothing of that family to publish
+    assert ports.expand_mappings(v4only) == []  # nothing of that family to publish
 
 
 def test_duplicate_mappings() -> None:
     same = AttachmentFw(
         "t", "o", [ip_address("10.0.0.2")], [PortMapping(80, 80), PortMapping(80, 80)]
     )
-    assert len(rules.expand_mappings(same)) == 1
+    assert len(ports.expand_mappings(same)) == 1
     clash = AttachmentFw(
         "t", "o", [ip_address("10.0.0.2")], [PortMapping(80, 80), PortMapping(80, 81)]
     )
-    with pytest.raises(CNIError, match="mapped twice"):
-        rules.expand_mappings(clash)
+    with pytest.raises(PortConflict, match="mapped twice"):
+        ports.expand_mappings(clash)
+    with pytest.raises(CNIError) as exc:  # through the Firewall: the CNI code, same message
+        Firewall(FakeNft()).add_attachment(NET, clash)
+    assert exc.value.code == PORT_CONFLICT and exc.value.msg == "host port tcp/80 is mapped twice"
+
+
+def test_del_of_a_bad_record_falls_back_to_deleting_by_tag(fake: FakeNft, fw: Firewall) -> None:
+    fw.add_attachment(NET, ATT)
+    # the record now lists mappings that cannot be expanded: the fast DEL cannot start
+    bad = AttachmentFw(ATT.tag, ATT.owner, ATT.ips, [PortMapping(80, 80), PortMapping(80, 81)])
+    fw.del_attachment(NET, bad, last_in_network=False)
+    assert fw.owned_tags(NET) == set()
 
 
 @pytest.mark.parametrize(
@@ -597,24 +612,33 @@ def test_duplicate_mappings() -> None:
     ],
 )
 def test_validation(net: NetworkFw, att: AttachmentFw | None, needle: str) -> None:
-    with pytest.raises(CNIError) as exc:
+    with pytest.raises(InvalidConfig) as refused:
         rules.validate(net, att)
-    assert exc.value.code == INVALID_CONFIG and needle in exc.value.msg
+    assert needle in str(refused.value)
+    # the Firewall reports it as INVALID_CONFIG with the same message, before any write
+    fake = FakeNft()
+    with pytest.raises(CNIError) as exc:
+        if att is None:
+            Firewall(fake).gc(net, set())
+        else:
+            Firewall(fake).add_attachment(net, att)
+    assert exc.value.code == INVALID_CONFIG and exc.value.msg == str(refused.value)
+    assert fake.writes == []
 
 
 def test_comment_is_bounded() -> None:
     att = AttachmentFw("t" * 48, "n/" + "é" * 200 + "/eth0", [])
-    comment = rules.attachment_comment(NET, att)
-    assert len(comment.encode()) <= rules.COMMENT_MAX
+    comment = elements.attachment_comment(NET, att)
+    assert len(comment.encode()) <= elements.COMMENT_MAX
     assert comment.startswith(f"netA {'t' * 48} n/")
 
 
 def test_canon_matches_listed_forms() -> None:
-    assert rules.canon({"prefix": {"addr": "10.0.0.5", "len": 32}}, True) == rules.canon(
+    assert elements.canon({"prefix": {"addr": "10.0.0.5", "len": 32}}, True) == elements.canon(
         "10.0.0.5", True
     )
-    assert rules.canon({"elem": {"val": {"concat": ["tcp", 80]}}}) == ("tcp", 80)
-    assert rules.canon("cni0", True) == "cni0"
+    assert elements.canon({"elem": {"val": {"concat": ["tcp", 80]}}}) == ("tcp", 80)
+    assert elements.canon("cni0", True) == "cni0"
 
 
 def test_parse_foreign_drop_chains() -> None:
@@ -703,7 +727,7 @@ def test_published_parses_numeric_protocols() -> None:
             }
         },
     ]
-    ((entry, el, _),) = rules.published(parse_table(listing))
+    ((entry, el, _),) = ports.published(parse_table(listing))
     assert str(entry) == "host port sctp/99 -> 10.0.0.2:98"
     assert (el.network, el.tag, el.owner) == ("n", "t", "o")
 
@@ -735,16 +759,16 @@ def test_model_json_round_trip() -> None:
 
 def test_add_reads_only_the_sets_of_its_network_and_the_maps_of_its_families() -> None:
     sets, families = rules.reads_for_add(NET_B, ATT_B, strict=False)
-    assert sets == {rules.BRIDGES, rules.BRIDGE_SELF, rules.SAME[4]}  # no masq, no isolation
+    assert sets == {layout.BRIDGES, layout.BRIDGE_SELF, layout.SAME[4]}  # no masq, no isolation
     assert families == {4}
     sets, families = rules.reads_for_add(NET, ATT, strict=True)
     assert sets == {
-        rules.BRIDGES,
-        rules.BRIDGE_SELF,
-        rules.ISOLATED,
-        rules.STRICT,
-        *rules.MASQ.values(),
-        *rules.SAME.values(),
+        layout.BRIDGES,
+        layout.BRIDGE_SELF,
+        layout.ISOLATED,
+        layout.STRICT,
+        *layout.MASQ.values(),
+        *layout.SAME.values(),
     }
     assert families == {4, 6}
     no_ports = AttachmentFw("e0e0e0", "netA/none/eth0", [ip_address("10.88.0.9")], [])
@@ -760,10 +784,10 @@ def test_a_second_add_of_a_v4_network_lists_only_what_it_needs(fake: FakeNft, fw
     fw.add_attachment(NET_B, other)
     listed = {next(iter(c.values()))["name"] for c in fake.lists if "set" in c or "map" in c}
     assert listed == {
-        rules.BRIDGES,
-        rules.BRIDGE_SELF,
-        rules.SAME[4],
-        *rules.PUB[(4, True)].__dict__.values(),
+        layout.BRIDGES,
+        layout.BRIDGE_SELF,
+        layout.SAME[4],
+        *layout.PUB[(4, True)].__dict__.values(),
     }
     assert {"chains", "ruleset"} <= {k for c in fake.lists for k in c}
     assert other.tag in json.dumps(fake.writes[-1])  # and the transaction went through
@@ -787,20 +811,20 @@ NET_K = NetworkFw(
 
 
 def test_non_masquerade_cidrs_are_pairs_with_the_subnets() -> None:
-    keys = rules.network_keys(NET_K, strict=False)
+    keys = elements.network_keys(NET_K, strict=False)
 
     def pairs(name: str) -> list[tuple[str, str]]:
-        return [tuple(rules.canon(k, True)) for k in keys[name]]  # type: ignore[misc]
+        return [tuple(elements.canon(k, True)) for k in keys[name]]  # type: ignore[misc]
 
     assert pairs("nomasq4") == [("10.244.1.0/24", "10.244.0.0/16"), ("10.244.1.0/24", "192.168.50.0/24")]
     assert pairs("nomasq6") == [("fd00:10:244:1::/64", "fd00:10:244::/56")]
     # without ipMasq nothing is masqueraded, so there is nothing to exempt
     plain = NetworkFw(NET_K.name, NET_K.bridge, NET_K.subnets, False, non_masq=NET_K.non_masq)
-    assert not {"nomasq4", "nomasq6"} & set(rules.network_keys(plain, strict=False))
+    assert not {"nomasq4", "nomasq6"} & set(elements.network_keys(plain, strict=False))
 
 
 def test_masquerade_rule_skips_the_non_masquerade_pairs() -> None:
-    chain = rules.CHAINS["postrouting"]
+    (chain,) = [c for c in layout.STATIC_CHAINS if c.name == "postrouting"]
     for fam in (4, 6):
         (expr,) = [e for c, e in chain.rules if c.startswith(f"v1 masq{fam}:")]
         assert {"match": {"op": "!=", "left": expr[2]["match"]["left"], "right": f"@nomasq{fam}"}} in expr
