@@ -21,6 +21,7 @@ INTERFACE_EXISTS = 103  # CNI_IFNAME exists in the container, or the attachment 
 NETWORK_FAILURE = 104  # a netlink operation failed (message says which)
 CHECK_MISMATCH = 105  # CHECK found the attachment differs from prevResult or is incomplete
 CLEANUP_FAILED = 106  # DEL or GC could not remove everything (details list what)
+PERMISSION_DENIED = 107  # the caller lacks root's capabilities (or a file's permissions)
 STATUS_UNAVAILABLE = 50
 STATUS_LIMITED = 51
 INTERNAL = 999

@@ -33,6 +33,10 @@ def dispatch(
     from cni_bridge.commands.common import mapped_errors
     from cni_bridge.commands.deps import real_deps
 
+    if deps is None:  # the real side effects: the kernel decides whether we may
+        from cni_bridge import privileges
+
+        privileges.require()
     module = importlib.import_module(_MODULES[request.command])
     deps = deps or real_deps(env)
     try:

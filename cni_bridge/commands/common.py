@@ -16,6 +16,7 @@ from cni_bridge.errors import (
     INVALID_CONFIG,
     INVALID_ENV,
     NETWORK_FAILURE,
+    PERMISSION_DENIED,
     TRY_AGAIN_LATER,
     CNIError,
 )
@@ -68,6 +69,8 @@ def mapped_errors() -> Iterator[None]:
         yield
     except CNIError:
         raise
+    except PermissionError as exc:
+        raise CNIError(PERMISSION_DENIED, f"permission denied: {exc}") from None
     except IPAMExhausted as exc:
         raise CNIError(ADDRESS_EXHAUSTED, str(exc)) from None
     except IPAMConflict as exc:
