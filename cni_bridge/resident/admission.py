@@ -13,6 +13,8 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Mapping
+from typing import NamedTuple
 
 from cni_bridge.resident import client, protocol
 
@@ -21,6 +23,7 @@ CAP_SYS_ADMIN = 21
 REQUIRED_CAPS = (1 << CAP_NET_ADMIN) | (1 << CAP_SYS_ADMIN)
 NS_GET_NSTYPE = 0xB703  # ioctl _IO(0xb7, 0x3)
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
 
 _CRED = struct.Struct("iII")
 _ANCBUF = socket.CMSG_SPACE(4 * _CRED.size)  # room to notice (and close) extra descriptors
@@ -31,8 +34,15 @@ class Refused(Exception):
 
 
 
-def _same_file(a: str, b: str) -> bool:
-    sa, sb = os.stat(a), os.stat(b)
+def _same_file(a: str, b: str, *, missing: bool | None = None) -> bool:
+    """Whether two paths name one file; `missing`: the answer if either cannot be stat'ed
+    (None: raise the OSError)."""
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        if missing is None:
+            raise
+        return missing
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
@@ -44,14 +54,16 @@ def effective_caps(pid: int | str) -> int:
     raise OSError(errno.ENOENT, "no CapEff line")
 
 
-def check_peer(conn: socket.socket) -> None:
-    """Raise Refused unless the caller could do the same work in-process, in the same place.
+def check_peer(conn: socket.socket) -> int:
+    """Raise Refused unless the caller could do the same work in-process; return its pid.
 
-    The abstract name already confines callers to this network namespace; this checks it
-    again from /proc, and that the caller is root, shares our mount namespace (the engine's
-    files: IPAM store, state, locks) and user namespace, has the capabilities the work needs,
-    and none we lack (a resident started by a weaker caller must not serve a stronger one).
+    The kernel's peer credentials say who connected; /proc says where it runs. The caller must
+    be root, share our network namespace (the host side of the work is done in ours) and user
+    namespace, have the capabilities the work needs, and none we lack (a resident started by a
+    weaker caller must not serve a stronger one). Its mount namespace may be any: see `admit`.
     """
+    pid: int
+    uid: int
     pid, uid, _gid = _CRED.unpack(
         conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size)
     )
@@ -60,7 +72,7 @@ def check_peer(conn: socket.socket) -> None:
     if pid <= 0:
         raise Refused("caller is not visible in this pid namespace")
     try:
-        for ns in ("net", "mnt", "user"):
+        for ns in ("net", "user"):
             if not _same_file(f"/proc/{pid}/ns/{ns}", f"/proc/self/ns/{ns}"):
                 raise Refused(f"caller pid {pid} is in another {ns} namespace")
         caps = effective_caps(pid)
@@ -71,45 +83,96 @@ def check_peer(conn: socket.socket) -> None:
         raise Refused(f"caller pid {pid} lacks CAP_NET_ADMIN or CAP_SYS_ADMIN")
     if caps & ~own:
         raise Refused(f"caller pid {pid} has capabilities this resident lacks")
+    return pid
+
+
+def open_ns(fd: int, kind: int, what: str) -> int:
+    """A readable descriptor for the namespace of type `kind` behind a received one."""
+    try:
+        if os.fstat(fd).st_dev != os.stat("/proc/self/ns/net").st_dev:
+            raise Refused(f"the {what} descriptor sent is not a namespace")
+        real = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Refused(f"cannot open the {what} namespace sent: {exc}") from exc
+    try:
+        actual = fcntl.ioctl(real, NS_GET_NSTYPE)
+    except OSError as exc:
+        os.close(real)
+        raise Refused(f"cannot inspect the {what} namespace sent: {exc}") from exc
+    if actual != kind:
+        os.close(real)
+        raise Refused(f"the namespace sent is not a {what} namespace")
+    return real
 
 
 def open_netns(fd: int) -> int:
     """A readable descriptor for the network namespace behind a received (O_PATH) one."""
-    try:
-        if os.fstat(fd).st_dev != os.stat("/proc/self/ns/net").st_dev:
-            raise Refused("the descriptor sent is not a namespace")
-        real = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise Refused(f"cannot open the namespace sent: {exc}") from exc
-    try:
-        kind = fcntl.ioctl(real, NS_GET_NSTYPE)
-    except OSError as exc:
-        os.close(real)
-        raise Refused(f"cannot inspect the namespace sent: {exc}") from exc
-    if kind != CLONE_NEWNET:
-        os.close(real)
-        raise Refused("the namespace sent is not a network namespace")
-    return real
+    return open_ns(fd, CLONE_NEWNET, "network")
 
 
-def admit(request: protocol.Request, fds: list[int], identity: str) -> int:
-    """Validate a decoded request; return the netns descriptor for the engine (-1: none)."""
+def netns_path(env: Mapping[str, str]) -> str:
+    """The CNI_NETNS a request works in; "" for commands that take none (VERSION with
+    podman's "dummy", GC, STATUS), whose CNI_NETNS travels as it is."""
+    if env.get("CNI_COMMAND", "") not in client.NETNS_COMMANDS:
+        return ""
+    return env.get("CNI_NETNS", "")
+
+
+def open_netns_path(path: str) -> int:
+    """CNI_NETNS opened where the caller sees it (in its mount namespace): a missing path or
+    one that is no network namespace is left to the in-process path, which reports it."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError as exc:
+        raise Refused(f"cannot open CNI_NETNS {path!r}: {exc}") from exc
+    try:
+        return open_netns(fd)
+    finally:
+        os.close(fd)
+
+
+class Admitted(NamedTuple):
+    """The descriptors a request may run with (-1: none); the worker closes them."""
+
+    netns_fd: int
+    mntns_fd: int
+
+
+def admit(request: protocol.Request, fds: list[int], identity: str, pid: int) -> Admitted:
+    """Validate a decoded request against the descriptors it carried and the caller's pid.
+
+    With the caller's mount namespace (FLAG_MNTNS_FD, last descriptor) the worker joins it, and
+    a CNI_NETNS without its descriptor is opened there. Without it the caller must share ours,
+    and CNI_NETNS must come as a descriptor (a path might name another file here)."""
     if request.identity != identity:
         raise Refused("the caller runs other code than this resident")
-    if len(fds) > 1:
-        raise Refused("more than one descriptor sent")
-    if request.has_netns_fd != bool(fds):
-        raise Refused("descriptor flag and descriptors sent disagree")
-    takes_netns = request.env.get("CNI_COMMAND", "") in client.NETNS_COMMANDS
-    if not fds:
-        # A path alone might name another file here than for the caller; it must come as a fd.
-        if takes_netns and request.env.get("CNI_NETNS"):
-            raise Refused("CNI_NETNS sent without its descriptor")
-        return -1
-    if not takes_netns:
+    if len(fds) != int(request.has_netns_fd) + int(request.has_mntns_fd):
+        raise Refused("descriptor flags and descriptors sent disagree")
+    if request.has_netns_fd and not netns_path(request.env):
         raise Refused("a namespace sent for a command that takes none")
-    return open_netns(fds[0])
-
+    mntns_fd = -1
+    if request.has_mntns_fd:
+        mntns_fd = open_ns(fds[-1], CLONE_NEWNS, "mount")
+        if not _same_file(f"/proc/self/fd/{mntns_fd}", f"/proc/{pid}/ns/mnt", missing=False):
+            os.close(mntns_fd)
+            raise Refused("the mount namespace sent is not the caller's")
+    else:
+        try:
+            if not _same_file(f"/proc/{pid}/ns/mnt", "/proc/self/ns/mnt"):
+                raise Refused(f"caller pid {pid} is in another mnt namespace")
+        except OSError as exc:
+            raise Refused(f"cannot inspect caller pid {pid}: {exc}") from exc
+        if netns_path(request.env) and not request.has_netns_fd:
+            raise Refused("CNI_NETNS sent without its descriptor")
+    netns_fd = -1
+    if request.has_netns_fd:
+        try:
+            netns_fd = open_netns(fds[0])
+        except Refused:
+            if mntns_fd >= 0:
+                os.close(mntns_fd)
+            raise
+    return Admitted(netns_fd, mntns_fd)
 
 
 # --- reading the request ----------------------------------------------------------------------

@@ -20,8 +20,10 @@ later") instead, so no request ever runs twice (see `protocol`).
 The resident listens on an abstract unix socket named after the protocol version and a
 fingerprint of the code (`identity`), so an upgraded plugin never talks to an old resident.
 Abstract names live in the network namespace, so only callers in the resident's namespace can
-reach it; the server checks the peer further (root, same net/mount/user namespaces, the
-capabilities the work needs) and the client checks the server is root.
+reach it; the server checks the peer further (root, same net and user namespaces, the
+capabilities the work needs) and the client checks the server is root. The request carries the
+caller's mount namespace as a descriptor: the worker joins it, so every path (CNI_NETNS,
+dataDir, CNI_PATH, locks) means what it means to the caller, whatever mount namespace it is in.
 
 If no resident answers, the client binds the name itself and starts `cni-bridge serve` with
 that socket inherited (systemd's LISTEN_FDS convention): whoever binds the name first starts
@@ -237,8 +239,9 @@ def try_resident(
     cfg = config if config is not None else ClientConfig.from_env(env)
     if cfg.mode == MODE_OFF or os.geteuid() != 0:
         return None
-    netns_fd = _open_netns(env)
-    if netns_fd == -2:
+    try:  # the worker joins it: every path then means what it means here
+        mntns_fd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None
     try:
         try:
@@ -256,12 +259,11 @@ def try_resident(
         except OSError:  # backlog full, timeout: busy, not absent
             return None
         try:
-            return exchange(sock, env, stdin, netns_fd, cfg)
+            return exchange(sock, env, stdin, mntns_fd, cfg)
         finally:
             sock.close()
     finally:
-        if netns_fd >= 0:
-            os.close(netns_fd)
+        os.close(mntns_fd)
 
 
 FIRST_WAIT = 2.0  # seconds the caller that started the resident waits for it to listen
@@ -276,31 +278,6 @@ def _wait_for_listener(cfg: "ClientConfig", deadline: float) -> _socket.socket |
         except OSError:
             return None
     return None
-
-
-def _open_netns(env: "Mapping[str, str]") -> int:
-    """The container netns as an O_PATH descriptor; -1: none to send; -2: run in-process.
-
-    O_PATH opens nothing (no side effect, no blocking on a FIFO). A path that is missing or is
-    not a namespace file is left to the in-process path, which reports it as it always does.
-    """
-    if env.get("CNI_COMMAND", "") not in NETNS_COMMANDS:
-        return -1
-    path = env.get("CNI_NETNS", "")
-    if not path:
-        return -1
-    try:
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except OSError:
-        return -2
-    try:
-        if os.fstat(fd).st_dev != os.stat("/proc/self/ns/net").st_dev:  # not on nsfs
-            os.close(fd)
-            return -2
-    except OSError:
-        os.close(fd)
-        return -2
-    return fd
 
 
 def connect(cfg: "ClientConfig") -> _socket.socket:
@@ -318,7 +295,7 @@ def exchange(
     sock: _socket.socket,
     env: "Mapping[str, str]",
     stdin: bytes,
-    netns_fd: int,
+    mntns_fd: int,
     cfg: "ClientConfig",
 ) -> tuple[int, bytes] | None:
     """REQUEST → READY → GO → RESULT on a connected socket; see try_resident for the contract."""
@@ -331,11 +308,16 @@ def exchange(
         frame = protocol.encode_frame(
             protocol.REQUEST,
             protocol.encode_request(
-                env, stdin, umask=umask, has_netns_fd=netns_fd >= 0, identity=cfg.identity
+                env,
+                stdin,
+                umask=umask,
+                has_netns_fd=False,
+                has_mntns_fd=mntns_fd >= 0,
+                identity=cfg.identity,
             ),
         )
         deadline = time.monotonic() + cfg.ready_timeout
-        _send_request(sock, frame, netns_fd, deadline)
+        _send_request(sock, frame, mntns_fd, deadline)
         kind, _ = protocol.recv_frame(sock, deadline)
         if kind != protocol.READY:  # REFUSE: nothing ran
             return None
@@ -360,13 +342,13 @@ def exchange(
     return code, out
 
 
-def _send_request(sock: _socket.socket, frame: bytes, netns_fd: int, deadline: float) -> None:
-    if netns_fd < 0:
+def _send_request(sock: _socket.socket, frame: bytes, fd: int, deadline: float) -> None:
+    if fd < 0:
         protocol.send_all(sock, frame, deadline)
         return
     sock.settimeout(max(deadline - time.monotonic(), 0.001))
     # The descriptor rides on the first segment; the rest of a large frame follows plainly.
-    sent = sock.sendmsg([frame], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FD.pack(netns_fd))])
+    sent = sock.sendmsg([frame], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _FD.pack(fd))])
     protocol.send_all(sock, frame[sent:], deadline)
 
 

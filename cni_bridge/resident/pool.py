@@ -12,10 +12,14 @@ Workers are reused. A fresh fork pays for the fork (~2 ms), for ~1500 copy-on-wr
 CPython touches the parent's objects (a warm ADD took 17 ms in a fresh fork, 10.5 ms in a
 process that had run one) and for the engine's per-process set-up (`prepare()`: the libnftables
 context). So after a request a worker says it is free on a channel to the parent, and the
-parent hands it the next connection as a descriptor; up to `--pool` free workers are kept, one
-is forked at start, and a connection that finds none (a burst) gets a fresh fork, which may join
-the pool afterwards. A worker the request left unclean leaves after answering (`worker._fit`),
-as it does after `DEFAULT_MAX_REQUESTS`.
+parent hands it the next connection as a descriptor; up to `--pool` free workers are kept, and
+one spare is always forked ahead, so a request finds a prepared worker waiting even after the
+last one left; a connection that finds none (a burst) gets a fresh fork, which may join the pool
+afterwards. A worker the request left unclean leaves after answering (`worker._fit`), as it does
+after `DEFAULT_MAX_REQUESTS`, and so does one that joined a caller's mount namespace
+(`worker.join_mounts`): callers that share the resident's mount namespace keep warm workers,
+the others each get a fresh one (forked ahead of time, so they pay only its first request's
+copy-on-write faults).
 """
 
 from __future__ import annotations
@@ -115,10 +119,9 @@ class Server:
         poller.register(self._wake_r, select.POLLIN)
         next_check = time.monotonic() + IDENTITY_CHECK
         log(f"serving (idle {self.idle:g}s)")
-        if self.pool_size > 0:
-            self._fork_worker(None)  # the first request should not wait for a fork either
         while True:
             self._reap()
+            self._keep_a_spare()
             now = time.monotonic()
             if self.stopping and self.listening:
                 log(f"stopping; {len(self.workers)} request(s) still running")
@@ -244,6 +247,16 @@ class Server:
             if conn is None:
                 return  # free once it says so
         self.workers[pid] = time.monotonic()
+
+    def _keep_a_spare(self) -> None:
+        """One free (or starting) worker at all times, so that no request waits for a fork: the
+        first one, a burst's next one, and the one after a worker that joined a caller's mount
+        namespace and left (it serves no other caller)."""
+        if self.pool_size <= 0 or self.stopping:
+            return
+        if self.free or any(w.pid not in self.workers for w in self.channels.values()):
+            return
+        self._fork_worker(None)
 
     def _hand_over(self, conn: socket.socket) -> bool:
         while self.free:

@@ -38,6 +38,10 @@ REFUSE = 5
 KIND_NAMES = {REQUEST: "REQUEST", READY: "READY", GO: "GO", RESULT: "RESULT", REFUSE: "REFUSE"}
 
 FLAG_NETNS_FD = 0x1  # the REQUEST carries the container netns as an SCM_RIGHTS descriptor
+# ... and the caller's mount namespace, after the netns if both: the worker joins it, so paths
+# mean what they mean to the caller (and opens CNI_NETNS itself there when no netns fd came).
+FLAG_MNTNS_FD = 0x2
+_FLAGS = FLAG_NETNS_FD | FLAG_MNTNS_FD
 
 MAX_IDENTITY = 4096
 MAX_ENV_BYTES = 64 * 1024
@@ -140,20 +144,34 @@ def decode_env(blob: bytes) -> dict[str, str]:
 class Request:
     """A decoded REQUEST payload. The netns descriptor itself travels beside it (SCM_RIGHTS)."""
 
-    __slots__ = ("env", "has_netns_fd", "identity", "stdin", "umask")
+    __slots__ = ("env", "has_mntns_fd", "has_netns_fd", "identity", "stdin", "umask")
 
     def __init__(
-        self, env: dict[str, str], stdin: bytes, *, umask: int, has_netns_fd: bool, identity: str
+        self,
+        env: dict[str, str],
+        stdin: bytes,
+        *,
+        umask: int,
+        has_netns_fd: bool,
+        identity: str,
+        has_mntns_fd: bool = False,
     ) -> None:
         self.env = env
         self.stdin = stdin
         self.umask = umask
         self.has_netns_fd = has_netns_fd
+        self.has_mntns_fd = has_mntns_fd
         self.identity = identity
 
 
 def encode_request(
-    env: "Mapping[str, str]", stdin: bytes, *, umask: int, has_netns_fd: bool, identity: str
+    env: "Mapping[str, str]",
+    stdin: bytes,
+    *,
+    umask: int,
+    has_netns_fd: bool,
+    identity: str,
+    has_mntns_fd: bool = False,
 ) -> bytes:
     """The REQUEST payload; only forwarded variables (`is_forwarded`) are sent."""
     env_blob = encode_env({k: v for k, v in env.items() if is_forwarded(k)})
@@ -162,7 +180,7 @@ def encode_request(
         raise ProtocolError("identity too long")
     if len(stdin) > MAX_STDIN:
         raise ProtocolError(f"stdin of {len(stdin)} bytes is too large")
-    flags = FLAG_NETNS_FD if has_netns_fd else 0
+    flags = (FLAG_NETNS_FD if has_netns_fd else 0) | (FLAG_MNTNS_FD if has_mntns_fd else 0)
     head = _REQUEST_HEAD.pack(flags, umask & 0o777, len(ident), len(env_blob))
     return b"".join((head, ident, env_blob, stdin))
 
@@ -171,7 +189,7 @@ def decode_request(payload: bytes) -> Request:
     if len(payload) < _REQUEST_HEAD.size:
         raise ProtocolError("short REQUEST")
     flags, umask, ident_len, env_len = _REQUEST_HEAD.unpack_from(payload)
-    if flags & ~FLAG_NETNS_FD:
+    if flags & ~_FLAGS:
         raise ProtocolError(f"unknown REQUEST flags {flags:#x}")
     if umask & ~0o777:
         raise ProtocolError("bad umask")
@@ -188,7 +206,12 @@ def decode_request(payload: bytes) -> Request:
     if any(not is_forwarded(name) for name in env):
         raise ProtocolError("REQUEST carries a variable that is not forwarded")
     return Request(
-        env, stdin, umask=umask, has_netns_fd=bool(flags & FLAG_NETNS_FD), identity=ident
+        env,
+        stdin,
+        umask=umask,
+        has_netns_fd=bool(flags & FLAG_NETNS_FD),
+        has_mntns_fd=bool(flags & FLAG_MNTNS_FD),
+        identity=ident,
     )
 
 

@@ -9,12 +9,15 @@ as long as it stays fit: a request must leave the process as it found it (see `_
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import select
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -22,9 +25,12 @@ from typing import NamedTuple, NoReturn
 
 from cni_bridge.resident import protocol
 from cni_bridge.resident.admission import (
+    CLONE_NEWNS,
     Refused,
     admit,
     check_peer,
+    netns_path,
+    open_netns_path,
     passed_fds,
     receive_request,
 )
@@ -63,6 +69,26 @@ def log(message: str) -> None:
 
 
 
+# The caller's mount namespace this process joined. It then serves no other caller: its root,
+# the files it opened, what a late import would load, all are that caller's.
+JOINED: list[bool] = []
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def join_mounts(mntns_fd: int) -> None:
+    """Enter the caller's mount namespace unless this process is in it already. setns needs a
+    single-threaded process (CAP_SYS_ADMIN, CAP_SYS_CHROOT): a worker between requests is one."""
+    if os.stat(f"/proc/self/fd/{mntns_fd}").st_ino == os.stat("/proc/self/ns/mnt").st_ino:
+        return
+    if threading.active_count() != 1:
+        raise Refused("cannot join the caller's mount namespace: threads are running")
+    if _libc.setns(mntns_fd, CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise Refused(f"cannot join the caller's mount namespace: {os.strerror(err)}")
+    JOINED.append(True)
+    os.chdir("/")  # setns moved root and cwd to the namespace's root; cwd is "/" as ever
+
+
 def request_environ(
     request: protocol.Request, netns_fd: int, base: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -71,9 +97,18 @@ def request_environ(
     env = {k: v for k, v in own.items() if not protocol.is_forwarded(k)}
     env.update(request.env)
     if netns_fd >= 0:
-        env[ORIGINAL_NETNS_VAR] = request.env.get("CNI_NETNS", "")
         # /proc/<pid>, not /proc/self: the path stays valid in helpers the engine may fork.
-        env["CNI_NETNS"] = f"/proc/{os.getpid()}/fd/{netns_fd}"
+        # In a caller's mount namespace /proc may be another pid namespace's: then the path
+        # the caller gave is used, as in-process.
+        pinned = f"/proc/{os.getpid()}/fd/{netns_fd}"
+        try:
+            st, real = os.stat(pinned), os.fstat(netns_fd)
+            visible = (st.st_dev, st.st_ino) == (real.st_dev, real.st_ino)
+        except OSError:
+            visible = False
+        if visible:
+            env[ORIGINAL_NETNS_VAR] = request.env.get("CNI_NETNS", "")
+            env["CNI_NETNS"] = pinned
     os.environ.clear()
     os.environ.update(env)
     return env
@@ -192,15 +227,20 @@ def serve_connection(
     """The whole exchange for one accepted connection; True if the handler ran. `base_env`:
     the worker's own environment, under the caller's variables (default: os.environ now)."""
     fds: list[int] = []
-    netns_fd = -1
+    netns_fd = mntns_fd = -1
     try:
         try:
-            check_peer(conn)
+            pid = check_peer(conn)
             try:
                 request = receive_request(conn, time.monotonic() + IO_TIMEOUT, fds)
             except (OSError, protocol.ProtocolError) as exc:
                 raise Refused(f"bad request: {exc}") from exc
-            netns_fd = admit(request, fds, identity)
+            netns_fd, mntns_fd = admit(request, fds, identity, pid)
+            if mntns_fd >= 0:
+                join_mounts(mntns_fd)
+                path = netns_path(request.env)
+                if netns_fd < 0 and path:
+                    netns_fd = open_netns_path(path)
         except Refused as exc:
             refuse(conn, str(exc))
             return False
@@ -231,7 +271,7 @@ def serve_connection(
             log(f"result not delivered: {exc}")
         return True
     finally:
-        for fd in [*fds, netns_fd]:
+        for fd in [*fds, netns_fd, mntns_fd]:
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -285,7 +325,12 @@ def run(
                 served += 1
                 if served == 1:
                     _report_late_imports(preloaded)
-            if channel is None or served >= max_requests or not _fit(baseline, engine.reusable):
+            if (
+                channel is None
+                or JOINED
+                or served >= max_requests
+                or not _fit(baseline, engine.reusable)
+            ):
                 break
     except BaseException:
         traceback.print_exc()

@@ -83,6 +83,7 @@ def fake_handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
         "cni_args": env.get("CNI_ARGS"),
         "environ_args": os.environ.get("CNI_ARGS"),
         "secret": env.get("FAKE_SECRET"),
+        "mnt_ino": os.stat("/proc/self/ns/mnt").st_ino,
     }
     _record(fake["record"], entry)
     mode = fake.get("mode", "ok")
@@ -104,6 +105,8 @@ def fake_handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
         _record(fake["record"], {"id": fake.get("id"), "after_flag_ino": _ino(netns)})
     sys.stderr.write(f"fake engine log for {fake.get('id')}\n")
     out = {"cniVersion": conf.get("cniVersion"), "id": fake.get("id"), "netns_ino": _ino(netns)}
+    if fake.get("read"):  # a file as this process sees it (in the caller's mount namespace)
+        out["read"] = Path(fake["read"]).read_text()
     return fake.get("exit", 0), json.dumps(out).encode()
 
 
@@ -136,7 +139,8 @@ else:  # by hand, to reach the server from unusual places
     except OSError:
         result = None
     else:
-        result = client.exchange(sock, env, stdin, client._open_netns(env), cfg)
+        mntns = os.open(spec.get("mntns", "/proc/self/ns/mnt"), os.O_RDONLY)
+        result = client.exchange(sock, env, stdin, mntns, cfg)
 print(json.dumps(None if result is None else [result[0], result[1].decode()]), flush=True)
 if spec.get("hold"):  # stay alive until the test closes our stdin
     sys.stdin.read()
@@ -311,8 +315,12 @@ class Env:
         *,
         how: str = "try",
         timeout: float = 60,
+        private_dir: Path | None = None,
         **options: Any,
     ) -> subprocess.CompletedProcess[str]:
+        """Run CLIENT_SCRIPT in `ns`; with `private_dir`, from a fresh mount namespace (as
+        `unshare -m`, rootless podman and `ip netns exec` call) in which a tmpfs on that
+        directory holds a file `marker` that only this caller sees."""
         config = {
             "mode": "connect",
             "handler": HANDLER,
@@ -327,15 +335,14 @@ class Env:
             "how": how,
             **options,
         }
+        argv = [sys.executable, "-c", CLIENT_SCRIPT, json.dumps(spec)]
+        if private_dir is not None:
+            script = 'mount -t tmpfs cbF "$1" && echo "$2" > "$1/marker" && shift 2 && exec "$@"'
+            argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "-"]
+            argv += [str(private_dir), f"seen by {private_dir}", sys.executable, "-c"]
+            argv += [CLIENT_SCRIPT, json.dumps(spec)]
         return subprocess.run(
-            [
-                "nsenter",
-                f"--net={NETNS_DIR / ns}",
-                sys.executable,
-                "-c",
-                CLIENT_SCRIPT,
-                json.dumps(spec),
-            ],
+            ["nsenter", f"--net={NETNS_DIR / ns}", *argv],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -537,6 +544,56 @@ def test_a_worker_serves_the_next_request_with_only_that_requests_context(env: E
         assert c["umask"] == 0o022 + i
         assert c["cni_args"] == c["environ_args"] == f"IgnoreUnknown=1;K8S_POD_NAME={rid}"
         assert c["secret"] is None
+
+
+def test_a_caller_in_a_fresh_mount_namespace_is_served_there(env: Env) -> None:
+    """The worker joins the caller's mount namespace: CNI_NETNS and every file the engine
+    opens mean what they mean to the caller. A worker that joined one serves no other caller,
+    while callers that share the resident's mount namespace keep their warm worker."""
+    host = env.netns("host")
+    container = env.netns("ctr")
+    env.start_server(host)
+    private = env.tmp / "private"
+    private.mkdir()
+    pids, mnts = [], []
+    for _ in range(2):
+        req_env, stdin, rid = env.request(
+            "ADD", netns=str(NETNS_DIR / container), read=str(private / "marker")
+        )
+        done = env.run_client(host, req_env, stdin, private_dir=private)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) is not None, env.server_log(host)  # not refused
+        code, out = json.loads(done.stdout)
+        assert code == 0, out
+        assert json.loads(out)["read"] == f"seen by {private}\n"
+        assert json.loads(out)["netns_ino"] == os.stat(NETNS_DIR / container).st_ino
+        [call] = env.calls(rid)
+        pids.append(call["pid"])
+        mnts.append(call["mnt_ino"])
+    assert pids[0] != pids[1]  # each foreign caller got a worker of its own
+    own_mnt = os.stat("/proc/self/ns/mnt").st_ino
+    assert own_mnt not in mnts
+    for _ in range(2):  # the resident's own mount namespace: one warm worker serves both
+        req_env, stdin, rid = env.request("ADD")
+        assert env.call(host, req_env, stdin)[0] == 0
+        pids.append(env.calls(rid)[0]["pid"])
+        assert env.calls(rid)[0]["mnt_ino"] == own_mnt
+    assert pids[2] == pids[3] and pids[2] not in pids[:2]
+
+
+def test_a_mount_namespace_that_is_not_the_callers_is_refused(env: Env) -> None:
+    host = env.netns("host")
+    env.start_server(host)
+    private = env.tmp / "private"
+    private.mkdir()
+    req_env, stdin, rid = env.request("ADD")
+    # From a fresh mount namespace, the resident's own one sent as if it were the caller's.
+    theirs = f"/proc/{os.getpid()}/ns/mnt"
+    done = env.run_client(host, req_env, stdin, private_dir=private, how="hand", mntns=theirs)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) is None
+    assert env.calls(rid) == []
+    assert "the mount namespace sent is not the caller's" in env.server_log(host)
 
 
 def test_pool_zero_forks_a_worker_per_request(env: Env) -> None:

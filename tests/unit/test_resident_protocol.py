@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cni_bridge.resident import client, protocol
+from cni_bridge.resident import admission, client, protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,7 +116,7 @@ def _patched(payload: bytes, offset: int, data: bytes) -> bytes:
     ("mangle", "reason"),
     [
         (lambda p: p[:5], "short"),
-        (lambda p: _patched(p, 0, b"\x00\x00\x00\x02"), "unknown REQUEST flags"),
+        (lambda p: _patched(p, 0, b"\x00\x00\x00\x04"), "unknown REQUEST flags"),
         (lambda p: _patched(p, 4, b"\x00\x00\x10\x00"), "bad umask"),
         (lambda p: _patched(p, 10, b"\x00\x01\x00\x00"), "overrun"),
         (lambda p: p.replace(b"PATH=/bin\0", b"HOME=/abc\0"), "not forwarded"),
@@ -259,22 +259,22 @@ def test_identity_changes_when_the_package_changes(tmp_path: Path) -> None:
     assert client._tree_sig(str(package)) != before
 
 
-def test_netns_descriptor_rules(tmp_path: Path) -> None:
-    # VERSION with podman's "dummy", GC and STATUS send no descriptor and are not refused.
-    assert client._open_netns({"CNI_COMMAND": "VERSION", "CNI_NETNS": "dummy"}) == -1
-    assert client._open_netns({"CNI_COMMAND": "GC"}) == -1
-    # containerd's second DEL comes with an empty CNI_NETNS.
-    assert client._open_netns({"CNI_COMMAND": "DEL", "CNI_NETNS": ""}) == -1
-    # Missing, or not a namespace: in-process, which reports it as usual.
-    missing = str(tmp_path / "gone")
-    assert client._open_netns({"CNI_COMMAND": "DEL", "CNI_NETNS": missing}) == -2
+def test_netns_path_rules(tmp_path: Path) -> None:
+    # Only ADD, DEL and CHECK name a namespace: VERSION with podman's "dummy", GC and STATUS
+    # are served with CNI_NETNS as it is; containerd's second DEL has an empty one.
+    assert admission.netns_path({"CNI_COMMAND": "VERSION", "CNI_NETNS": "dummy"}) == ""
+    assert admission.netns_path({"CNI_COMMAND": "GC"}) == ""
+    assert admission.netns_path({"CNI_COMMAND": "DEL", "CNI_NETNS": ""}) == ""
+    assert admission.netns_path({"CNI_COMMAND": "DEL", "CNI_NETNS": "/x"}) == "/x"
+    # Missing, or not a namespace: refused, so the caller runs in-process and reports it.
     regular = tmp_path / "file"
     regular.write_text("")
-    assert client._open_netns({"CNI_COMMAND": "ADD", "CNI_NETNS": str(regular)}) == -2
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)  # O_PATH never blocks on it
-    assert client._open_netns({"CNI_COMMAND": "ADD", "CNI_NETNS": str(fifo)}) == -2
-    fd = client._open_netns({"CNI_COMMAND": "CHECK", "CNI_NETNS": "/proc/self/ns/net"})
+    for bad in (tmp_path / "gone", regular, fifo, Path("/proc/self/ns/mnt")):
+        with pytest.raises(admission.Refused):
+            admission.open_netns_path(str(bad))
+    fd = admission.open_netns_path("/proc/self/ns/net")
     assert fd >= 0
     os.close(fd)
 
