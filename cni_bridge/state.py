@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from cni_bridge import atomic
+
 STATE_DIR = ".cni-bridge"
 RECORD_VERSION = 1
 HOST_VETH_PREFIX = "vcb"
@@ -147,18 +149,9 @@ def _writer_alive(tmp_name: str) -> bool:
 
 
 def _atomic_write(path: str, data: bytes) -> None:
-    # Temp file + rename: a killed writer leaves the old record or the new one, never half.
-    # No fsync (it cost ~1 ms per write, three writes per ADD): it only guards against power
-    # loss, after which every attachment is gone anyway and reboot reclaim takes over.
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    # A killed writer leaves the old record or the new one, never half; after a power loss
+    # every attachment is gone anyway and reboot reclaim takes over (so no fsync).
+    atomic.replace(path, data, f"{path}.{os.getpid()}.tmp")
 
 
 class StateStore:
