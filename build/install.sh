@@ -20,8 +20,14 @@
 # Older bundles are removed afterwards (an exec that resolved the old link a moment before may
 # still lose its files; runtimes retry a failed ADD).
 #
+# The node agent's systemd unit (build/cni-bridge.service) goes to $UNIT_DIR/cni-bridge.service
+# with the plugin's path filled in. Where systemd runs (and no DESTDIR is given) it is enabled and
+# (re)started, so even the first ADD after boot finds the engine warm; under a DESTDIR it is only
+# installed (enabling is the package's business); elsewhere it is left out, and the plugin starts
+# its agent on demand. --uninstall stops, disables and removes it.
+#
 # Environment: DESTDIR (default empty), CNI_BIN_DIR (default /opt/cni/bin),
-# BUNDLE (default <repo>/dist/cni-bridge).
+# BUNDLE (default <repo>/dist/cni-bridge), UNIT_DIR (default /etc/systemd/system).
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,10 +37,44 @@ BUNDLE=${BUNDLE:-$ROOT/dist/cni-bridge}
 NAME=cni-bridge
 BIN=$DESTDIR$CNI_BIN_DIR
 PAYLOAD=$BIN/$NAME.d
+UNIT_DIR=${UNIT_DIR:-/etc/systemd/system}
+UNIT=$DESTDIR$UNIT_DIR/$NAME.service
+
+# systemctl only for the running system, never for a tree being assembled under DESTDIR.
+systemd_here() { [ -z "$DESTDIR" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
+
+install_unit() {
+    if ! systemd_here && [ -z "$DESTDIR" ]; then
+        echo "no systemd running: the plugin starts its agent on demand (unit not installed)"
+        return
+    fi
+    mkdir -p "$DESTDIR$UNIT_DIR"
+    sed "s|@CNI_BIN_DIR@|$CNI_BIN_DIR|g" "$ROOT/build/$NAME.service" > "$UNIT.tmp.$$"
+    mv -f "$UNIT.tmp.$$" "$UNIT"
+    if systemd_here; then
+        systemctl daemon-reload
+        systemctl enable "$NAME.service"
+        systemctl restart "$NAME.service"  # an upgrade: the agent of the new bundle
+        echo "installed, enabled and started $UNIT"
+    else
+        echo "installed $UNIT (not enabled: DESTDIR)"
+    fi
+}
+
+uninstall_unit() {
+    [ -e "$UNIT" ] || return 0
+    if systemd_here; then
+        systemctl disable --now "$NAME.service" || true
+    fi
+    rm -f "$UNIT"
+    if systemd_here; then systemctl daemon-reload; fi
+    echo "removed $UNIT"
+}
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 
 uninstall() {
+    uninstall_unit
     if [ -L "$BIN/$NAME" ]; then
         case $(readlink "$BIN/$NAME") in
             "$NAME.d/"*) rm -f "$BIN/$NAME" ;;
@@ -75,6 +115,7 @@ install_bundle() {
         [ "$old" = "$PAYLOAD/$id" ] || rm -rf "$old"
     done
     echo "installed $BIN/$NAME -> $NAME.d/$id/$entry"
+    install_unit
 }
 
 case ${1:-} in

@@ -66,6 +66,7 @@
 #define MAX_SECONDS 1e9 /* client.MAX_SECONDS */
 #define RELAY_FAILED_VAR "CNI_BRIDGE_RELAY_FAILED"
 #define ENGINE_NAME "cni-bridge"
+#define AGENT_DIR "/run/cni-bridge" /* client.AGENT_DIR */
 
 extern char **environ;
 
@@ -395,12 +396,15 @@ static int socket_name(struct sockaddr_un *addr, socklen_t *alen, char *ident, s
         return -1;
     for (p = (const unsigned char *)ident; *p; p++)
         h = (h ^ *p) * 0x100000001B3ULL;
+    if (stat("/proc/self/ns/net", &st) != 0)
+        return -1;
     memset(addr, 0, sizeof *addr);
     addr->sun_family = AF_UNIX;
-    /* abstract name: a leading NUL, no terminator */
-    n = snprintf(addr->sun_path + 1, sizeof addr->sun_path - 1, "cni-bridge/v%d/%016llx",
-                 PROTOCOL_VERSION, (unsigned long long)h);
-    *alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+    n = snprintf(addr->sun_path, sizeof addr->sun_path, AGENT_DIR "/v%d-%016llx-%llu.sock",
+                 PROTOCOL_VERSION, (unsigned long long)h, (unsigned long long)st.st_ino);
+    if (n < 0 || (size_t)n >= sizeof addr->sun_path)
+        return -1;
+    *alen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)n + 1);
     return 0;
 }
 
@@ -505,7 +509,7 @@ int main(int argc, char **argv)
     sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (sock < 0 || connect(sock, (struct sockaddr *)&addr, alen) != 0)
         run_engine(argv);
-    /* Anyone can bind an abstract name; only a root resident may answer. */
+    /* Only a root resident may answer (AGENT_DIR is root's alone; this holds regardless). */
     if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 || cred.uid != 0)
         run_engine(argv);
 

@@ -17,17 +17,20 @@ text from the resident has already been written to fd 2. Once the client has sen
 returns None: a resident that dies or hangs mid-request yields a CNI error 11 ("try again
 later") instead, so no request ever runs twice (see `protocol`).
 
-The resident listens on an abstract unix socket named after the protocol version and a
-fingerprint of the code (`identity`), so an upgraded plugin never talks to an old resident.
-Abstract names live in the network namespace, so only callers in the resident's namespace can
-reach it; the server checks the peer further (root, same net and user namespaces, the
-capabilities the work needs) and the client checks the server is root. The request carries the
+The resident listens on a unix socket in /run/cni-bridge (root's alone, see `agent_dir`: no
+unprivileged process can squat the name or stand in for the agent), named after the protocol
+version, a fingerprint of the code (`identity`: an upgraded plugin never talks to an old
+resident) and the network namespace (the host side of the work is done in the agent's). The
+server checks the peer further (root, same net and user namespaces, the capabilities the work
+needs, from the kernel's peer credentials) and the client checks the server is root. The request carries the
 caller's mount namespace as a descriptor: the worker joins it, so every path (CNI_NETNS,
 dataDir, CNI_PATH, locks) means what it means to the caller, whatever mount namespace it is in.
 
-If no resident answers, the client binds the name itself and starts `cni-bridge serve` with
-that socket inherited (systemd's LISTEN_FDS convention): whoever binds the name first starts
-the only resident, so a burst of first calls cannot start several. The resident inherits the
+If no resident answers, the client takes the lock beside the socket, binds the socket afresh
+and starts `cni-bridge serve` with both inherited (systemd's LISTEN_FDS convention): whoever
+takes the lock first starts the only resident, so a burst of first calls cannot start several
+(see `spawn`). A resident started by systemd (build/cni-bridge.service) takes them itself. The
+resident inherits the
 caller's namespaces, runs in its own session with stdio on /dev/null (a runtime reading the
 plugin's stdout until EOF is not held up), and leaves after an idle period.
 
@@ -84,7 +87,9 @@ REQUEST_VARS = frozenset(
 
 _CRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 _FD = struct.Struct("i")
-_NAME_PREFIX = b"\0cni-bridge/v%d/" % protocol.PROTOCOL_VERSION
+# Root's alone (0700, owned by root; see agent_dir), so no unprivileged process can take the
+# agent's name or stand in for it. Not an abstract name: anyone in the netns can bind those.
+AGENT_DIR = "/run/cni-bridge"
 
 # `python -c` bootstrap for a resident started from a source or site-packages install: load the
 # package from the very directory this client came from, whatever sys.path the server gets.
@@ -120,7 +125,7 @@ class ClientConfig:
         "mode",
         "ready_timeout",
         "request_timeout",
-        "socket_name",
+        "socket_path",
     )
 
     def __init__(
@@ -133,7 +138,7 @@ class ClientConfig:
         log_path: str = "",
         handler: str = DEFAULT_HANDLER,
         identity: str | None = None,
-        socket_name: bytes | None = None,
+        socket_path: str | None = None,
     ) -> None:
         if mode not in (MODE_OFF, MODE_AUTO, MODE_CONNECT):
             raise ValueError(f"unknown resident mode {mode!r}")
@@ -147,7 +152,10 @@ class ClientConfig:
             self.identity = identity or ""
         else:
             self.identity = identity if identity is not None else build_identity()
-        self.socket_name = socket_name if socket_name is not None else name_for(self.identity)
+        # "": no safe place for the socket (see agent_dir): no resident is used or started.
+        if socket_path is None:
+            socket_path = socket_path_for(self.identity, create=mode == MODE_AUTO)
+        self.socket_path = socket_path
 
     @classmethod
     def from_env(cls, env: "Mapping[str, str]") -> "ClientConfig":
@@ -221,12 +229,49 @@ def executable_identity(executable: str) -> str:
     return "|".join([f"v{protocol.PROTOCOL_VERSION}", exe, _file_sig(exe)])
 
 
-def name_for(identity: str) -> bytes:
-    """The abstract socket name for an identity: FNV-1a 64, no hashlib (it costs ~12 ms)."""
+def name_for(identity: str, netns_ino: int | None = None) -> str:
+    """The socket's file name for an identity in this network namespace (an agent does the
+    host side of the work in its own): FNV-1a 64 of the identity (no hashlib: it costs ~12 ms)
+    and the namespace's inode, which cannot be reused while the agent keeps it alive."""
     digest = 0xCBF29CE484222325
     for byte in identity.encode("utf-8", "surrogateescape"):
         digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
-    return _NAME_PREFIX + b"%016x" % digest
+    netns = os.stat("/proc/self/ns/net").st_ino if netns_ino is None else netns_ino
+    return f"v{protocol.PROTOCOL_VERSION}-{digest:016x}-{netns}.sock"
+
+
+def agent_dir(create: bool = False) -> str:
+    """AGENT_DIR if it is a directory only root can enter ("" otherwise), made if `create`.
+
+    This is what keeps the socket from being squatted or impersonated: no unprivileged process
+    can bind, replace or reach a name in it. A directory that is not root's alone is not used
+    at all (callers then run in-process), since someone else could have put a socket there.
+    """
+    if create:
+        try:
+            os.mkdir(AGENT_DIR, 0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            return ""
+    try:
+        st = os.lstat(AGENT_DIR)
+    except OSError:
+        return ""
+    if (st.st_mode & 0o170000) != 0o040000 or st.st_uid != 0 or st.st_mode & 0o077:
+        return ""
+    return AGENT_DIR
+
+
+def socket_path_for(identity: str, create: bool = False) -> str:
+    """The agent's socket for an identity here, or "" if AGENT_DIR is not safe to use."""
+    directory = agent_dir(create)
+    return directory and f"{directory}/{name_for(identity)}"
+
+
+def lock_path(socket_path: str) -> str:
+    """The lock an agent holds for its whole life: whoever takes it owns the socket's name."""
+    return socket_path[: -len(".sock")] + ".lock"
 
 
 # --- the exchange -----------------------------------------------------------------------------
@@ -237,7 +282,7 @@ def try_resident(
 ) -> tuple[int, bytes] | None:
     """Run one CNI request in the resident; None if it did not start there (run it in-process)."""
     cfg = config if config is not None else ClientConfig.from_env(env)
-    if cfg.mode == MODE_OFF or os.geteuid() != 0:
+    if cfg.mode == MODE_OFF or os.geteuid() != 0 or not cfg.socket_path:
         return None
     try:  # the worker joins it: every path then means what it means here
         mntns_fd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
@@ -284,7 +329,7 @@ def connect(cfg: "ClientConfig") -> _socket.socket:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(cfg.ready_timeout)
-        sock.connect(cfg.socket_name)
+        sock.connect(cfg.socket_path)
     except BaseException:
         sock.close()
         raise
@@ -301,7 +346,7 @@ def exchange(
     """REQUEST → READY → GO → RESULT on a connected socket; see try_resident for the contract."""
     try:
         cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _CRED.size)
-        if _CRED.unpack(cred)[1] != 0:  # anyone can bind an abstract name; only root may answer
+        if _CRED.unpack(cred)[1] != 0:  # only root may answer, wherever the socket came from
             return None
         umask = os.umask(0o077)
         os.umask(umask)
@@ -392,35 +437,36 @@ def server_environ() -> dict[str, str]:
 
 
 def spawn(cfg: "ClientConfig") -> bool:
-    """Start a resident unless the name is taken; True if one was started.
+    """Start a resident unless one runs or is starting; True if one was started.
 
-    Binding the name here is the lock: a second caller gets EADDRINUSE and starts nothing, and
-    so does every caller while a started resident warms up (its socket is bound, not listening,
-    so connections are refused until it is ready).
+    The lock beside the socket decides: whoever takes it (non-blocking) binds the socket afresh
+    and hands both to the resident it starts, which holds the lock for its whole life. A second
+    caller, and every caller while the started resident warms up (its socket is bound, not
+    listening, so connections are refused until it is ready), finds the lock taken.
     """
-    if not sys.executable:
+    if not sys.executable or not cfg.socket_path:
         return False
-    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
-    try:
-        sock.bind(cfg.socket_name)
-    except OSError:
-        sock.close()
+    held = claim(cfg.socket_path)
+    if held is None:
         return False
+    lock_fd, sock = held
     argv = server_argv(cfg)
     env = server_environ()
     try:
         pid = os.fork()
     except OSError:
         sock.close()
+        os.close(lock_fd)
         return False
     if pid == 0:  # pragma: no cover - runs in the child
         try:
             os.setsid()  # leave the caller's session and process group
             if os.fork() == 0:  # the grandchild is reparented, so nobody has to reap it
-                _exec_server(sock.fileno(), argv, env, cfg.log_path)
+                _exec_server(sock.fileno(), lock_fd, argv, env, cfg.log_path)
         finally:
             os._exit(0)
     sock.close()
+    os.close(lock_fd)
     try:  # noqa: SIM105 - contextlib costs ~3 ms of imports
         os.waitpid(pid, 0)
     except ChildProcessError:
@@ -428,12 +474,45 @@ def spawn(cfg: "ClientConfig") -> bool:
     return True
 
 
-def _exec_server(sock_fd: int, argv: list[str], env: dict[str, str], log_path: str) -> None:
-    """In the grandchild: stdio on /dev/null, the socket as fd 3, no other descriptor, exec."""
+def claim(path: str) -> "tuple[int, _socket.socket] | None":
+    """Take the agent's lock for `path` and bind a fresh socket there; None if the lock is
+    held (an agent runs or is starting) or the socket cannot be bound. The lock stays held as
+    long as its open file does, in whichever process it is passed to."""
+    import fcntl
+
+    try:
+        lock_fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(lock_fd)
+        return None
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        try:  # noqa: SIM105 - left by an agent that died: no one holds its lock any more
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        os.close(lock_fd)
+        return None
+    return lock_fd, sock
+
+
+def _exec_server(
+    sock_fd: int, lock_fd: int, argv: list[str], env: dict[str, str], log_path: str
+) -> None:
+    """In the grandchild: stdio on /dev/null, the socket as fd 3 and its lock as fd 4 (systemd's
+    LISTEN_FDS with names), no other descriptor, exec."""
     try:
         import fcntl
 
-        high = fcntl.fcntl(sock_fd, fcntl.F_DUPFD, 10)  # out of the way of 0..3
+        high = fcntl.fcntl(sock_fd, fcntl.F_DUPFD, 10)  # out of the way of 0..4
+        high_lock = fcntl.fcntl(lock_fd, fcntl.F_DUPFD, 10)
         null = os.open(os.devnull, os.O_RDWR)
         err = null
         if log_path:
@@ -445,9 +524,11 @@ def _exec_server(sock_fd: int, argv: list[str], env: dict[str, str], log_path: s
         os.dup2(null, 1)  # never the caller's stdout: the runtime reads it until EOF
         os.dup2(err, 2)
         os.dup2(high, 3)
-        os.closerange(4, max(os.sysconf("SC_OPEN_MAX"), 1024))
+        os.dup2(high_lock, 4)
+        os.closerange(5, max(os.sysconf("SC_OPEN_MAX"), 1024))
         os.chdir("/")
-        env["LISTEN_FDS"] = "1"
+        env["LISTEN_FDS"] = "2"
+        env["LISTEN_FDNAMES"] = "agent:lock"
         env["LISTEN_PID"] = str(os.getpid())
         os.execve(argv[0], argv, env)
     finally:

@@ -47,6 +47,15 @@ from cni_bridge.resident.worker import (
     refuse,
 )
 from cni_bridge.resident.worker import run as run_worker
+from cni_bridge.state import HOST_VETH_PREFIX
+
+
+def attachments_present() -> bool:
+    """Whether an attachment of ours exists in this network namespace, from the kernel: the
+    host end of its veth (named by state.host_veth_name). The agent then stays, whatever its
+    idle timeout: it is what keeps the next ADD warm on a host that has containers."""
+    return any(name.startswith(HOST_VETH_PREFIX) for _, name in socket.if_nameindex())
+
 
 BACKLOG = 128
 IDENTITY_CHECK = 30.0  # how often the parent looks for an upgrade on disk
@@ -130,8 +139,10 @@ class Server:
                 if self.stopping:
                     break
                 if self.idle > 0 and now - self.last_activity >= self.idle:
-                    log("idle, leaving")
-                    break
+                    if not attachments_present():
+                        log("idle, leaving")
+                        break
+                    self.last_activity = now  # look again after another idle period
             if now >= next_check:
                 next_check = now + IDENTITY_CHECK
                 if client.build_identity() != self.fingerprint:

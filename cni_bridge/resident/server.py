@@ -11,6 +11,7 @@ RESULT (`worker`, `protocol`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
@@ -32,18 +33,35 @@ from cni_bridge.resident.worker import Engine, log
 DEFAULT_RETRY_AFTER = 60.0
 
 
-def inherited_listener() -> socket.socket | None:
-    """The socket a starting client (or systemd) passed as fd 3 (LISTEN_FDS convention)."""
-    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+def inherited_listener() -> tuple[socket.socket, int] | None:
+    """The socket and its held lock a starting client passed as fds 3 and 4 (systemd's
+    LISTEN_FDS convention, names "agent:lock"; see client.spawn)."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "2":
+        return None
+    if os.environ.get("LISTEN_FDNAMES") != "agent:lock":
         return None
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
     sock = socket.socket(fileno=3)
     os.set_inheritable(3, False)
+    os.set_inheritable(4, False)
     if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
         sock.close()
         raise OSError(errno.EINVAL, "inherited fd 3 is not a unix stream socket")
-    return sock
+    return sock, 4
+
+
+def claimed_listener(identity: str) -> tuple[socket.socket, int] | None:
+    """Take the lock and bind the socket ourselves (started by systemd or by hand); None if
+    another resident holds them. Raises OSError if AGENT_DIR is not root's alone."""
+    path = client.socket_path_for(identity, create=True)
+    if not path:
+        raise OSError(errno.EPERM, f"{client.AGENT_DIR} is not a directory only root can use")
+    held = client.claim(path)
+    if held is None:
+        return None
+    lock_fd, sock = held
+    return socket.socket(fileno=sock.detach()), lock_fd
 
 
 def load_handler(spec: str) -> Engine:
@@ -119,17 +137,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.umask(0o022)
     fingerprint = client.build_identity()
     identity = args.identity or fingerprint
-    listener = inherited_listener()
-    if listener is None:
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            listener.bind(client.name_for(identity))
-        except OSError as exc:
-            listener.close()
-            if exc.errno == errno.EADDRINUSE:
-                log("another resident already serves this code here")
-                return 0
-            raise
+    held = inherited_listener() or claimed_listener(identity)
+    if held is None:
+        log("another resident already serves this code here")
+        return 0
+    listener, lock_fd = held
+    path = listener.getsockname()
+    try:
+        return _serve(args, listener, identity, fingerprint)
+    finally:
+        # Still ours: nobody else can bind it while we hold the lock, released only after.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(lock_fd)
+
+
+def _serve(
+    args: argparse.Namespace, listener: socket.socket, identity: str, fingerprint: str
+) -> int:
     os.chdir("/")
     # Full priority: the caller that started us waits for us to listen (see client.spawn).
     try:

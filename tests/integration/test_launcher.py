@@ -83,7 +83,6 @@ class Bundle:
         self.engine.chmod(0o755)
         # What the bundle's own client would use: the resident must be found under this name.
         env.identity = client.executable_identity(str(self.engine))
-        env.name = client.name_for(env.identity)
 
     def run(
         self,

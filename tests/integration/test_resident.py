@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from cni_bridge.resident import client, protocol, worker
+from cni_bridge.state import HOST_VETH_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 HANDLER = "tests.integration.test_resident:fake_handle"
@@ -119,8 +120,6 @@ sys.path.insert(0, spec["root"])
 from cni_bridge.resident import client
 if spec.get("umask") is not None:
     os.umask(spec["umask"])
-if spec["config"].get("socket_name"):
-    spec["config"]["socket_name"] = bytes.fromhex(spec["config"]["socket_name"])
 cfg = client.ClientConfig(**spec["config"])
 env, stdin = spec["env"], spec["stdin"].encode()
 if spec.get("how") == "try":
@@ -135,7 +134,7 @@ else:  # by hand, to reach the server from unusual places
         os.setgroups([]); os.setgid(65534); os.setuid(65534)
     sock.settimeout(5)
     try:
-        sock.connect(cfg.socket_name)
+        sock.connect(cfg.socket_path)
     except OSError:
         result = None
     else:
@@ -149,7 +148,7 @@ if spec.get("hold"):  # stay alive until the test closes our stdin
 SQUATTER_SCRIPT = r"""
 import os, socket, sys
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-sock.bind(bytes.fromhex(sys.argv[2]))
+sock.bind(sys.argv[2])  # root may: a root-started impostor that then drops its privileges
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 sock.listen(8)  # the peer credentials a client sees are the listener's, taken here
 print("listening", flush=True)
@@ -229,7 +228,11 @@ class Env:
         # A fixed identity for servers and clients: other work editing the package meanwhile
         # must not move the socket name under the test's feet.
         self.identity = f"cbF-test-{self.tag}"
-        self.name = client.name_for(self.identity)
+
+    def socket_path(self, ns: str) -> str:
+        """Where the resident of this test's identity listens for namespace `ns`."""
+        name = client.name_for(self.identity, os.stat(NETNS_DIR / ns).st_ino)
+        return f"{client.AGENT_DIR}/{name}"
 
     def netns(self, name: str) -> str:
         ns = f"cbF-{self.tag}-{name}"
@@ -244,6 +247,10 @@ class Env:
             proc.wait()
         for ns in self.namespaces:
             if (NETNS_DIR / ns).exists():
+                sock = self.socket_path(ns)  # what a killed resident or a squatter left
+                for path in (sock, client.lock_path(sock)):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
                 # Residents a client started in our namespace, and their workers.
                 for pid in pids_in_netns(ns):
                     with contextlib.suppress(ProcessLookupError):
@@ -272,7 +279,7 @@ class Env:
         prints how many bytes a client sent it after the client has gone."""
         argv = ["nsenter", f"--net={NETNS_DIR / ns}", sys.executable, "-c", SQUATTER_SCRIPT]
         squatter = subprocess.Popen(
-            [*argv, str(ROOT), self.name.hex()],
+            [*argv, str(ROOT), self.socket_path(ns)],
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
@@ -501,15 +508,70 @@ def test_a_caller_whose_process_left_the_netns_is_refused(env: Env) -> None:
     assert len(env.calls(rid)) == 1
 
 
-def test_a_non_root_caller_is_refused(env: Env) -> None:
+def test_a_non_root_caller_cannot_reach_it(env: Env) -> None:
     host = env.netns("host")
     env.start_server(host)
     req_env, stdin, rid = env.request("VERSION", netns="dummy")
     assert env.call(host, req_env, stdin, how="raw", as_nobody=True) is None
     assert env.calls(rid) == []
-    assert "uid 65534 is not root" in env.server_log(host)
     assert env.call(host, req_env, stdin, how="raw") is not None
     assert len(env.calls(rid)) == 1
+
+
+UNPRIVILEGED_SCRIPT = r"""
+import errno, json, os, socket, sys
+path, old_name = sys.argv[1], bytes.fromhex(sys.argv[2])
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+tried = {}
+for what, act in [
+    ("bind", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).bind(path)),
+    ("connect", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(path)),
+    ("create", lambda: os.close(os.open(path + ".x", os.O_CREAT | os.O_WRONLY, 0o600))),
+    ("unlink", lambda: os.unlink(path)),
+    ("rename", lambda: os.rename(os.path.dirname(path), os.path.dirname(path) + ".x")),
+]:
+    try:
+        act()
+        tried[what] = "done"
+    except OSError as exc:
+        tried[what] = errno.errorcode[exc.errno]
+held = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+held.bind(old_name)  # the abstract name of old, computable by anyone: now nobody looks there
+held.listen(8)
+print(json.dumps(tried), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_an_unprivileged_process_can_neither_squat_nor_impersonate(env: Env) -> None:
+    """The socket lives in a directory only root can enter: an unprivileged process can neither
+    take the agent's name before it starts, nor replace or reach it, nor stand in for it; the
+    abstract name the agent used to have, squatted, changes nothing. Root callers are served."""
+    host = env.netns("host")
+    container = env.netns("ctr")
+    assert client.agent_dir(create=True) == client.AGENT_DIR
+    st = os.lstat(client.AGENT_DIR)
+    assert st.st_uid == 0 and st.st_mode & 0o777 == 0o700
+    path = env.socket_path(host)
+    old_name = b"\0cni-bridge/v1/" + path.rsplit("-", 2)[1].encode()
+    squatter = subprocess.Popen(
+        ["nsenter", f"--net={NETNS_DIR / host}", sys.executable, "-c", UNPRIVILEGED_SCRIPT,
+         path, old_name.hex()],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    env.procs.append(squatter)
+    assert squatter.stdout is not None
+    tried = json.loads(squatter.stdout.readline())
+    assert tried == dict.fromkeys(["bind", "connect", "create", "unlink", "rename"], "EACCES")
+    assert not os.path.exists(path)
+    # The first root call starts the agent and is served by it; so are the next ones.
+    auto = {"mode": "auto", "idle": 0.0}
+    for _ in range(2):
+        req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / container))
+        assert env.call(host, req_env, stdin, config=auto) is not None, env.server_log(host)
+        [resident] = residents_in(host)
+        assert env.calls(rid)[0]["ppid"] == resident
+    assert os.lstat(path).st_uid == 0
 
 
 def test_the_client_ignores_a_resident_that_is_not_root(env: Env) -> None:
@@ -712,7 +774,7 @@ def test_a_refused_identity_means_in_process(env: Env) -> None:
     env.start_server(host)
     req_env, stdin, rid = env.request("VERSION", netns="dummy")
     # Reach the resident's name while claiming to run other code.
-    config = {"identity": "other code", "socket_name": env.name.hex()}
+    config = {"identity": "other code", "socket_path": env.socket_path(host)}
     assert env.call(host, req_env, stdin, config=config) is None
     assert env.calls(rid) == []
     assert "other code than this resident" in env.server_log(host)
@@ -779,6 +841,21 @@ def test_first_use_starts_a_resident_that_leaves_when_idle(env: Env) -> None:
     assert wait_until(lambda: not alive(resident), timeout=60)
     req_env, stdin, rid = env.request("VERSION", netns="dummy")
     assert env.call(host, req_env, stdin) is None  # gone: connect mode finds nothing
+
+
+def test_an_attachment_keeps_the_agent_past_its_idle_timeout(env: Env) -> None:
+    """The idle timeout applies only when no attachment of ours exists in the agent's netns
+    (the host end of a veth, by its name): a host with containers keeps its next ADD warm."""
+    host = env.netns("host")
+    proc = env.start_server(host, "--idle", "1")
+    ip = ["ip", "-n", host, "link"]
+    name = f"{HOST_VETH_PREFIX}{env.tag}"
+    subprocess.run([*ip, "add", name, "type", "veth", "peer", "name", f"p{env.tag}"], check=True)
+    time.sleep(3)
+    assert proc.poll() is None, env.server_log(host)
+    subprocess.run([*ip, "del", name], check=True)
+    assert wait_until(lambda: proc.poll() is not None, timeout=10)
+    assert "idle, leaving" in env.server_log(host)
 
 
 def test_a_started_resident_does_not_hold_the_callers_stdout(env: Env) -> None:

@@ -111,6 +111,10 @@ def test_install_links_the_launcher_and_uninstall_removes_everything(tmp_path: P
     proc = run(link, {"CNI_COMMAND": "VERSION"}, b"")
     assert proc.returncode == 0, proc.stderr.decode()
     assert set(parse(proc.stdout)["supportedVersions"]) >= SPEC_VERSIONS
+    # The agent's unit, for the plugin installed (under a DESTDIR: installed, not enabled).
+    unit = tmp_path / "etc" / "systemd" / "system" / "cni-bridge.service"
+    assert "\nExecStart=/opt/cni/bin/cni-bridge serve --idle 0\n" in unit.read_text()
     subprocess.run(["sh", str(script), "--uninstall"], env=env, check=True, capture_output=True,
                    timeout=120)
     assert list((tmp_path / "opt" / "cni" / "bin").iterdir()) == []
+    assert not unit.exists()

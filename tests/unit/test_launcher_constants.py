@@ -58,8 +58,8 @@ def test_numbers_match_the_python_client(name: str, expected: float) -> None:
 
 def test_names_match() -> None:
     assert define("RELAY_FAILED_VAR") == f'"{cli.RELAY_FAILED_VAR}"'
-    assert client._NAME_PREFIX == b"\0cni-bridge/v%d/" % protocol.PROTOCOL_VERSION
-    assert '"cni-bridge/v%d/%016llx"' in SOURCE  # the launcher's abstract name, same shape
+    assert define("AGENT_DIR") == f'"{client.AGENT_DIR}"'
+    assert 'AGENT_DIR "/v%d-%016llx-%llu.sock"' in SOURCE  # client.name_for, same shape
 
 
 def test_the_verbs_the_launcher_relays_are_the_clients() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -225,7 +226,7 @@ def test_config_from_env() -> None:
     assert cfg.ready_timeout == client.DEFAULT_READY_TIMEOUT
     assert cfg.log_path == "/var/log/x"
     assert cfg.identity.startswith(f"v{protocol.PROTOCOL_VERSION}|")
-    assert cfg.socket_name == client.name_for(cfg.identity)
+    assert cfg.socket_path in ("", f"{client.AGENT_DIR}/{client.name_for(cfg.identity)}")
     for value, mode in [("0", "off"), ("off", "off"), ("1", "auto"), ("", "auto"), ("x", "auto")]:
         assert client.ClientConfig.from_env({client.MODE_VAR: value}).mode == mode
     assert client.ClientConfig.from_env({}).mode == client.MODE_AUTO
@@ -243,8 +244,36 @@ def test_names_depend_on_identity_and_protocol_version() -> None:
     a = client.name_for("v1|/usr/bin/python3|1:2:3:4")
     assert a == client.name_for("v1|/usr/bin/python3|1:2:3:4")
     assert a != client.name_for("v1|/usr/bin/python3|1:2:3:5")
-    assert a.startswith(b"\0cni-bridge/v1/")
-    assert len(a) == len(b"\0cni-bridge/v1/") + 16
+    netns = os.stat("/proc/self/ns/net").st_ino
+    assert a == client.name_for("v1|/usr/bin/python3|1:2:3:4", netns)
+    assert a != client.name_for("v1|/usr/bin/python3|1:2:3:4", netns + 1)  # one per netns
+    assert re.fullmatch(rf"v1-[0-9a-f]{{16}}-{netns}\.sock", a)
+    assert client.lock_path("/d/" + a) == "/d/" + a[: -len(".sock")] + ".lock"
+
+
+def test_only_a_directory_of_roots_alone_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Anyone who can write where the socket lives could take its name first (callers would
+    then all run in-process) or put a socket of their own there: such a directory is not used."""
+    root = os.geteuid() == 0
+    good = tmp_path / "agent"
+    monkeypatch.setattr(client, "AGENT_DIR", str(good))
+    assert client.agent_dir() == ""  # missing, not made
+    assert client.agent_dir(create=True) == (str(good) if root else "")
+    assert good.is_dir() and good.stat().st_mode & 0o777 == 0o700
+    assert client.socket_path_for("x") == (f"{good}/{client.name_for('x')}" if root else "")
+    good.chmod(0o750)
+    assert client.agent_dir(create=True) == ""
+    good.chmod(0o700)
+    link = tmp_path / "link"
+    link.symlink_to(good)
+    monkeypatch.setattr(client, "AGENT_DIR", str(link))
+    assert client.agent_dir(create=True) == ""
+    if root:
+        os.chown(good, 65534, 65534)
+        monkeypatch.setattr(client, "AGENT_DIR", str(good))
+        assert client.agent_dir(create=True) == ""
 
 
 def test_identity_changes_when_the_package_changes(tmp_path: Path) -> None:
