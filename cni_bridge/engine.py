@@ -79,7 +79,6 @@ def warm() -> None:
     import cni_bridge.net.sysctl
 
     ctypes.CDLL("libnftables.so.1")
-    cni_bridge.net.links.warm()
     # One validation of a full config exercises what pydantic-core builds lazily.
     cni_bridge.config.load_netconf(
         {

@@ -1,28 +1,34 @@
 """Delete UDP conntrack entries by original destination port, over ctnetlink.
 
-A few dozen lines of standard-library netlink instead of pyroute2's conntrack module,
-whose import costs ~140 ms (it loads the whole pyroute2 package). Runs in the calling
-thread's network namespace. The kernel filters the dump (CTA_FILTER, Linux >= 5.8);
-entries are checked again here, so an older kernel that ignores the filter is fine.
-Every dump walks the whole (host-wide) conntrack hash, ~10 ms with 256k buckets, so
-there is one dump per address family for all ports (the kernel filters a dump only
-for one family).
+The same netlink path as the links (`net.netlink`: its socket and attribute encoding) rather
+than pyroute2's NFCTSocket, whose import loads the whole pyroute2 package (see `net.netlink`
+for the cost), on the ADD path of every UDP port mapping. Runs in the calling thread's network
+namespace. The kernel filters the dump (CTA_FILTER, Linux >= 5.8); entries are checked again
+here, so an older kernel that ignores the filter is fine. Every dump walks the whole
+(host-wide) conntrack hash, ~10 ms with 256k buckets, so there is one dump per address family
+for all ports (the kernel filters a dump only for one family).
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
-NETLINK_NETFILTER = 12
+from cni_bridge.net.netlink import (
+    NETLINK_NETFILTER,
+    NLA_F_NESTED,
+    NetlinkSocket,
+    attr,
+    attr_u8,
+    attr_u32,
+    attrs_of,
+)
+
 _CT_GET = 1 << 8 | 1  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_GET
 _CT_DELETE = 1 << 8 | 2
-_F_REQUEST, _F_ACK, _F_DUMP = 0x1, 0x4, 0x300
-_MSG_ERROR, _MSG_DONE = 2, 3
-_NESTED = 0x8000
+_NFGEN = struct.Struct("=BBH")  # struct nfgenmsg (family, version, res_id)
 # attribute types (linux/netfilter/nfnetlink_conntrack.h)
 CTA_TUPLE_ORIG, CTA_ZONE, CTA_FILTER = 1, 18, 25
 CTA_TUPLE_PROTO = 2
@@ -32,83 +38,26 @@ _FILTER_PROTO_NUM, _FILTER_PROTO_DST_PORT = 1 << 3, 1 << 5
 _UDP = 17
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    size = 4 + len(payload)
-    return struct.pack("=HH", size, kind) + payload + b"\0" * (-size % 4)
-
-
-def _attrs(buf: bytes) -> Iterator[tuple[int, bytes]]:
-    pos = 0
-    while pos + 4 <= len(buf):
-        size, kind = struct.unpack_from("=HH", buf, pos)
-        if size < 4:
-            return
-        yield kind & 0x3FFF, buf[pos + 4 : pos + size]
-        pos += (size + 3) & ~3
-
-
-def _message(kind: int, flags: int, seq: int, family: int, attrs: bytes) -> bytes:
-    body = struct.pack("=BBH", family, 0, 0) + attrs
-    return struct.pack("=IHHII", 16 + len(body), kind, flags, seq, 0) + body
+def _message(family: int, attrs: bytes) -> bytes:
+    return _NFGEN.pack(family, 0, 0) + attrs
 
 
 def _filter(port: int | None) -> bytes:
-    proto = _attr(CTA_PROTO_NUM, bytes([_UDP]))
+    proto = attr_u8(CTA_PROTO_NUM, _UDP)
     flags = _FILTER_PROTO_NUM
     if port is not None:
-        proto += _attr(CTA_PROTO_DST_PORT, struct.pack("!H", port))
+        proto += attr(CTA_PROTO_DST_PORT, struct.pack("!H", port))
         flags |= _FILTER_PROTO_DST_PORT
-    tuple_attr = _attr(CTA_TUPLE_ORIG | _NESTED, _attr(CTA_TUPLE_PROTO | _NESTED, proto))
-    filt = _attr(CTA_FILTER_ORIG_FLAGS, struct.pack("=I", flags))
-    filt += _attr(CTA_FILTER_REPLY_FLAGS, struct.pack("=I", 0))
-    return tuple_attr + _attr(CTA_FILTER | _NESTED, filt)
+    tuple_attr = attr(CTA_TUPLE_ORIG | NLA_F_NESTED, attr(CTA_TUPLE_PROTO | NLA_F_NESTED, proto))
+    filt = attr_u32(CTA_FILTER_ORIG_FLAGS, flags) + attr_u32(CTA_FILTER_REPLY_FLAGS, 0)
+    return tuple_attr + attr(CTA_FILTER | NLA_F_NESTED, filt)
 
 
 def _udp_dport(tuple_payload: bytes) -> int | None:
-    for kind, value in _attrs(tuple_payload):
-        if kind != CTA_TUPLE_PROTO:
-            continue
-        proto = dict(_attrs(value))
-        if proto.get(CTA_PROTO_NUM) == bytes([_UDP]) and CTA_PROTO_DST_PORT in proto:
-            return int(struct.unpack("!H", proto[CTA_PROTO_DST_PORT])[0])
+    proto = attrs_of(attrs_of(tuple_payload).get(CTA_TUPLE_PROTO) or b"")
+    if proto.get(CTA_PROTO_NUM) == bytes([_UDP]) and CTA_PROTO_DST_PORT in proto:
+        return int(struct.unpack("!H", proto[CTA_PROTO_DST_PORT])[0])
     return None
-
-
-class _Socket:
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        self.sock.bind((0, 0))
-        self.seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def request(self, kind: int, flags: int, family: int, attrs: bytes) -> list[tuple[int, bytes]]:
-        """Send one request; return (nfgen family, attributes) of the replies until its end."""
-        self.seq += 1
-        self.sock.send(_message(kind, flags | _F_REQUEST, self.seq, family, attrs))
-        replies: list[tuple[int, bytes]] = []
-        while True:
-            data = self.sock.recv(1 << 20)
-            pos = 0
-            while pos + 16 <= len(data):
-                size, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", data, pos)
-                if size < 16:
-                    raise OSError(errno.EPROTO, "malformed netlink message")
-                payload = data[pos + 16 : pos + size]
-                pos += (size + 3) & ~3
-                if seq != self.seq:
-                    continue
-                if mtype == _MSG_DONE:
-                    return replies
-                if mtype == _MSG_ERROR:
-                    code = -struct.unpack_from("=i", payload)[0]
-                    if code:
-                        raise OSError(code, os.strerror(code))
-                    return replies  # the ACK of a non-dump request
-                replies.append((payload[0], payload[4:]))
-            if not flags & _F_DUMP and not flags & _F_ACK:
-                return replies
 
 
 def delete_udp_dport(ports: Iterable[int], families: Iterable[int] = (4, 6)) -> int:
@@ -118,28 +67,25 @@ def delete_udp_dport(ports: Iterable[int], families: Iterable[int] = (4, 6)) -> 
     if not wanted:
         return 0
     afs = [{4: socket.AF_INET, 6: socket.AF_INET6}[f] for f in sorted(set(families))]
-    sock = _Socket()
-    try:
+    with NetlinkSocket.open(NETLINK_NETFILTER) as sock:
         victims: list[tuple[int, bytes]] = []
         filt = _filter(next(iter(wanted)) if len(wanted) == 1 else None)
         for af in afs:
-            for fam, attrs in sock.request(_CT_GET, _F_DUMP, af, filt):
-                found = dict(_attrs(attrs))
+            for reply in sock.dump(_CT_GET, _message(af, filt)):
+                found = attrs_of(reply, _NFGEN.size)
                 orig = found.get(CTA_TUPLE_ORIG)
                 if orig is None or _udp_dport(orig) not in wanted:
                     continue
-                key = _attr(CTA_TUPLE_ORIG | _NESTED, orig)
+                key = attr(CTA_TUPLE_ORIG | NLA_F_NESTED, orig)
                 if CTA_ZONE in found:
-                    key += _attr(CTA_ZONE, found[CTA_ZONE])
-                victims.append((fam, key))
+                    key += attr(CTA_ZONE, found[CTA_ZONE])
+                victims.append((reply[0], key))  # the entry's nfgen family
         deleted = 0
         for fam, key in victims:
             try:
-                sock.request(_CT_DELETE, _F_ACK, fam, key)
+                sock.request(_CT_DELETE, _message(fam, key))
                 deleted += 1
             except OSError as exc:
                 if exc.errno != errno.ENOENT:  # gone meanwhile: fine
                     raise
         return deleted
-    finally:
-        sock.close()

@@ -1,0 +1,95 @@
+"""Pure decisions of the net layer: name and MAC checks, the bridge's gateway addresses, a
+port's VLAN entries. No kernel access."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from cni_bridge.net.ops import AddressConflict, IPInterface, NetError
+from cni_bridge.net.rtmsg import (
+    BRIDGE_VLAN_INFO_PVID,
+    BRIDGE_VLAN_INFO_RANGE_BEGIN,
+    BRIDGE_VLAN_INFO_RANGE_END,
+    BRIDGE_VLAN_INFO_UNTAGGED,
+)
+
+_IFNAMSIZ = 16
+
+
+def check_ifname(name: str) -> None:
+    """The kernel's rules for interface names (dev_valid_name)."""
+    raw = name.encode()
+    if (
+        not raw
+        or len(raw) >= _IFNAMSIZ
+        or name in (".", "..")
+        or any(c in name for c in "/:")
+        or any(c.isspace() for c in name)
+    ):
+        raise NetError(f"invalid interface name {name!r}")
+
+
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+def check_mac(mac: str) -> str:
+    """A unicast Ethernet address, normalised to lower case."""
+    norm = mac.strip().lower().replace("-", ":")
+    if not _MAC.fullmatch(norm) or int(norm[:2], 16) & 1:
+        raise NetError(f"invalid MAC address {mac!r} (need a unicast xx:xx:xx:xx:xx:xx)")
+    return norm
+
+
+def plan_bridge_addrs(
+    bridge: str, existing: Sequence[IPInterface], wanted: Sequence[IPInterface], force: bool
+) -> tuple[list[IPInterface], list[IPInterface]]:
+    """(to remove, to add) for the bridge's gateway addresses.
+
+    Like the reference plugin: any other IPv4 address conflicts, an IPv6 one only when the
+    subnets overlap; `force` replaces instead of failing. Unlike it, the addresses asked for in
+    one call never conflict with each other (two IPv4 ranges on one network work).
+    """
+    keep = set(wanted)
+    remove: list[IPInterface] = []
+    for want in wanted:
+        for have in existing:
+            if have in keep or have in remove or have.version != want.version:
+                continue
+            if have.version == 6 and (
+                have.is_link_local or not have.network.overlaps(want.network)
+            ):
+                continue
+            if not force:
+                raise AddressConflict(bridge, want, have)
+            remove.append(have)
+    add: list[IPInterface] = []
+    for want in wanted:
+        if want not in existing and want not in add:
+            add.append(want)
+    return remove, add
+
+
+def vlan_entries(vlan: int | None, trunk: Sequence[int] | None) -> list[tuple[int, int]]:
+    """(flags, vid) bridge VLAN entries for a port: an access VLAN (pvid, egress untagged) and/or
+    tagged trunk VLANs, consecutive ones sent as ranges to keep the message small."""
+    requested = ([vlan] if vlan is not None else []) + list(trunk or ())
+    for vid in requested:
+        if not 1 <= vid <= 4094:
+            raise NetError(f"invalid VLAN id {vid}")
+    entries: list[tuple[int, int]] = []
+    if vlan is not None:
+        entries.append((BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED, vlan))
+    vids = sorted(set(trunk or ()) - {vlan})
+    i = 0
+    while i < len(vids):
+        j = i
+        while j + 1 < len(vids) and vids[j + 1] == vids[j] + 1:
+            j += 1
+        if j == i:
+            entries.append((0, vids[i]))
+        else:
+            entries.append((BRIDGE_VLAN_INFO_RANGE_BEGIN, vids[i]))
+            entries.append((BRIDGE_VLAN_INFO_RANGE_END, vids[j]))
+        i = j + 1
+    return entries
