@@ -1,18 +1,17 @@
 """Simulated cluster nodes for integration tests: a "LAN" namespace holding a bridge, each
-node a harness Lab (its own host namespace, data dir and cni-bridge network with its own pod
+node a PluginLab (its own host namespace, data dir and cni-bridge network with its own pod
 CIDR) linked to the LAN by a veth, and an "outside" host on the LAN. Namespaces start with
 cbK (the kube stream's prefix); everything is removed in teardown."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.integration.harness import ROOT, Lab, Netns, plugin_command, run
-from tests.lab import Lab as ProcessLab
+from tests.lab import Lab, Netns
+from tests.lab.plugin import PluginLab
 
 PREFIX = "cbK"
 LAN4, LAN6 = "192.168.77.{}", "fd77::{}"
@@ -27,7 +26,7 @@ def pod_cidrs(i: int) -> tuple[str, str]:
 @dataclass
 class Node:
     index: int
-    lab: Lab
+    lab: PluginLab
     conf: dict[str, Any]
     pods: dict[str, tuple[Netns, list[str]]] = field(default_factory=dict)  # name -> ns, ips
 
@@ -53,31 +52,22 @@ class Node:
     def cni_bridge(self, *args: str, env: dict[str, str] | None = None,
                    timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """An operator command of the plugin under test, run inside the node's namespace."""
-        full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)}
-        full.update(env or {})
-        cmd = ["nsenter", f"--net={self.host.path}", "env", "-i",
-               *[f"{k}={v}" for k, v in full.items()], *plugin_command(), *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        return self.lab.cli(*args, env=env, timeout=timeout)
 
     def routes(self, family: str = "-4") -> list[dict[str, Any]]:
-        out = run(["ip", "-n", self.host.name, "-j", family, "route", "show"]).stdout
-        import json
-
-        data: list[dict[str, Any]] = json.loads(out or b"[]")
+        data: list[dict[str, Any]] = self.host.ip_json(family, "route", "show")
         return data
 
 
 class Cluster:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.procs = ProcessLab(PREFIX)  # servers: started and ended by pid
-        (tmp / "infra").mkdir(parents=True, exist_ok=True)
-        self.infra = Lab(tmp / "infra", prefix=PREFIX)  # the LAN and the outside host
+        # The LAN, the outside host and the test's servers (in any node's pods).
+        self.infra = self.procs = Lab(PREFIX)
         self.nodes: list[Node] = []
         try:
             self.lan = self.infra.netns("lan")
-            self.lan.exec("ip", "link", "add", "lan0", "type", "bridge")
-            self.lan.exec("ip", "link", "set", "lan0", "up")
+            self.lan.ip_batch(["link add lan0 type bridge", "link set lan0 up"])
             self.out = self.infra.netns("out")
             self._plug(self.out, "eth0", OUT)
         except BaseException:
@@ -86,18 +76,15 @@ class Cluster:
 
     def _plug(self, ns: Netns, ifname: str, last: int) -> None:
         port = f"p{last}"
-        run(["ip", "link", "add", port, "netns", self.lan.name, "type", "veth", "peer", "name",
-             ifname, "netns", ns.name])
-        self.lan.exec("ip", "link", "set", port, "master", "lan0", "up")
-        ns.exec("ip", "link", "set", "lo", "up")
-        ns.exec("ip", "addr", "add", f"{LAN4.format(last)}/24", "dev", ifname)
-        ns.exec("ip", "addr", "add", f"{LAN6.format(last)}/64", "dev", ifname, "nodad")
-        ns.exec("ip", "link", "set", ifname, "up")
+        self.infra.veth(self.lan, port, ns, ifname)
+        self.lan.ip("link", "set", port, "master", "lan0")
+        ns.ip_batch([f"addr add {LAN4.format(last)}/24 dev {ifname}",
+                     f"addr add {LAN6.format(last)}/64 dev {ifname} nodad"])
 
     def node(self, **over: Any) -> Node:
         i = len(self.nodes) + 1
         (self.tmp / f"node{i}").mkdir(parents=True, exist_ok=True)
-        lab = Lab(self.tmp / f"node{i}", prefix=PREFIX)
+        lab = PluginLab(self.tmp / f"node{i}", prefix=PREFIX)
         c4, c6 = pod_cidrs(i)
         conf = lab.conf(
             name="cluster",
@@ -122,7 +109,9 @@ class Cluster:
         return path
 
     def close(self) -> None:
-        self.procs.close()
-        for node in reversed(self.nodes):
-            node.lab.close()
-        self.infra.close()
+        try:
+            self.infra.stop_processes()
+            for node in reversed(self.nodes):
+                node.lab.close()
+        finally:
+            self.infra.close()

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import ROOT, Lab
+from tests.lab.plugin import ROOT, PluginLab
 
 pytestmark = [pytest.mark.integration, pytest.mark.plugin]
 
@@ -23,7 +23,7 @@ def our_plugin(path: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_example_attaches_and_detaches(lab: Lab, path: Path) -> None:
+def test_example_attaches_and_detaches(lab: PluginLab, path: Path) -> None:
     conf = our_plugin(path)
     conf["bridge"] = f"cx{lab.tag}"  # the example's own name could exist on a real host
     if conf["ipam"]["type"] == "host-local":
@@ -48,7 +48,7 @@ def test_example_attaches_and_detaches(lab: Lab, path: Path) -> None:
     assert [n for n in lab.host.links() if n.startswith("vcb")] == []
 
 
-def test_delegated_ipam_runs_the_plugin_on_add_and_del(lab: Lab) -> None:
+def test_delegated_ipam_runs_the_plugin_on_add_and_del(lab: PluginLab) -> None:
     conf = our_plugin(ROOT / "conf" / "60-delegated-ipam.conflist")
     conf["bridge"] = f"cx{lab.tag}"
     c = lab.container()

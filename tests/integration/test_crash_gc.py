@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
-import subprocess
-import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +15,9 @@ from typing import Any
 import pytest
 
 from cni_bridge.state import attachment_tag, boot_time, host_veth_name
-from tests.integration.harness import ROOT, Lab, Netns, ping, plugin_command, run, wait_for
+from tests.lab import Netns, nft, ping, probe
+from tests.lab.plugin import PluginLab
+from tests.lab.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.plugin]
 
@@ -44,34 +43,9 @@ LEFT_BEFORE = {
 }
 NFT_MAYBE = {"bridge", "veth", "container"}
 
-# Answers every TCP connection with "hello": the published container port.
-_SERVER = r"""
-import socket, sys
-s = socket.socket(socket.AF_INET6)
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-s.bind(("::", int(sys.argv[1])))
-s.listen(8)
-print("ready", flush=True)
-while True:
-    c, _ = s.accept()
-    c.sendall(b"hello\n")
-    c.close()
-"""
-
-_CLIENT = r"""
-import socket, sys
-try:
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
-    print(s.recv(64).decode().strip())
-except OSError as e:
-    print("ERR", e)
-"""
-
-
 @pytest.fixture
-def glab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path, prefix=PREFIX)
+def glab(tmp_path: Path) -> Iterator[PluginLab]:
+    lab = PluginLab(tmp_path, prefix=PREFIX)
     try:
         yield lab
     finally:
@@ -96,7 +70,7 @@ def _atoms(value: Any) -> Iterator[Any]:
 def nft_elements(ns: Netns) -> list[tuple[str, str, set[Any]]]:
     """(set or map name, comment, scalars of key and data) of every element in our table."""
     out = []
-    for obj in ns.ruleset()["nftables"]:
+    for obj in nft.ruleset(ns):
         for kind in ("set", "map"):
             s = obj.get(kind)
             if not s or s.get("family") != "inet" or s.get("table") != "cni_bridge":
@@ -129,27 +103,27 @@ def elements_of(ns: Netns, tag: str = "", ips: tuple[str, ...] = (), port: int =
     return found
 
 
-def host_veths(lab: Lab) -> list[str]:
+def host_veths(lab: PluginLab) -> list[str]:
     return [n for n in lab.host.links() if n.startswith("vcb")]
 
 
-def records(lab: Lab, network: str) -> list[dict[str, Any]]:
+def records(lab: PluginLab, network: str) -> list[dict[str, Any]]:
     d = lab.data_dir / network / ".cni-bridge"
     if not d.is_dir():
         return []
     return [json.loads(p.read_text()) for p in sorted(d.glob("*.json"))]
 
 
-def record_path(lab: Lab, network: str, cid: str) -> Path:
+def record_path(lab: PluginLab, network: str, cid: str) -> Path:
     return lab.data_dir / network / ".cni-bridge" / f"{attachment_tag(network, cid, 'eth0')}.json"
 
 
-def owner_of(lab: Lab, network: str, ip: str) -> str:
+def owner_of(lab: PluginLab, network: str, ip: str) -> str:
     """The container ID in a host-local reservation file (`<id>\\r\\n<ifname>`)."""
     return (lab.data_dir / network / ip).read_bytes().decode().split("\r\n")[0]
 
 
-def assert_gone(lab: Lab, conf: Mapping[str, Any], cid: str, ips: tuple[str, ...] = (),
+def assert_gone(lab: PluginLab, conf: Mapping[str, Any], cid: str, ips: tuple[str, ...] = (),
                 port: int = 0) -> None:
     """Nothing of attachment cid is left: host veth, reservations, record, nft elements."""
     net = conf["name"]
@@ -162,7 +136,7 @@ def assert_gone(lab: Lab, conf: Mapping[str, Any], cid: str, ips: tuple[str, ...
     assert elements_of(lab.host, tag=tag, ips=ips, port=port) == []
 
 
-def assert_network_empty(lab: Lab, conf: Mapping[str, Any]) -> None:
+def assert_network_empty(lab: PluginLab, conf: Mapping[str, Any]) -> None:
     """After the last attachment: no veth, no reservation, no record, no nft element at all."""
     net = conf["name"]
     assert host_veths(lab) == []
@@ -181,20 +155,20 @@ def no_resident(**extra: str) -> dict[str, str]:
     return {"CNI_BRIDGE_RESIDENT": "0", **extra}
 
 
-def killed_add(lab: Lab, conf: Mapping[str, Any], cid: str, ns: Netns, step: str) -> None:
+def killed_add(lab: PluginLab, conf: Mapping[str, Any], cid: str, ns: Netns, step: str) -> None:
     code, out = lab.plugin("ADD", conf, cid, ns.path, extra=no_resident(**{KILL_AT: step}))
     assert code in (-9, 137), (code, out)
     assert out is None
 
 
-def gc(lab: Lab, conf: Mapping[str, Any], valid: list[str], key: str = "cni.dev/valid-attachments"
+def gc(lab: PluginLab, conf: Mapping[str, Any], valid: list[str], key: str = "cni.dev/valid-attachments"
        ) -> tuple[int, Any]:
     req = dict(conf, cniVersion="1.1.0")
     req[key] = [{"containerID": cid, "ifname": "eth0"} for cid in valid]
     return lab.plugin("GC", req)
 
 
-def dual_stack_conf(lab: Lab, **over: Any) -> dict[str, Any]:
+def dual_stack_conf(lab: PluginLab, **over: Any) -> dict[str, Any]:
     return lab.conf(
         cniVersion="1.1.0",
         capabilities={"portMappings": True},
@@ -216,46 +190,20 @@ def with_port(conf: Mapping[str, Any], host_port: int) -> dict[str, Any]:
     ]})
 
 
-class Servers:
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, ns: Netns, port: int = 80) -> None:
-        p = subprocess.Popen(["ip", "netns", "exec", ns.name, sys.executable, "-c", _SERVER, str(port)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.procs.append(p)
-        assert p.stdout is not None
-        ready, _, _ = select.select([p.stdout], [], [], 10)
-        assert ready and p.stdout.readline().strip() == b"ready"
-
-    def close(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=5)
-            for stream in (p.stdout, p.stderr):
-                if stream:
-                    stream.close()
-
-
-@pytest.fixture
-def servers() -> Iterator[Servers]:
-    s = Servers()
-    try:
-        yield s
-    finally:
-        s.close()
+def serve_hello(lab: PluginLab, ns: Netns, port: int = 80) -> None:
+    """Answers every TCP connection with "hello": the published container port."""
+    lab.server(ns, "tcp", port, reply="hello")
 
 
 def connect(ns: Netns, host: str, port: int) -> str:
-    return ns.exec(sys.executable, "-c", _CLIENT, host, str(port), timeout=20).stdout.decode().strip()
+    return probe(ns, "tcp", host, port, timeout=3) or "ERR (no answer)"
 
 
 # ---------------------------------------------------------------- 1. SIGKILL at each ADD step
 
 
 @pytest.mark.parametrize("step", ADD_STEPS)
-def test_add_killed_at_each_step_is_cleaned_by_del_and_by_gc(glab: Lab, step: str) -> None:
+def test_add_killed_at_each_step_is_cleaned_by_del_and_by_gc(glab: PluginLab, step: str) -> None:
     conf = dual_stack_conf(glab)
     net, cid = conf["name"], "crashy"
     tag = attachment_tag(net, cid, "eth0")
@@ -302,7 +250,7 @@ def test_add_killed_at_each_step_is_cleaned_by_del_and_by_gc(glab: Lab, step: st
 
 
 @pytest.mark.parametrize("step", ["container", "ready"])
-def test_add_after_a_killed_add_replaces_its_leftovers(glab: Lab, step: str) -> None:
+def test_add_after_a_killed_add_replaces_its_leftovers(glab: PluginLab, step: str) -> None:
     """The runtime may simply retry the ADD: what the dead one left is cleared first."""
     conf = dual_stack_conf(glab)
     net, c = conf["name"], glab.container()
@@ -322,11 +270,11 @@ def test_add_after_a_killed_add_replaces_its_leftovers(glab: Lab, step: str) -> 
 
 
 @pytest.mark.parametrize("key", ["cni.dev/valid-attachments", "cni.dev/attachments"])
-def test_gc_keeps_valid_attachments_and_removes_the_rest(glab: Lab, servers: Servers, key: str
+def test_gc_keeps_valid_attachments_and_removes_the_rest(glab: PluginLab, key: str
                                                          ) -> None:
     conf = dual_stack_conf(glab)
     net = conf["name"]
-    outside = glab.outside()
+    outside = glab.outside(glab.host)
     cids = ["keep", "drop1", "drop2"]
     nss = {cid: glab.container() for cid in cids}
     ports = {cid: HOST_PORT + i for i, cid in enumerate(cids)}
@@ -343,7 +291,7 @@ def test_gc_keeps_valid_attachments_and_removes_the_rest(glab: Lab, servers: Ser
     glab.add(other, "drop1", nss["drop1"], ifname="net1")
     other_veth = host_veth_name(other["name"], "drop1", "net1")
     for cid in cids:
-        servers.start(nss[cid])
+        serve_hello(glab, nss[cid])
     # Everything answers before GC, so a silence afterwards means something.
     for port in [*ports.values(), HOST_PORT + 10]:
         assert connect(outside, OUTSIDE_HOST, port) == "hello"
@@ -383,17 +331,17 @@ def test_gc_keeps_valid_attachments_and_removes_the_rest(glab: Lab, servers: Ser
     assert connect(outside, OUTSIDE_HOST, HOST_PORT + 10) == "hello"
 
 
-def test_gc_keeps_a_valid_attachment_whose_record_is_lost(glab: Lab, servers: Servers) -> None:
+def test_gc_keeps_a_valid_attachment_whose_record_is_lost(glab: PluginLab) -> None:
     """The runtime's list is the authority on what is alive: an attachment it lists keeps its
     veth and its published port even when our record of it is gone (a data dir wiped by hand,
     an unreadable file)."""
     conf = dual_stack_conf(glab)
     net = conf["name"]
-    outside = glab.outside()
+    outside = glab.outside(glab.host)
     a, b = glab.container(), glab.container()
     glab.add(with_port(conf, HOST_PORT), "lost", a)
     glab.add(with_port(conf, HOST_PORT + 1), "known", b)
-    servers.start(a)
+    serve_hello(glab, a)
     record_path(glab, net, "lost").unlink()
 
     code, out = gc(glab, conf, ["lost", "known"])
@@ -407,7 +355,7 @@ def test_gc_keeps_a_valid_attachment_whose_record_is_lost(glab: Lab, servers: Se
 # ---------------------------------------------------------------- 3. STATUS
 
 
-def test_status_healthy_exhausted_and_version(glab: Lab) -> None:
+def test_status_healthy_exhausted_and_version(glab: PluginLab) -> None:
     conf = glab.conf(
         cniVersion="1.1.0",
         ipam={"type": "host-local", "dataDir": str(glab.data_dir),
@@ -439,7 +387,7 @@ def test_status_healthy_exhausted_and_version(glab: Lab) -> None:
     assert ping(c1, V4_GW)
 
 
-def test_status_with_unwritable_data_dir_is_50(glab: Lab) -> None:
+def test_status_with_unwritable_data_dir_is_50(glab: PluginLab) -> None:
     conf = glab.conf(
         cniVersion="1.1.0",
         ipam={"type": "host-local", "dataDir": "/proc/sys/net/cbG-no-such-dir",
@@ -454,7 +402,7 @@ def test_status_with_unwritable_data_dir_is_50(glab: Lab) -> None:
 # ---------------------------------------------------------------- 4. reboot
 
 
-def _fake_earlier_boot(lab: Lab, net: str, cid: str, ip: str, record: str = "rewritten") -> None:
+def _fake_earlier_boot(lab: PluginLab, net: str, cid: str, ip: str, record: str = "rewritten") -> None:
     before = boot_time() - 3600
     os.utime(lab.data_dir / net / ip, (before, before))
     path = record_path(lab, net, cid)
@@ -468,7 +416,7 @@ def _fake_earlier_boot(lab: Lab, net: str, cid: str, ip: str, record: str = "rew
 
 
 @pytest.mark.parametrize("record", ["rewritten", "unreadable"])
-def test_earlier_boot_reservation_is_reclaimed_only_when_its_netns_is_gone(glab: Lab, record: str
+def test_earlier_boot_reservation_is_reclaimed_only_when_its_netns_is_gone(glab: PluginLab, record: str
                                                                            ) -> None:
     conf = glab.conf(
         cniVersion="1.1.0",
@@ -489,8 +437,7 @@ def test_earlier_boot_reservation_is_reclaimed_only_when_its_netns_is_gone(glab:
         code, out = glab.plugin("ADD", conf, "newcomer", newcomer.path)
         assert code == 1 and out["code"] == 101, out
 
-    run(["ip", "netns", "del", gone.name])
-    glab.namespaces.remove(gone)
+    glab.remove([gone])
     result = glab.add(conf, "newcomer", newcomer)
     assert addresses(result) == (ip_gone,)
     assert newcomer.addrs("eth0") == [f"{ip_gone}/24"]
@@ -510,15 +457,13 @@ def test_earlier_boot_reservation_is_reclaimed_only_when_its_netns_is_gone(glab:
 # ---------------------------------------------------------------- 5. operator commands
 
 
-def operator(lab: Lab, *args: str) -> tuple[int, str]:
-    cmd = ["nsenter", f"--net={lab.host.path}", "env", "-i", f"PATH={os.environ.get('PATH', '')}",
-           f"PYTHONPATH={ROOT}", *plugin_command(), *args]
-    proc = subprocess.run(cmd, capture_output=True, timeout=60, cwd=ROOT)
-    assert b"Traceback" not in proc.stderr, proc.stderr
-    return proc.returncode, proc.stdout.decode()
+def operator(lab: PluginLab, *args: str) -> tuple[int, str]:
+    proc = lab.cli(*args)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, proc.stdout
 
 
-def test_operator_ls_status_gc(glab: Lab) -> None:
+def test_operator_ls_status_gc(glab: PluginLab) -> None:
     conf = dual_stack_conf(glab)
     net, d = conf["name"], str(glab.data_dir)
     cids = ["op1", "op2"]
@@ -546,8 +491,7 @@ def test_operator_ls_status_gc(glab: Lab) -> None:
     assert entry["fatal"] == [] and entry["bridge"] == conf["bridge"]
     assert entry["free"] == [3, 4]  # /29 with .2-.6; /125 with ::2-::7 (host-local's counts)
 
-    run(["ip", "netns", "del", nss["op1"].name])
-    glab.namespaces.remove(nss["op1"])
+    glab.remove([nss["op1"]])
     code, out = operator(glab, "status", "--data-dir", d, "--json")
     assert code == 0 and json.loads(out)[0]["stale"] == 1, out
 
@@ -565,7 +509,7 @@ def test_operator_ls_status_gc(glab: Lab) -> None:
     assert [r["containerID"] for r in json.loads(out)] == ["op2"]
 
 
-def test_records_and_results_name_the_runtimes_netns_under_the_resident(glab: Lab) -> None:
+def test_records_and_results_name_the_runtimes_netns_under_the_resident(glab: PluginLab) -> None:
     """A warm resident works in the container netns through a descriptor path of its worker
     (/proc/<pid>/fd/<n>), which dies with the worker: results and records must still name the
     namespace as the runtime did, or every later liveness check (reboot reclaim, `gc`) thinks
@@ -576,7 +520,7 @@ def test_records_and_results_name_the_runtimes_netns_under_the_resident(glab: La
     via_resident = {"CNI_BRIDGE_RESIDENT": "1"}
     # The first call only starts the resident (and runs in-process); wait until it listens.
     assert glab.plugin("STATUS", conf, extra=via_resident) == (0, None)
-    assert wait_for(lambda: b"@cni-bridge/" in glab.host.exec("ss", "-xlH").stdout, timeout=30)
+    assert wait_for(lambda: "@cni-bridge/" in glab.host.exec("ss", "-xlH").stdout, timeout=30)
     code, out = glab.plugin("ADD", conf, "warm", c.path, extra=via_resident)
     assert code == 0, out
     assert out["interfaces"][2]["sandbox"] == c.path

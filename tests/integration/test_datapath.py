@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Lab, Netns, ping, run
+from tests.lab import Netns, ping, run
+from tests.lab.plugin import PluginLab
 
 pytestmark = [pytest.mark.integration, pytest.mark.plugin]
 
@@ -24,7 +25,7 @@ def addresses_of(result: dict, version: str) -> list[str]:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_two_containers_talk_across_the_bridge(lab: Lab, version: str) -> None:
+def test_two_containers_talk_across_the_bridge(lab: PluginLab, version: str) -> None:
     conf = lab.conf(cniVersion=version)
     c1, c2 = lab.container(), lab.container()
     r1 = lab.add(conf, "ctr-one", c1)
@@ -53,7 +54,7 @@ def test_two_containers_talk_across_the_bridge(lab: Lab, version: str) -> None:
     assert c1.links() == ["lo"]
 
 
-def test_dual_stack(lab: Lab) -> None:
+def test_dual_stack(lab: PluginLab) -> None:
     conf = lab.conf(
         ipam={
             "type": "host-local",
@@ -71,8 +72,8 @@ def test_dual_stack(lab: Lab) -> None:
     assert c1.ip_json("-6", "route", "show", "default")[0]["gateway"] == "fd00:66::1"
     assert ping(c1, r2["ips"][1]["address"].split("/")[0])
     assert ping(c1, "fd00:66::1")
-    assert lab.host.exec("sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip() == b"1"
-    assert lab.host.exec("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == b"1"
+    assert lab.host.exec("sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip() == "1"
+    assert lab.host.exec("sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
 
 
 def _inet6(c: Netns) -> list[str]:
@@ -85,7 +86,7 @@ def _addr_gen_mode(c: Netns) -> str:
     return str(link.get("inet6_addr_gen_mode"))
 
 
-def test_no_ipv6_link_local_on_an_ipv4_only_container_interface_unless_asked(lab: Lab) -> None:
+def test_no_ipv6_link_local_on_an_ipv4_only_container_interface_unless_asked(lab: PluginLab) -> None:
     c_default, c_kept = lab.container(), lab.container()
     lab.add(lab.conf(), "v4only", c_default)
     lab.add(lab.conf(ipv6LinkLocal=True), "v4ll", c_kept)
@@ -94,10 +95,10 @@ def test_no_ipv6_link_local_on_an_ipv4_only_container_interface_unless_asked(lab
     assert _addr_gen_mode(c_kept) == "eui64"
     assert [a for a in _inet6(c_kept) if a.startswith("fe80:")]
     for c in (c_default, c_kept):  # set through netlink now, as the reference sets it
-        assert c.exec("sysctl", "-n", "net.ipv4.conf.eth0.arp_notify").stdout.strip() == b"1"
+        assert c.exec("sysctl", "-n", "net.ipv4.conf.eth0.arp_notify").stdout.strip() == "1"
 
 
-def test_thirty_concurrent_adds_get_distinct_addresses(lab: Lab) -> None:
+def test_thirty_concurrent_adds_get_distinct_addresses(lab: PluginLab) -> None:
     conf = lab.conf()
     containers = [lab.container() for _ in range(30)]
 
@@ -119,12 +120,11 @@ def test_thirty_concurrent_adds_get_distinct_addresses(lab: Lab) -> None:
     assert lab.host.ip_json("link", "show", "master", conf["bridge"]) == []
 
 
-def test_del_without_netns_twice(lab: Lab) -> None:
+def test_del_without_netns_twice(lab: PluginLab) -> None:
     conf = lab.conf()
     c = lab.container()
     lab.add(conf, "gone", c)
-    run(["ip", "netns", "del", c.name])
-    lab.namespaces.remove(c)
+    lab.remove([c])
     lab.delete(conf, "gone", "")
     lab.delete(conf, "gone", "")
     lab.delete(conf, "gone", c.path)  # a path that no longer exists is fine too
@@ -132,7 +132,7 @@ def test_del_without_netns_twice(lab: Lab) -> None:
     assert [n for n in lab.host.links() if n.startswith("vcb")] == []
 
 
-def test_late_failure_leaves_nothing(lab: Lab) -> None:
+def test_late_failure_leaves_nothing(lab: PluginLab) -> None:
     conf = lab.conf(capabilities={"ips": True})
     c1, c2 = lab.container(), lab.container()
     lab.add(conf, "first", c1)
@@ -144,7 +144,7 @@ def test_late_failure_leaves_nothing(lab: Lab) -> None:
     assert lab.reservations(conf["name"]) == ["10.66.0.2"]
 
 
-def test_existing_interface_in_container_is_an_error(lab: Lab) -> None:
+def test_existing_interface_in_container_is_an_error(lab: PluginLab) -> None:
     conf = lab.conf()
     c = lab.container()
     c.exec("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "other0")
@@ -154,14 +154,14 @@ def test_existing_interface_in_container_is_an_error(lab: Lab) -> None:
     assert [n for n in lab.host.links() if n.startswith("vcb")] == []
 
 
-def test_missing_netns_is_a_clear_error(lab: Lab) -> None:
+def test_missing_netns_is_a_clear_error(lab: PluginLab) -> None:
     conf = lab.conf()
     code, out = lab.plugin("ADD", conf, "nons", "/run/netns/does-not-exist-cbL")
     assert code != 0 and out["code"] == 4 and "CNI_NETNS" in out["msg"]
     assert lab.reservations(conf["name"]) == []
 
 
-def test_reference_host_local_store_is_honoured(lab: Lab) -> None:
+def test_reference_host_local_store_is_honoured(lab: PluginLab) -> None:
     """A node switching from the reference plugins keeps its reservations."""
     conf = lab.conf()
     ref_conf = {"cniVersion": "1.0.0", "name": conf["name"], "type": "bridge", "ipam": conf["ipam"]}
@@ -178,7 +178,7 @@ def test_reference_host_local_store_is_honoured(lab: Lab) -> None:
     assert lab.reservations(conf["name"]) == ["10.66.0.2"]
 
 
-def test_check_detects_divergence(lab: Lab) -> None:
+def test_check_detects_divergence(lab: PluginLab) -> None:
     conf = lab.conf()
     c = lab.container()
     out = lab.add(conf, "chk", c)
@@ -189,7 +189,7 @@ def test_check_detects_divergence(lab: Lab) -> None:
     assert code != 0 and "10.66.0.2/24" in err["msg"]
 
 
-def test_mtu_mac_and_static_ip(lab: Lab) -> None:
+def test_mtu_mac_and_static_ip(lab: PluginLab) -> None:
     conf = lab.conf(mtu=1400, capabilities={"ips": True, "mac": True},
                     runtimeConfig={"ips": ["10.66.0.77/24"], "mac": "0a:58:0a:42:00:4d"})
     c = lab.container()
@@ -201,7 +201,7 @@ def test_mtu_mac_and_static_ip(lab: Lab) -> None:
     assert ipaddress.ip_interface(c.addrs("eth0")[0]) == ipaddress.ip_interface("10.66.0.77/24")
 
 
-def test_resident_mode_really_uses_the_resident(lab: Lab) -> None:
+def test_resident_mode_really_uses_the_resident(lab: PluginLab) -> None:
     """In the resident pass of `make test`, the requests must be served by a warm resident in
     the host namespace, not silently in-process."""
     if lab.resident != "1":
@@ -210,19 +210,19 @@ def test_resident_mode_really_uses_the_resident(lab: Lab) -> None:
     c1, c2 = lab.container(), lab.container()
     lab.add(conf, "warm1", c1)  # starts the resident
     lab.add(conf, "warm2", c2)
-    pids = run(["ip", "netns", "pids", lab.host.name]).stdout.decode().split()
+    pids = run(["ip", "netns", "pids", lab.host.name]).stdout.split()
     cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") for pid in pids]
     assert any(b"serve" in b" ".join(argv) for argv in cmdlines), cmdlines
 
 
-def test_macspoofchk_drops_frames_from_another_mac(lab: Lab) -> None:
+def test_macspoofchk_drops_frames_from_another_mac(lab: PluginLab) -> None:
     conf = lab.conf(macspoofchk=True)
     c1, c2 = lab.container(), lab.container()
     r1 = lab.add(conf, "spoof1", c1)
     r2 = lab.add(conf, "spoof2", c2)
     peer = r2["ips"][0]["address"].split("/")[0]
     assert ping(c1, peer)
-    rules = lab.host.exec("nft", "-j", "list", "table", "bridge", "cni_bridge").stdout.decode()
+    rules = lab.host.exec("nft", "-j", "list", "table", "bridge", "cni_bridge").stdout
     assert r1["interfaces"][2]["mac"] in rules and r1["interfaces"][1]["name"] in rules
     # Same container, another source MAC: its frames never reach the bridge.
     c1.exec("ip", "link", "set", "eth0", "address", "0a:58:0a:42:99:99")
@@ -231,6 +231,6 @@ def test_macspoofchk_drops_frames_from_another_mac(lab: Lab) -> None:
     assert ping(c2, "10.66.0.1")  # the other container is untouched
     lab.delete(conf, "spoof1", c1.path)
     lab.delete(conf, "spoof2", c2.path)
-    left = lab.host.exec("nft", "-j", "list", "table", "bridge", "cni_bridge").stdout.decode()
+    left = lab.host.exec("nft", "-j", "list", "table", "bridge", "cni_bridge").stdout
     assert r1["interfaces"][2]["mac"] not in left and r2["interfaces"][2]["mac"] not in left
     assert r1["interfaces"][1]["name"] not in left

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import ROOT, plugin_command, wait_for
 from tests.integration.nodes import CLUSTER4, CLUSTER6, LAN4, LAN6, Cluster, Node, pod_cidrs
 from tests.integration.test_nodes import first_answer, ours
-from tests.lab import Netns as LabNetns
+from tests.lab.plugin import ROOT, plugin_command
+from tests.lab.poll import wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -126,9 +126,9 @@ def test_kube_mode_writes_the_conf_and_follows_the_nodes(cluster: Cluster, tmp_p
         p1, (ip4_1, ip6_1) = n1.pod("a")
         p2, (ip4_2, ip6_2) = n2.pod("b")
         assert n2.cni_bridge("routes", "--peers", str(cluster.peers_file([n1, n2]))).returncode == 0
-        cluster.procs.server(LabNetns(p2.name), "tcp", 8080)
-        assert cluster.procs.probe(LabNetns(p1.name), "tcp", ip4_2, 8080) == ip4_1
-        assert first_answer(cluster, p1.name, ip6_2) == ip6_1
+        cluster.procs.server(p2, "tcp", 8080)
+        assert cluster.procs.probe(p1, "tcp", ip4_2, 8080) == ip4_1
+        assert first_answer(cluster, p1, ip6_2) == ip6_1
 
         # watch events: a node added, a node re-addressed
         ghost4, ghost6 = LAN4.format(13), LAN6.format(13)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from cni_bridge.nodes.routeplan import PROTO
-from tests.integration.harness import wait_for
 from tests.integration.nodes import LAN4, LAN6, OUT, Cluster, Node
-from tests.lab import Netns as LabNetns
+from tests.lab import Netns
+from tests.lab.poll import wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -40,11 +40,11 @@ def ours(node: Node, family: str) -> dict[str, str]:
     }
 
 
-def first_answer(cluster: Cluster, ns: str, addr: str, port: int = 8080) -> str | None:
+def first_answer(cluster: Cluster, ns: Netns, addr: str, port: int = 8080) -> str | None:
     """The first IPv6 packets can wait for the duplicate address detection of the gateway
     address on a bridge the first ADD created: retried until an answer comes."""
     seen: list[str | None] = []
-    wait_for(lambda: seen.append(cluster.procs.probe(LabNetns(ns), "tcp", addr, port)) or seen[-1], 15)
+    wait_for(lambda: seen.append(cluster.procs.probe(ns, "tcp", addr, port)) or seen[-1], 15)
     return seen[-1]
 
 
@@ -54,10 +54,10 @@ def test_pods_across_nodes_keep_their_addresses_and_egress_is_masqueraded(
     n1, n2 = cluster.node(), cluster.node()
     p1, (ip4_1, ip6_1) = n1.pod("a")
     p2, (ip4_2, ip6_2) = n2.pod("b")
-    cluster.procs.server(LabNetns(p2.name), "tcp", 8080)
-    cluster.procs.server(LabNetns(cluster.out.name), "tcp", 9000)
+    cluster.procs.server(p2, "tcp", 8080)
+    cluster.procs.server(cluster.out, "tcp", 9000)
     # no routes yet: the other node's pods are unreachable
-    assert cluster.procs.probe(LabNetns(p1.name), "tcp", ip4_2, 8080) is None
+    assert cluster.procs.probe(p1, "tcp", ip4_2, 8080) is None
     peers = cluster.peers_file([n1, n2])
     for node in (n1, n2):
         res = node.cni_bridge("routes", "--peers", str(peers))
@@ -66,11 +66,11 @@ def test_pods_across_nodes_keep_their_addresses_and_egress_is_masqueraded(
     assert ours(n1, "-4") == {"10.244.2.0/24": n2.ip4}
     assert ours(n1, "-6") == {"fd00:10:244:2::/64": n2.ip6}
     # the server on the other node sees the pod's own address, both families
-    assert cluster.procs.probe(LabNetns(p1.name), "tcp", ip4_2, 8080) == ip4_1
-    assert first_answer(cluster, p1.name, ip6_2) == ip6_1
+    assert cluster.procs.probe(p1, "tcp", ip4_2, 8080) == ip4_1
+    assert first_answer(cluster, p1, ip6_2) == ip6_1
     # leaving the cluster: masqueraded to the node's address
-    assert cluster.procs.probe(LabNetns(p1.name), "tcp", LAN4.format(OUT), 9000) == n1.ip4
-    assert cluster.procs.probe(LabNetns(p1.name), "tcp", LAN6.format(OUT), 9000) == n1.ip6
+    assert cluster.procs.probe(p1, "tcp", LAN4.format(OUT), 9000) == n1.ip4
+    assert cluster.procs.probe(p1, "tcp", LAN6.format(OUT), 9000) == n1.ip6
     # a second run changes nothing
     again = n1.cni_bridge("routes", "--peers", str(peers))
     assert again.returncode == 0 and "0 change(s), 2 route(s) already in place" in again.stdout

@@ -80,11 +80,12 @@ def echo_server(proto: str, port: int, host: str = "::", reply: str = "") -> lis
     return [PYTHON, "-c", ECHO_SERVER, proto, host, str(port), reply]
 
 
-def probe(ns: Netns, proto: str, host: str, port: int, src_port: int = 0) -> str | None:
+def probe(ns: Netns, proto: str, host: str, port: int, src_port: int = 0,
+          timeout: float = PROBE_TIMEOUT) -> str | None:
     """What the server at host:port answered a connection (a datagram) from `ns`, or None."""
     res = ns.exec(
-        PYTHON, "-c", _PROBE, proto, host, str(port), str(src_port), str(PROBE_TIMEOUT),
-        check=False, timeout=PROBE_TIMEOUT + 10,
+        PYTHON, "-c", _PROBE, proto, host, str(port), str(src_port), str(timeout),
+        check=False, timeout=timeout + 10,
     )
     out = res.stdout.strip()
     return out[3:] if res.returncode == 0 and out.startswith("OK ") else None
