@@ -1,6 +1,7 @@
 """Applies cni-bridge's firewall through libnftables' JSON API: the real `FirewallOps` (ops.py)
 and the only importer of `nftables`. Every ADD, DEL and GC is one transaction (one libnftables
-call), planned by the pure functions of rules.py from what the kernel holds right before.
+call), planned by the pure functions of rules.py from what the kernel holds right before
+(listed here, parsed by listing.py).
 
 Reads are sized so that ADD and DEL cost the same with 1 or 1000 containers:
 - ADD reads the layout without set elements (terse listing) and the small per-network
@@ -28,18 +29,16 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from cni_bridge.errors import INTERNAL, INVALID_CONFIG, PORT_CONFLICT, CNIError
-from cni_bridge.firewall import layout, ports, rules
+from cni_bridge.firewall import layout, listing, ports, rules
 from cni_bridge.firewall.layout import Json
 from cni_bridge.firewall.model import (
     AttachmentFw,
-    Element,
     FirewallError,
     ForeignChain,
     ForeignView,
     InvalidConfig,
     NetworkFw,
     PortConflict,
-    Rule,
     TableView,
 )
 
@@ -64,68 +63,6 @@ def _cni_codes() -> Iterator[None]:
         raise CNIError(PORT_CONFLICT, str(exc)) from exc
     except InvalidConfig as exc:
         raise CNIError(INVALID_CONFIG, str(exc)) from exc
-
-
-# ---------------------------------------------------------------- parsing listings (pure)
-
-
-def _is_ours(obj: Json) -> bool:
-    return bool(obj.get("family") == layout.FAMILY and obj.get("table") == layout.TABLE)
-
-
-def _element(raw: Any) -> Element:
-    data = None
-    if isinstance(raw, list):  # a map element: [key, data]
-        raw, data = raw
-    if isinstance(raw, dict) and "elem" in raw:
-        inner = raw["elem"]
-        return Element(inner["val"], data, str(inner.get("comment", "")))
-    return Element(raw, data, "")
-
-
-def _rule(obj: Json) -> Rule:
-    return Rule(int(obj.get("handle", 0)), str(obj.get("comment", "")), list(obj.get("expr", [])))
-
-
-def parse_table(listing: Sequence[Json], view: TableView | None = None) -> TableView:
-    """Our table's objects in a listing (other tables' objects are skipped)."""
-    view = view or TableView()
-    for obj in listing:
-        if "table" in obj and obj["table"].get("family") == layout.FAMILY:
-            view.exists = view.exists or obj["table"].get("name") == layout.TABLE
-        for kind in ("set", "map"):
-            if kind in obj and _is_ours(obj[kind]):
-                s = obj[kind]
-                view.sets[s["name"]] = [_element(e) for e in s.get("elem", [])]
-        if "chain" in obj and _is_ours(obj["chain"]):
-            view.chains.setdefault(obj["chain"]["name"], [])
-        if "rule" in obj and _is_ours(obj["rule"]):
-            view.chains.setdefault(obj["rule"]["chain"], []).append(_rule(obj["rule"]))
-    return view
-
-
-def parse_foreign_drop_chains(listing: Sequence[Json]) -> list[ForeignChain]:
-    """Base chains of other tables hooked at forward with policy drop."""
-    found = []
-    for obj in listing:
-        c = obj.get("chain")
-        if not c or c.get("hook") != "forward" or c.get("policy") != "drop":
-            continue
-        if c["family"] not in ("ip", "ip6", "inet"):
-            continue  # bridge-family forward filters frames, not routed traffic
-        if not _is_ours(c):
-            found.append(ForeignChain(c["family"], c["table"], c["name"]))
-    return found
-
-
-def parse_foreign_rules(chain: ForeignChain, listing: Sequence[Json]) -> ForeignView:
-    where = (chain.family, chain.table, chain.name)
-    rules_ = [
-        _rule(o["rule"])
-        for o in listing
-        if "rule" in o and (o["rule"]["family"], o["rule"]["table"], o["rule"]["chain"]) == where
-    ]
-    return ForeignView(chain, rules_)
 
 
 # ---------------------------------------------------------------- the firewall
@@ -189,8 +126,8 @@ class Firewall:
     def _list(self, what: str, cmd: Json) -> list[Json]:
         # One list command per call: libnftables 1.0.6 builds one cache filter for a
         # whole batch, so a second list in the same call sees only the first's table.
-        (listing,) = self._call(what, [{"list": cmd}])
-        return listing
+        (doc,) = self._call(what, [{"list": cmd}])
+        return doc
 
     @contextmanager
     def _terse(self) -> Iterator[None]:
@@ -209,12 +146,12 @@ class Firewall:
 
     def _foreign(self, chains: Sequence[Json], listed: Sequence[Json] = ()) -> list[ForeignView]:
         out = []
-        for c in parse_foreign_drop_chains(chains):
-            listing: Sequence[Json] = listed
+        for c in listing.parse_foreign_drop_chains(chains):
+            rows: Sequence[Json] = listed
             if c.family != layout.FAMILY or not listed:
                 cmd = {"chain": {"family": c.family, "table": c.table, "name": c.name}}
-                listing = self._list("listing a foreign forward chain", cmd)
-            out.append(parse_foreign_rules(c, listing))
+                rows = self._list("listing a foreign forward chain", cmd)
+            out.append(listing.parse_foreign_rules(c, rows))
         return out
 
     def read(self) -> tuple[TableView, list[ForeignView]]:
@@ -222,10 +159,10 @@ class Firewall:
         policy drop with their rules."""
         chains = self._list("listing chains", {"chains": None})
         view = TableView()
-        if any(_is_ours(o["chain"]) for o in chains if "chain" in o):
+        if any(listing.is_ours(o["chain"]) for o in chains if "chain" in o):
             try:
                 table = {"table": {"family": layout.FAMILY, "name": layout.TABLE}}
-                view = parse_table(self._list("listing our table", table))
+                view = listing.parse_table(self._list("listing our table", table))
             except NftablesError as exc:
                 if "No such file or directory" not in exc.error:  # gone meanwhile: empty
                     raise
@@ -237,17 +174,17 @@ class Firewall:
         """The layout and the small per-network sets this ADD needs (rules.reads_for_add);
         None when our table is missing."""
         chains = self._list("listing chains", {"chains": None})
-        if not any(_is_ours(o["chain"]) for o in chains if "chain" in o):
+        if not any(listing.is_ours(o["chain"]) for o in chains if "chain" in o):
             return None
         with self._terse():
             inet = self._list("listing inet tables", {"ruleset": {"family": layout.FAMILY}})
-        view = parse_table(inet)
-        strict = bool(parse_foreign_drop_chains(chains))
+        view = listing.parse_table(inet)
+        strict = bool(listing.parse_foreign_drop_chains(chains))
         sets, families = rules.reads_for_add(net, att, strict)
         for name in layout.NETWORK_SETS:
             if name in view.sets and name in sets:
                 cmd = {"set": {"family": layout.FAMILY, "table": layout.TABLE, "name": name}}
-                parse_table(self._list("listing a set", cmd), view)
+                listing.parse_table(self._list("listing a set", cmd), view)
         if all(layout.PUB[(fam, True)].port in view.sets for fam in families):
             self._read_specific(view, families)
         return view, self._foreign(chains, inet)
@@ -257,7 +194,7 @@ class Firewall:
         for fam in families:
             for name in (layout.PUB[(fam, True)].addr, layout.PUB[(fam, True)].port):
                 cmd = {"map": {"family": layout.FAMILY, "table": layout.TABLE, "name": name}}
-                parse_table(self._list("listing a map", cmd), view)
+                listing.parse_table(self._list("listing a map", cmd), view)
 
     # ------------------------------------------------------------ public API
 
@@ -399,7 +336,7 @@ class Firewall:
 
     def foreign_forward_drop(self) -> list[ForeignChain]:
         chains = self._list("listing chains", {"chains": None})
-        return parse_foreign_drop_chains(chains)
+        return listing.parse_foreign_drop_chains(chains)
 
     def status(self) -> str | None:
         """None when nftables can be used here, else the reason."""

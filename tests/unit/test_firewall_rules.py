@@ -18,6 +18,7 @@ import pytest
 
 from cni_bridge.errors import INVALID_CONFIG, PORT_CONFLICT, CNIError
 from cni_bridge.firewall import elements, layout, ports, rules
+from cni_bridge.firewall.listing import parse_foreign_drop_chains, parse_table
 from cni_bridge.firewall.model import (
     AttachmentFw,
     ForeignChain,
@@ -29,11 +30,7 @@ from cni_bridge.firewall.model import (
     Rule,
     TableView,
 )
-from cni_bridge.firewall.nft import (
-    Firewall,
-    parse_foreign_drop_chains,
-    parse_table,
-)
+from cni_bridge.firewall.nft import Firewall
 from cni_bridge.firewall.ops import FirewallOps
 from tests.firewall_json import (
     attachment_from_dict,
