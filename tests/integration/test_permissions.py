@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import BINARY, ROOT, plugin_command
+from tests.lab.plugin import BINARY, ROOT, plugin_command
 
 VERBS = ["ADD", "CHECK", "DEL", "GC", "STATUS"]
 DROP_ALL = ["setpriv", "--inh-caps=-all", "--ambient-caps=-all", "--bounding-set=-all", "--"]
