@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from cni_bridge.firewall.model import AttachmentFw, NetworkFw, PortMapping
     from cni_bridge.protocol.request import Request
 
-# Set by the resident's worker (resident/server.py ORIGINAL_NETNS_VAR), whose CNI_NETNS is a
+# Set by the resident's worker (resident/worker.py ORIGINAL_NETNS_VAR), whose CNI_NETNS is a
 # /proc/<worker>/fd/<n> path to the descriptor the client sent: valid only while the worker runs.
 ORIGINAL_NETNS_ENV = "CNI_BRIDGE_ORIGINAL_NETNS"
 
