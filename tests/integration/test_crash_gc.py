@@ -520,7 +520,7 @@ def test_records_and_results_name_the_runtimes_netns_under_the_resident(glab: Pl
     via_resident = {"CNI_BRIDGE_RESIDENT": "1"}
     # The first call only starts the resident (and runs in-process); wait until it listens.
     assert glab.plugin("STATUS", conf, extra=via_resident) == (0, None)
-    assert wait_for(lambda: "@cni-bridge/" in glab.host.exec("ss", "-xlH").stdout, timeout=30)
+    assert wait_for(lambda: "/run/cni-bridge/" in glab.host.exec("ss", "-xlH").stdout, timeout=30)
     code, out = glab.plugin("ADD", conf, "warm", c.path, extra=via_resident)
     assert code == 0, out
     assert out["interfaces"][2]["sandbox"] == c.path
