@@ -8,8 +8,7 @@ reference does; wrong types and impossible values are CNI error 7 naming the fie
 from __future__ import annotations
 
 import ipaddress
-import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -20,20 +19,21 @@ from pydantic import (
     model_validator,
 )
 
+from cni_bridge.domain import (
+    DEFAULT_DATA_DIR,
+    InterfaceName,
+    IPAddress,
+    IPNetwork,
+    MacAddress,
+    NetworkName,
+    Port,
+    port_range_count,
+)
 from cni_bridge.errors import INVALID_CONFIG, CNIError
 from cni_bridge.ipam.ranges import Range, validate_range_sets
-from cni_bridge.protocol.cniargs import normalize_mac
-from cni_bridge.protocol.names import ifname_problem
 from cni_bridge.protocol.versions import DEFAULT_CONFIG_VERSION, require_supported
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-DEFAULT_BRIDGE = "cni0"
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"
-# 64: the firewall puts the name in nftables comments and tags, which bound it.
-_NETWORK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
-Port = Annotated[int, Field(ge=1, le=65535)]
+DEFAULT_BRIDGE = InterfaceName("cni0")
 
 
 class _Model(BaseModel):
@@ -176,11 +176,7 @@ class PortMappingConf(_Model):
 
     @model_validator(mode="after")
     def _range(self) -> PortMappingConf:
-        if self.host_port_end is not None:
-            if self.host_port_end < self.host_port:
-                raise ValueError(f"hostPortEnd {self.host_port_end} is below hostPort {self.host_port}")
-            if self.container_port + (self.host_port_end - self.host_port) > 65535:
-                raise ValueError("the container port range would end beyond 65535")
+        port_range_count(self.host_port, self.host_port_end, self.container_port)
         return self
 
     @property
@@ -191,15 +187,20 @@ class PortMappingConf(_Model):
 class RuntimeConf(_Model):
     port_mappings: list[PortMappingConf] = Field(default_factory=list, alias="portMappings")
     ips: list[str] = Field(default_factory=list)
-    mac: str = ""
+    mac: MacAddress | None = None
     ip_ranges: list[list[RangeConf]] = Field(default_factory=list, alias="ipRanges")
+
+    @field_validator("mac", mode="before")
+    @classmethod
+    def _no_mac(cls, v: Any) -> Any:
+        return None if v == "" else v
 
 
 class NetConf(_Model):
     cni_version: str = Field(DEFAULT_CONFIG_VERSION, alias="cniVersion")
-    name: str
+    name: NetworkName
     type: str = ""
-    bridge: str = DEFAULT_BRIDGE
+    bridge: InterfaceName = DEFAULT_BRIDGE
     is_gateway: bool = Field(False, alias="isGateway")
     is_default_gateway: bool = Field(False, alias="isDefaultGateway")
     force_address: bool = Field(False, alias="forceAddress")
@@ -233,24 +234,6 @@ class NetConf(_Model):
     def _version(cls, v: str) -> str:
         return require_supported(v)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _NETWORK_NAME.match(v) or v in (".", ".."):
-            raise ValueError(
-                f"network name {v!r} must start with a letter or digit and hold only "
-                "letters, digits, '_', '.', '-' (at most 64)"
-            )
-        return v
-
-    @field_validator("bridge")
-    @classmethod
-    def _bridge(cls, v: str) -> str:
-        problem = ifname_problem(v)
-        if problem:
-            raise ValueError(f"bridge name {v!r} {problem}")
-        return v
-
     @field_validator("non_masquerade_cidrs", mode="before")
     @classmethod
     def _non_masq(cls, v: Any) -> list[IPNetwork]:
@@ -282,8 +265,6 @@ class NetConf(_Model):
                     raise ValueError(f"ipam.routes: {route.dst} has no range of its IP family")
         if self.vlan and self.vlan_trunk:
             raise ValueError("vlan and vlanTrunk cannot both be set")
-        if self.runtime_config.mac:
-            normalize_mac(self.runtime_config.mac, "runtimeConfig.mac")
         return self
 
     @property

@@ -13,7 +13,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from cni_bridge.config import DEFAULT_DATA_DIR, NetConf, load_netconf
+from cni_bridge.config import NetConf, load_netconf
+from cni_bridge.domain import DEFAULT_DATA_DIR
 from cni_bridge.errors import CNIError
 from cni_bridge.state import STATE_DIR, Attachment, StateStore
 

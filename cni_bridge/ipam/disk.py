@@ -16,10 +16,9 @@ import os
 from collections.abc import Iterator
 from ipaddress import ip_address
 
-from cni_bridge.ipam.ranges import IPAddress
+from cni_bridge.domain import DEFAULT_DATA_DIR, IPAddress
 from cni_bridge.ipam.store import Owner, ReentrantLock
 
-DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 LAST_IP_PREFIX = "last_reserved_ip."
 LOCK_NAME = "lock"
 LINE_BREAK = "\r\n"

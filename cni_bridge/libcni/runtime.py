@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from cni_bridge.domain import ifname_problem, is_id
 from cni_bridge.errors import INVALID_CONFIG, INVALID_ENV, CNIError
 from cni_bridge.libcni.conf import loads
-from cni_bridge.protocol.names import ifname_problem, is_id
 
 # `typing` and `collections.abc` cost milliseconds at start-up; only the type checker needs them.
 TYPE_CHECKING = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
+from cni_bridge.domain import DomainError, IPAddress, MacAddress
 from cni_bridge.errors import INVALID_ENV, CNIError
 
 KNOWN_KEYS = frozenset(
@@ -24,7 +25,7 @@ _FALSE = {"0", "false", "False", "FALSE", "f", "F", ""}
 
 @dataclass(frozen=True)
 class CniArgs:
-    ips: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...] = ()
+    ips: tuple[IPAddress, ...] = ()
     mac: str = ""
     pod: dict[str, str] = field(default_factory=dict)
     ignore_unknown: bool = False
@@ -46,7 +47,7 @@ def parse_cni_args(text: str) -> CniArgs:
     unknown = sorted(k for k in pairs if k not in KNOWN_KEYS)
     if unknown and not ignore_unknown:
         raise CNIError(INVALID_ENV, f"CNI_ARGS: unknown args {unknown}")
-    ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    ips: list[IPAddress] = []
     for raw in filter(None, pairs.get("IP", "").split(",")):
         try:
             ips.append(ipaddress.ip_address(raw.strip()))
@@ -60,9 +61,8 @@ def parse_cni_args(text: str) -> CniArgs:
 
 
 def normalize_mac(text: str, what: str) -> str:
-    parts = text.strip().lower().replace("-", ":").split(":")
-    if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
-        raise CNIError(INVALID_ENV, f"{what}: {text!r} is not a MAC address")
-    if int(parts[0], 16) & 1:
-        raise CNIError(INVALID_ENV, f"{what}: {text!r} is a multicast MAC address")
-    return ":".join(parts)
+    """A MAC address the request names (`what`, e.g. "CNI_ARGS MAC"); a bad one is CNI error 4."""
+    try:
+        return MacAddress(text)
+    except DomainError as exc:
+        raise CNIError(INVALID_ENV, f"{what}: {exc}") from None

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cni_bridge.domain import container_id_problem, ifname_problem
 from cni_bridge.errors import DECODE_FAILURE, INVALID_ENV, CNIError
 from cni_bridge.limits import MAX_STDIN_BYTES
-from cni_bridge.protocol.names import MAX_CONTAINER_ID, ifname_problem, is_id
 from cni_bridge.protocol.versions import (
     DEFAULT_CONFIG_VERSION,
     REQUIRED_ENV,
@@ -42,13 +42,9 @@ class Request:
 def validate_container_id(value: str) -> None:
     if not value:
         raise CNIError(INVALID_ENV, "empty CNI_CONTAINERID")
-    # The spec (and pkg/skel) allow only these characters; anything else could escape a path.
-    if len(value) > MAX_CONTAINER_ID or not is_id(value):
-        raise CNIError(
-            INVALID_ENV,
-            "invalid characters in CNI_CONTAINERID",
-            f"must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ and be at most {MAX_CONTAINER_ID} bytes",
-        )
+    problem = container_id_problem(value)
+    if problem:
+        raise CNIError(INVALID_ENV, "invalid characters in CNI_CONTAINERID", problem)
 
 
 def validate_ifname(value: str, what: str = "CNI_IFNAME") -> None:
