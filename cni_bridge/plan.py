@@ -14,16 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cni_bridge.config import NetConf, PortMappingConf
+from cni_bridge.domain import IPAddress, IPInterface, IPNetwork
 from cni_bridge.errors import INVALID_CONFIG, CNIError
 from cni_bridge.firewall.model import AttachmentFw, NetworkFw, PortMapping
 from cni_bridge.protocol.cniargs import CniArgs, normalize_mac, parse_cni_args
 from cni_bridge.protocol.request import Request
 from cni_bridge.protocol.result import DNS, Interface, IPConfig, Result, Route
 from cni_bridge.state import attachment_tag, host_veth_name
-
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_V4 = ipaddress.ip_network("0.0.0.0/0")
 DEFAULT_V6 = ipaddress.ip_network("::/0")

@@ -32,6 +32,7 @@ from cni_bridge.commands.common import (
 from cni_bridge.commands.deps import Deps
 from cni_bridge.commands.teardown import release_ipam, teardown
 from cni_bridge.config import NetConf
+from cni_bridge.domain import IPAddress
 from cni_bridge.errors import (
     INTERFACE_EXISTS,
     INVALID_ENV,
@@ -39,7 +40,6 @@ from cni_bridge.errors import (
     TRY_AGAIN_LATER,
     CNIError,
 )
-from cni_bridge.ipam.ranges import IPAddress
 from cni_bridge.plan import (
     AddPlan,
     AddRequest,

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Literal
 
-IPAddress = IPv4Address | IPv6Address
-IPNetwork = IPv4Network | IPv6Network
+# Re-exported for the firewall modules that take them from here.
+from cni_bridge.domain import IPAddress as IPAddress
+from cni_bridge.domain import IPNetwork as IPNetwork
+
 Protocol = Literal["tcp", "udp", "sctp"]
 PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp", "sctp")
 

@@ -10,9 +10,8 @@ import contextlib
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
+from cni_bridge.domain import IPAddress, IPInterface
 from cni_bridge.ipam.ranges import (
-    IPAddress,
-    IPInterface,
     Range,
     allocatable_count,
     iter_candidates,

@@ -10,19 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from ipaddress import (
-    IPv4Address,
-    IPv4Interface,
-    IPv4Network,
-    IPv6Address,
-    IPv6Interface,
-    IPv6Network,
-    ip_interface,
-)
+from ipaddress import IPv4Network, IPv6Network, ip_interface
 
-IPAddress = IPv4Address | IPv6Address
-IPNetwork = IPv4Network | IPv6Network
-IPInterface = IPv4Interface | IPv6Interface
+from cni_bridge.domain import IPAddress, IPInterface, IPNetwork
 
 # host-local canonicalises IPv4-mapped IPv6 addresses to IPv4 and names their files that way;
 # we refuse them rather than write files it would name differently.
@@ -59,7 +49,7 @@ class Range:
         range_end: IPAddress | None = None,
         gateway: IPAddress | None = None,
     ) -> None:
-        if not isinstance(subnet, IPv4Network | IPv6Network):
+        if not isinstance(subnet, IPNetwork):
             raise ValueError(f"subnet {subnet!r} is not an IP network")
         if isinstance(subnet, IPv6Network) and subnet.subnet_of(_V4_MAPPED):
             raise ValueError(f"network {subnet} is IPv4-mapped IPv6; use the IPv4 form")
@@ -73,7 +63,7 @@ class Range:
         end = last if range_end is None else range_end
         gw = first if gateway is None else gateway
         for what, addr in (("rangeStart", start), ("rangeEnd", end), ("gateway", gw)):
-            if not isinstance(addr, IPv4Address | IPv6Address):
+            if not isinstance(addr, IPAddress):
                 raise ValueError(f"{what} {addr!r} is not an IP address")
             if addr.version != subnet.version:
                 raise ValueError(f"{what} {addr} is not the same address family as subnet {subnet}")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
-from cni_bridge.ipam.ranges import IPAddress
+from cni_bridge.domain import IPAddress
 
 Owner = tuple[str, str]
 """(container ID, interface name); the interface name is "" in files written by old

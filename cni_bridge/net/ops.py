@@ -9,19 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import (
-    IPv4Address,
-    IPv4Interface,
-    IPv4Network,
-    IPv6Address,
-    IPv6Interface,
-    IPv6Network,
-)
 from typing import Protocol, runtime_checkable
 
-IPInterface = IPv4Interface | IPv6Interface
-IPNetwork = IPv4Network | IPv6Network
-IPAddress = IPv4Address | IPv6Address
+# Re-exported for the netlink modules that take them from here.
+from cni_bridge.domain import IPAddress as IPAddress
+from cni_bridge.domain import IPInterface as IPInterface
+from cni_bridge.domain import IPNetwork as IPNetwork
+
 # (destination, gateway); a default route has destination 0.0.0.0/0 or ::/0; no gateway = on-link.
 Route = tuple[IPNetwork, IPAddress | None]
 

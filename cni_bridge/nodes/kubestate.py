@@ -10,7 +10,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cni_bridge.nodes.peers import IPAddress, IPNetwork, Peer
+from cni_bridge.domain import IPAddress, IPNetwork
+from cni_bridge.nodes.peers import Peer
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-IPAddress = IPv4Address | IPv6Address
-IPNetwork = IPv4Network | IPv6Network
+from cni_bridge.domain import IPAddress, IPNetwork
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv6Interface
 from typing import Literal
 
-from cni_bridge.nodes.peers import IPAddress, IPNetwork, Peer
+from cni_bridge.domain import IPAddress, IPInterface, IPNetwork
+from cni_bridge.nodes.peers import Peer
 
-IPInterface = IPv4Interface | IPv6Interface
 PROTO = 203
 PROTO_NAME = "cni-bridge"
 

@@ -10,12 +10,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from cni_bridge.domain import IPAddress, IPInterface, IPNetwork
 from cni_bridge.errors import DECODE_FAILURE, CNIError
 from cni_bridge.protocol.versions import at_least, require_supported
-
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass

@@ -5,6 +5,7 @@ from ipaddress import ip_address, ip_interface, ip_network
 
 import pytest
 
+from cni_bridge.domain import IPAddress
 from cni_bridge.ipam.allocator import (
     Allocation,
     IPAMConflict,
@@ -14,7 +15,7 @@ from cni_bridge.ipam.allocator import (
     allocate,
     free_count,
 )
-from cni_bridge.ipam.ranges import IPAddress, Range, RangeSet
+from cni_bridge.ipam.ranges import Range, RangeSet
 from cni_bridge.ipam.store import MemoryStore, Owner, Store
 
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
+from cni_bridge.domain import IPAddress
 from cni_bridge.ipam.allocator import IPAMConflict, allocate
 from cni_bridge.ipam.disk import DiskStore, parse_owner
-from cni_bridge.ipam.ranges import IPAddress, Range, RangeSet
+from cni_bridge.ipam.ranges import Range, RangeSet
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_LOCAL = "/usr/lib/cni/host-local"

@@ -4,8 +4,8 @@ from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 import pytest
 
+from cni_bridge.domain import IPAddress
 from cni_bridge.ipam.ranges import (
-    IPAddress,
     Range,
     allocatable_count,
     iter_candidates,
