@@ -21,6 +21,8 @@ import os
 import struct
 import time
 
+from cni_bridge.limits import MAX_STDIN_BYTES
+
 # Annotations naming what is imported below are strings, without `from __future__ import
 # annotations`: on the thin path every import counts (that one is ~0.15 ms).
 TYPE_CHECKING = False
@@ -46,7 +48,7 @@ _FLAGS = FLAG_NETNS_FD | FLAG_MNTNS_FD
 MAX_IDENTITY = 4096
 MAX_ENV_BYTES = 64 * 1024
 MAX_ENV_VARS = 256
-MAX_STDIN = 8 * 1024 * 1024
+MAX_STDIN = MAX_STDIN_BYTES + 1  # the readers' one byte over the bound (cli._read_stdin)
 MAX_STDOUT = 8 * 1024 * 1024
 MAX_STDERR = 64 * 1024
 MAX_REASON = 4096

@@ -9,8 +9,10 @@ import pytest
 
 from cni_bridge.cli import main
 from cni_bridge.errors import CNIError
+from cni_bridge.limits import MAX_STDIN_BYTES
 from cni_bridge.protocol.request import parse_request
 from cni_bridge.protocol.versions import REQUIRED_ENV, SUPPORTED_VERSIONS, require_verb_allowed
+from cni_bridge.resident import protocol as resident_protocol
 
 ROOT = Path(__file__).resolve().parents[2]
 FULL_ENV = {
@@ -92,6 +94,20 @@ def test_a_request_the_launcher_lost_after_go_is_answered_never_run(capfd: pytes
 def test_stdin_too_large() -> None:
     code, out = run_inproc({"CNI_COMMAND": "ADD", **FULL_ENV}, b" " * (2 << 20))
     assert code == 1 and out["code"] == 6
+
+
+def test_what_the_readers_pass_fits_a_resident_request() -> None:
+    # The readers stop one byte over the bound; the resident must carry that request, so that
+    # the engine, not the framing, refuses it (error 6, as in-process).
+    over = b" " * (MAX_STDIN_BYTES + 1)
+    payload = resident_protocol.encode_request(
+        {"CNI_COMMAND": "ADD"}, over, umask=0o22, has_netns_fd=False, identity="t"
+    )
+    assert resident_protocol.decode_request(payload).stdin == over
+    with pytest.raises(resident_protocol.ProtocolError):
+        resident_protocol.encode_request(
+            {}, over + b" ", umask=0o22, has_netns_fd=False, identity="t"
+        )
 
 
 def test_check_with_old_version_refused() -> None:
