@@ -3,7 +3,6 @@
 import sys as _sys
 
 __version__ = "0.1.0"
-PLUGIN_NAME = "cni-bridge"
 
 if getattr(_sys, "frozen", False):
     # The built binary keeps ctypes out of its module archive, so that PyInstaller's bootstrap

@@ -1,10 +1,11 @@
-"""The one error type of the plugin, carrying the CNI specification's error codes.
+"""The one error type of the plugin, and a name for every CNI error code it uses.
 
-Standard library only: the thin client imports it.
+Standard library only and importing nothing: every layer, and the libcni client, imports it.
 """
 
 from __future__ import annotations
 
+# The specification's codes (SPEC.md, "Error"); 1-99 are reserved for it.
 INCOMPATIBLE_VERSION = 1
 UNSUPPORTED_FIELD = 2
 UNKNOWN_CONTAINER = 3
@@ -13,6 +14,8 @@ IO_FAILURE = 5
 DECODE_FAILURE = 6
 INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
+STATUS_UNAVAILABLE = 50  # STATUS: the plugin cannot serve ADD requests
+STATUS_LIMITED = 51  # STATUS: as 50, and existing containers may have limited connectivity
 # Plugin-specific codes live at 100+ per the spec.
 PORT_CONFLICT = 100  # a host port is already published by another attachment
 ADDRESS_EXHAUSTED = 101  # no free address left in a range set
@@ -22,8 +25,7 @@ NETWORK_FAILURE = 104  # a netlink operation failed (message says which)
 CHECK_MISMATCH = 105  # CHECK found the attachment differs from prevResult or is incomplete
 CLEANUP_FAILED = 106  # DEL or GC could not remove everything (details list what)
 PERMISSION_DENIED = 107  # the caller lacks root's capabilities (or a file's permissions)
-STATUS_UNAVAILABLE = 50
-STATUS_LIMITED = 51
+# Not in the specification: libcni's ErrInternal, for an error that has no code of its own.
 INTERNAL = 999
 
 
@@ -47,10 +49,3 @@ class CNIError(Exception):
     def __repr__(self) -> str:
         return f"CNIError({self.code}, {self.msg!r}, {self.details!r})"
 
-
-class MultiError(CNIError):
-    """Several best-effort failures (DEL, GC) reported together."""
-
-    def __init__(self, code: int, msg: str, errors: list[str]) -> None:
-        super().__init__(code, msg, "; ".join(errors))
-        self.errors = errors

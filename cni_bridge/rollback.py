@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from types import TracebackType
 
 log = logging.getLogger(__name__)
 
 
 class Rollback:
-    """Runs the registered undos in reverse order when the block fails.
+    """Runs the registered undos in reverse order when ADD fails (`run`), or forgets them once it
+    succeeded (`commit`).
 
     An undo that fails is logged and skipped; it never masks the original error.
     """
@@ -35,16 +35,3 @@ class Rollback:
                 failures.append(f"{what}: {exc}")
         return failures
 
-    def __enter__(self) -> Rollback:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is not None:
-            self.run()
-        else:
-            self.commit()
