@@ -112,9 +112,9 @@ def operator_main(args: list[str], env: "Mapping[str, str]") -> int:
 
         return kube_main(rest)
     if cmd in ("ls", "status", "gc"):
-        from cni_bridge.operator import main as op_main
+        from cni_bridge.admin import main as admin_main
 
-        return op_main([cmd, *rest])
+        return admin_main([cmd, *rest])
     sys.stderr.write(f"unknown command {cmd!r}\n\n{USAGE}")
     return 2
 

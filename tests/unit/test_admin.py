@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cni_bridge import operator
+from cni_bridge import admin
 from cni_bridge.commands import add
 from cni_bridge.commands import deps as deps_module
 from cni_bridge.commands.common import ORIGINAL_NETNS_ENV, sandbox_path
@@ -84,7 +84,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
 
 
 def run_op(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = operator.main(list(argv))
+    code = admin.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 
