@@ -94,7 +94,7 @@ def requested_mac(conf: NetConf, cni_args: CniArgs) -> str:
     """MAC for the container interface: runtimeConfig.mac (with the `mac` capability), then
     args.cni.mac, then CNI_ARGS MAC."""
     if conf.capabilities.get("mac") and conf.runtime_config.mac:
-        return normalize_mac(conf.runtime_config.mac, "runtimeConfig.mac")
+        return conf.runtime_config.mac  # normalised once, by config's MacAddress type
     cni = conf.args.get("cni") if isinstance(conf.args, dict) else None
     if isinstance(cni, dict) and cni.get("mac"):
         return normalize_mac(str(cni["mac"]), "args.cni.mac")

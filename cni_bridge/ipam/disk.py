@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterator
 from ipaddress import ip_address
 
+from cni_bridge import atomic
 from cni_bridge.domain import DEFAULT_DATA_DIR, IPAddress
 from cni_bridge.ipam.store import Owner, ReentrantLock
 
@@ -108,18 +109,8 @@ class DiskStore:
 
     def _write_tmp(self, name: str, data: bytes) -> str:
         tmp = os.path.join(self.dir, name)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
+        atomic.remove(tmp)  # a leftover of a writer that died
+        atomic.write_new(tmp, data, 0o644)
         return tmp
 
     def _entries(self) -> Iterator[tuple[IPAddress, str]]:
@@ -174,12 +165,7 @@ class DiskStore:
     def _replace(self, path: str, data: bytes) -> None:
         # Only last_reserved_ip.N, a round-robin hint: after a power loss an empty or older one
         # is harmless (read as "none"), so it is not fsynced (that cost 0.4 ms an ADD here).
-        tmp = self._write_tmp(os.path.basename(path) + _TMP_SUFFIX, data)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic.replace(path, data, os.path.join(self.dir, os.path.basename(path) + _TMP_SUFFIX), 0o644)
 
     def last_reserved_ip(self, rangeset_id: str) -> IPAddress | None:
         data = self._read(self._last_path(rangeset_id))
