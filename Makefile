@@ -53,12 +53,15 @@ $(VENV)/.nft: $(VENV)/.ok | sysdeps
 	$(PY) -c 'import nftables'
 	touch $@
 
+# What ruff and mypy --strict check: the package and every test, bench and demo module.
+CHECKED := cni_bridge tests bench demo
+
 venv: $(VENV)/.ok
 deps: sysdeps venv $(VENV)/.nft
 
 lint: venv
-	$(VENV)/bin/ruff check cni_bridge tests bench demo
-	$(VENV)/bin/mypy
+	$(VENV)/bin/ruff check $(CHECKED)
+	$(VENV)/bin/mypy $(CHECKED)
 
 unit: venv
 	$(PYTEST) tests/unit
@@ -87,8 +90,8 @@ smoke: build
 # the plugin-level integration suites again through the warm resident, through the built
 # binary in-process, and through the built binary's launcher and resident (what runtimes get).
 test: deps build
-	$(VENV)/bin/ruff check cni_bridge tests bench demo
-	$(VENV)/bin/mypy
+	$(VENV)/bin/ruff check $(CHECKED)
+	$(VENV)/bin/mypy $(CHECKED)
 	$(PYTEST) tests
 	CNI_BRIDGE_TEST_RESIDENT=1 $(PYTEST) tests/integration -m plugin
 	CNI_BRIDGE_TEST_PLUGIN=binary $(PYTEST) tests/integration -m plugin

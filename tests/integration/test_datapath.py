@@ -7,6 +7,7 @@ import ipaddress
 import json
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.plugin]
 VERSIONS = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 
 
-def addresses_of(result: dict, version: str) -> list[str]:
+def addresses_of(result: dict[str, Any], version: str) -> list[str]:
     if version in ("0.1.0", "0.2.0"):
         return [result[k]["ip"] for k in ("ip4", "ip6") if k in result]
     return [ip["address"] for ip in result["ips"]]

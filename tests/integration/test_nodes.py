@@ -44,7 +44,12 @@ def first_answer(cluster: Cluster, ns: Netns, addr: str, port: int = 8080) -> st
     """The first IPv6 packets can wait for the duplicate address detection of the gateway
     address on a bridge the first ADD created: retried until an answer comes."""
     seen: list[str | None] = []
-    wait_for(lambda: seen.append(cluster.procs.probe(ns, "tcp", addr, port)) or seen[-1], 15)
+
+    def answered() -> str | None:
+        seen.append(cluster.procs.probe(ns, "tcp", addr, port))
+        return seen[-1]
+
+    wait_for(answered, 15)
     return seen[-1]
 
 

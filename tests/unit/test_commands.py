@@ -48,6 +48,11 @@ def config(tmp_path: Path, **over: Any) -> dict[str, Any]:
     return c
 
 
+def gc_args(args: dict[str, Any]) -> dict[str, Any]:
+    """GC's keys are not identifiers: typed as Any so they pass through `call`'s **over."""
+    return args
+
+
 class World:
     def __init__(self, tmp_path: Path, netns: str) -> None:
         self.tmp = tmp_path
@@ -230,7 +235,7 @@ def test_gc_removes_what_is_not_valid(world: World, tmp_path: Path) -> None:
     store = world.store()
     with store.lock():
         store.reserve("ghost", "eth0", __import__("ipaddress").ip_address("10.50.0.6"), "0")
-    world.call("GC", **{"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]})
+    world.call("GC", **gc_args({"cni.dev/valid-attachments": [{"containerID": "keep", "ifname": "eth0"}]}))
     assert [r.container_id for r in world.records()] == ["keep"]
     assert {o[0] for o in store.reservations().values()} == {"keep"}
     assert "vcbdeadbeef0000" not in world.net.links
@@ -239,7 +244,7 @@ def test_gc_removes_what_is_not_valid(world: World, tmp_path: Path) -> None:
 
 def test_gc_with_empty_list_empties_the_network(world: World) -> None:
     world.call("ADD")
-    world.call("GC", **{"cni.dev/attachments": []})
+    world.call("GC", **gc_args({"cni.dev/attachments": []}))
     assert world.records() == [] and world.store().reservations() == {}
     assert world.fw.elements == {} and "unit" not in world.fw.networks
 
@@ -296,7 +301,7 @@ def test_gc_leaves_an_add_in_progress_alone(world: World) -> None:
 
     world.call("ADD", cid="done")
     _fake_record(world, "running", pid=os.getpid(), pid_start=process_start(os.getpid()))
-    world.call("GC", **{"cni.dev/valid-attachments": []})
+    world.call("GC", **gc_args({"cni.dev/valid-attachments": []}))
     assert [r.container_id for r in world.records()] == ["running"]
 
 
@@ -386,7 +391,11 @@ def test_add_firewall_inputs_come_from_the_plan_and_match_the_record(world: Worl
 
     added: list[tuple[Any, Any]] = []
     real_add = world.fw.add_attachment
-    world.fw.add_attachment = lambda n, a: (added.append((n, a)), real_add(n, a))[1]  # type: ignore[method-assign]
+    def recording(net: Any, att: Any) -> None:
+        added.append((net, att))
+        real_add(net, att)
+
+    world.fw.add_attachment = recording  # type: ignore[method-assign]  # a spy on the fake's method
     world.call("ADD", args={"cni": {"ips": ["10.50.0.5"]}})
     (rec,) = world.records()
     ((net, att),) = added

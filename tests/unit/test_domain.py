@@ -175,4 +175,4 @@ def test_the_ip_aliases() -> None:
     assert isinstance(ipaddress.ip_network("10.0.0.0/8"), IPNetwork)
     assert isinstance(ipaddress.ip_interface("10.0.0.1/8"), IPInterface)
     with pytest.raises(AttributeError):
-        domain.IPAdress  # noqa: B018 - a typo is still an AttributeError
+        getattr(domain, "IPAdress")  # noqa: B009 - a typo is still an AttributeError

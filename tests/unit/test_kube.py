@@ -76,7 +76,7 @@ def test_conflist_from_the_pod_cidrs_is_valid() -> None:
     assert plugin["ipam"]["ranges"] == [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]]
     assert plugin["nonMasqueradeCIDRs"] == ["10.244.0.0/16", "fd00:10:244::/56"]
     load_netconf({"cniVersion": conf["cniVersion"], "name": conf["name"], **plugin})
-    template = {"cniVersion": "1.1.0", "name": "mine", "plugins": [
+    template: dict[str, Any] = {"cniVersion": "1.1.0", "name": "mine", "plugins": [
         {"type": "cni-bridge", "bridge": "br9", "ipMasq": True,
          "ipam": {"type": "host-local", "subnet": "10.0.0.0/8", "dataDir": "/run/x"}},
         {"type": "bandwidth"},

@@ -78,7 +78,7 @@ def test_link_requests_are_encoded_as_pyroute2_would() -> None:
         info: list[Any] = [("IFLA_INFO_KIND", "bridge")]
         if filtering:
             info.append(("IFLA_INFO_DATA", {"attrs": [("IFLA_BR_VLAN_FILTERING", 1)]}))
-        ref = [("IFLA_IFNAME", "cbr0"), ("IFLA_LINKINFO", {"attrs": info})]
+        ref: list[tuple[str, Any]] = [("IFLA_IFNAME", "cbr0"), ("IFLA_LINKINFO", {"attrs": info})]
         ref += [("IFLA_MTU", mtu)] if mtu else []
         cases.append((M.new_bridge_msg("cbr0", mtu, filtering), _link(0, 0, M.IFF_UP, *ref)))
     for mtu, mac in ((None, None), (1450, "02:00:00:03:00:02")):
