@@ -32,11 +32,7 @@ def networks(data_dir: str, only: str | None) -> Iterator[tuple[str, StateStore]
             yield name, StateStore(net_dir)
 
 
-def _netns_alive(att: Attachment) -> bool:
-    return bool(att.netns) and os.path.exists(att.netns)
-
-
-def _row(att: Attachment) -> dict[str, Any]:
+def _row(att: Attachment, alive: bool) -> dict[str, Any]:
     ports = [
         f"{pm.get('hostIP', '')}:{pm['hostPort']}->{pm['containerPort']}/{pm.get('protocol', 'tcp')}"
         for pm in att.port_mappings
@@ -51,12 +47,24 @@ def _row(att: Attachment) -> dict[str, Any]:
         "ports": ports,
         "phase": att.phase,
         "netns": att.netns,
-        "netnsAlive": _netns_alive(att),
+        "netnsAlive": alive,
     }
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    rows = [_row(a) for _, st in networks(args.data_dir, args.network) for a in st.all()]
+    from cni_bridge.commands.deps import real_deps
+    from cni_bridge.liveness import Liveness
+
+    deps = real_deps({})
+    try:
+        live = Liveness(deps.net)
+        rows = [
+            _row(a, live.alive(a))
+            for _, st in networks(args.data_dir, args.network)
+            for a in st.all()
+        ]
+    finally:
+        deps.close()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -83,20 +91,22 @@ def _conf(st: StateStore) -> NetConf | None:
 def cmd_status(args: argparse.Namespace) -> int:
     from cni_bridge.commands.deps import real_deps
     from cni_bridge.commands.status import problems
+    from cni_bridge.liveness import Liveness
 
     out = []
     worst = 0
     for name, st in networks(args.data_dir, args.network):
         conf = _conf(st)
         atts = st.all()
-        entry: dict[str, Any] = {
-            "network": name,
-            "attachments": len(atts),
-            "stale": sum(1 for a in atts if not _netns_alive(a)),
-        }
-        if conf is not None:
-            deps = real_deps({})
-            try:
+        deps = real_deps({})
+        try:
+            live = Liveness(deps.net)
+            entry: dict[str, Any] = {
+                "network": name,
+                "attachments": len(atts),
+                "stale": sum(1 for a in atts if not live.alive(a)),
+            }
+            if conf is not None:
                 fatal, limited = problems(conf, deps)
                 entry.update(bridge=conf.bridge, fatal=fatal, limited=limited)
                 entry["foreignDropChains"] = [str(c) for c in deps.firewall.foreign_forward_drop()]
@@ -106,8 +116,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 sets = conf.effective_range_sets()
                 if conf.ipam.type == "host-local":
                     entry["free"] = free_count(DiskStore(name, args.data_dir), sets)
-            finally:
-                deps.close()
+        finally:
+            deps.close()
+        if conf is not None:
             worst = max(worst, 2 if entry["fatal"] else 1 if entry["limited"] else 0)
         out.append(entry)
     if args.json:
@@ -129,6 +140,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from cni_bridge.commands.common import NetworkStores
     from cni_bridge.commands.deps import real_deps
     from cni_bridge.commands.gc import collect
+    from cni_bridge.liveness import Liveness
 
     failed = False
     for name, st in networks(args.data_dir, args.network):
@@ -137,20 +149,21 @@ def cmd_gc(args: argparse.Namespace) -> int:
             print(f"{name}: no readable network config saved; skipped", file=sys.stderr)
             continue
         stale: list[Attachment] = []
+        deps = real_deps({})
+        live = Liveness(deps.net)
 
         def valid(
-            stores: NetworkStores, stale: list[Attachment] = stale
+            stores: NetworkStores, stale: list[Attachment] = stale, live: Liveness = live
         ) -> set[tuple[str, str]]:
             # Decided under the network's lock: an ADD recorded a moment ago counts.
             atts = stores.state.all()
-            stale.extend(a for a in atts if not _netns_alive(a) and not a.add_in_progress())
+            stale.extend(a for a in atts if not a.add_in_progress() and not live.alive(a))
             dead = {a.key for a in stale}
             # Reservations no record of ours describes belong to another plugin sharing the
             # directory: a manual GC removes only what it knows is dead.
             owners = set(stores.ipam.reservations().values())
             return ({a.key for a in atts} | owners) - dead
 
-        deps = real_deps({})
         try:
             env = {"CNI_PATH": os.environ.get("CNI_PATH", "")}
             errors = collect(conf, valid, deps, env, b"")

@@ -80,6 +80,9 @@ class Attachment:
     container_id: str
     ifname: str
     netns: str = ""
+    # The namespace's nsfs inode at ADD: liveness the kernel can confirm from any mount
+    # namespace, where the path may not be visible (0 in records from before it was kept).
+    netns_inode: int = 0
     bridge: str = ""
     host_veth: str = ""
     tag: str = ""

@@ -61,14 +61,16 @@ def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
     return add(request, conf, env, deps).render(conf.cni_version)
 
 
-def check_netns(path: str) -> None:
-    """Before any change: the namespace must exist and be a namespace file (nsfs)."""
+def check_netns(path: str) -> int:
+    """Before any change: the namespace must exist and be a namespace file (nsfs). Returns its
+    inode, which names the namespace for as long as it lives."""
     try:
         st = os.stat(path)
     except OSError as exc:
         raise CNIError(INVALID_ENV, f"CNI_NETNS {path!r} is not usable: {exc.strerror}") from None
     if stat.S_ISDIR(st.st_mode):
         raise CNIError(INVALID_ENV, f"CNI_NETNS {path!r} is a directory, not a network namespace")
+    return st.st_ino
 
 
 def make_reclaim(conf: NetConf, stores: NetworkStores) -> Any:
@@ -141,12 +143,13 @@ def ipam_add(
 
 
 def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> Result:
-    check_netns(request.netns)
+    netns_inode = check_netns(request.netns)
     # The record and the result name the namespace as the runtime does (not a resident
     # worker's descriptor path, which dies with the worker).
     ask = parse_add(request, conf, sandbox_path(request, env))
     stores = NetworkStores(conf)
     att = Attachment.new(conf.name, ask.container_id, ask.ifname, ask.sandbox)
+    att.netns_inode = netns_inode
     att.bridge = conf.bridge
     att.mac = ask.mac
     att.port_mappings = mapping_records(ask.port_mappings)

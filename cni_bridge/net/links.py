@@ -326,6 +326,7 @@ class NetlinkOps:
             peer_index=link.peer_index,
             hairpin=link.hairpin,
             isolated=link.isolated,
+            peer_netnsid=link.link_netnsid,
         )
 
     def delete_link(self, name: str) -> bool:

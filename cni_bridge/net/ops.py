@@ -111,6 +111,7 @@ class HostLink:
     peer_index: int | None  # a veth's peer ifindex (in the peer's namespace)
     hairpin: bool | None = None  # bridge-port flags, None when not a bridge port
     isolated: bool | None = None
+    peer_netnsid: int | None = None  # set when a veth's peer is in another namespace
 
 
 @dataclass(frozen=True)

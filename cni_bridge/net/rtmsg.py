@@ -53,7 +53,7 @@ BRIDGE_VLAN_INFO_RANGE_BEGIN = 0x8
 BRIDGE_VLAN_INFO_RANGE_END = 0x10
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_PROTINFO, IFLA_OPERSTATE, IFLA_LINKINFO = 12, 16, 18
-IFLA_AF_SPEC, IFLA_NET_NS_FD, IFLA_EXT_MASK = 26, 28, 29
+IFLA_AF_SPEC, IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_LINK_NETNSID = 26, 28, 29, 37
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 VETH_INFO_PEER = 1
 IFLA_BRPORT_STATE, IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 1, 4, 33
@@ -204,6 +204,8 @@ class Link:
     isolated: bool | None
     vlan_filtering: bool | None  # bridges only
     af_spec: bytes | None = None  # IFLA_AF_SPEC, parsed on demand (see inet_conf)
+    # Present when the link's peer (a veth's other end) is in another namespace.
+    link_netnsid: int | None = None
 
     @property
     def up(self) -> bool:
@@ -245,6 +247,7 @@ def parse_link(payload: bytes) -> Link:
         isolated=_flag(port, IFLA_BRPORT_ISOLATED) if port is not None else None,
         vlan_filtering=bool(_flag(bridge, IFLA_BR_VLAN_FILTERING)) if bridge is not None else None,
         af_spec=attrs.get(IFLA_AF_SPEC),
+        link_netnsid=as_s32(attrs.get(IFLA_LINK_NETNSID)),
     )
 
 

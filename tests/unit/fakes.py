@@ -68,7 +68,10 @@ class FakeNet:
             return None
         master = link.get("master")
         master_idx = self.links[master]["index"] if master in self.links else None
-        return HostLink(name, link["index"], "0a:00:00:00:00:02", 1500, link["kind"], master_idx, True, True, False, None)
+        # A veth whose peer is in a container namespace: the kernel gives it a netnsid.
+        in_container = any(c["host"] == name for c in self.container.values())
+        return HostLink(name, link["index"], "0a:00:00:00:00:02", 1500, link["kind"], master_idx, True, True, False, None,
+                        peer_netnsid=0 if in_container else None)
 
     def delete_link(self, name: str) -> bool:
         self._call("delete_link")

@@ -68,6 +68,12 @@ class World:
         result: dict[str, Any] = add.run(req, load_netconf(req.config), env, self.deps())
         return result
 
+    def kill_netns(self, path: str) -> None:
+        """The namespace dies: its path goes, and the kernel takes the veth pair with it."""
+        os.unlink(path)
+        for netns, ifname in [k for k in self.net.container if k[0] == path]:
+            self.net.delete_container_link(netns, ifname)
+
     def store(self) -> DiskStore:
         return DiskStore(NET, str(self.data_dir))
 
@@ -110,7 +116,7 @@ def test_ls_lists_attachments_with_addresses_veth_and_ports(world: World, capsys
     }
     assert rows["ctr-b"]["ports"] == [":8081->80/tcp"]
 
-    os.unlink(b)
+    world.kill_netns(b)
     code, out, _ = run_op(capsys, "ls", "--data-dir", str(world.data_dir))
     assert code == 0
     lines = out.splitlines()
@@ -134,7 +140,7 @@ def test_gc_removes_exactly_the_attachments_whose_netns_is_gone(world: World, ca
     recs = world.records()
     tag_b, veth_b = recs["ctr-b"].tag, recs["ctr-b"].host_veth
 
-    os.unlink(b)
+    world.kill_netns(b)
     code, out, err = run_op(capsys, "gc", "--data-dir", str(world.data_dir))
     assert code == 0, err
     assert f"{NET}: removed 1 attachment(s)" in out
@@ -160,7 +166,7 @@ def test_gc_skips_a_network_without_saved_config(world: World, capsys: pytest.Ca
     b = world.netns("b")
     world.add("ctr-b", b, 8081)
     os.unlink(world.data_dir / NET / STATE_DIR / NETWORK_FILE)
-    os.unlink(b)
+    world.kill_netns(b)
     code, _, err = run_op(capsys, "gc", "--data-dir", str(world.data_dir))
     assert code == 0
     assert "no readable network config" in err
@@ -171,7 +177,7 @@ def test_status_reports_pools_and_stale_attachments(world: World, capsys: pytest
     a, b = world.netns("a"), world.netns("b")
     world.add("ctr-a", a, 8080)
     world.add("ctr-b", b, 8081)
-    os.unlink(b)
+    world.kill_netns(b)
     code, out, _ = run_op(capsys, "status", "--data-dir", str(world.data_dir), "--json")
     assert code == 0
     (entry,) = json.loads(out)
@@ -211,3 +217,36 @@ def test_sandbox_path_ignores_a_stray_original_outside_the_resident() -> None:
     env["CNI_NETNS"] = "/proc/123/fd/4"
     req = parse_request(env, json.dumps({"cniVersion": "1.1.0", "name": "n", "type": "t"}).encode())
     assert sandbox_path(req, env) == "/run/netns/stale"
+
+
+def test_gc_judges_liveness_by_the_kernel_not_by_the_path(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """A path this process cannot see (another mount namespace) is no sign of death: the veth
+    with its peer in a namespace, or the recorded namespace inode still alive, keeps it."""
+    hidden, by_inode, old, dead = (world.netns(n) for n in ("hidden", "inode", "old", "dead"))
+    world.add("ctr-hidden", hidden, 8080)
+    world.add("ctr-dead", dead, 8081)
+    world.add("ctr-old", old, 8082)
+    # Under the resident CNI_NETNS is a /proc path: the inode is what the kernel shows for it.
+    world.add("ctr-inode", "/proc/self/ns/net", 8083, {ORIGINAL_NETNS_ENV: by_inode})
+    recs = world.records()
+    assert recs["ctr-inode"].netns_inode == os.stat("/proc/self/ns/net").st_ino
+    os.unlink(hidden)  # not visible here, the namespace (and so its veth) lives on
+    world.kill_netns(dead)
+    # Alive by its inode alone, although its path is gone and its veth was taken away.
+    os.unlink(by_inode)
+    world.net.delete_link(recs["ctr-inode"].host_veth)
+    # A record from before the inode was kept: only its veth can tell, and it is gone.
+    world.net.delete_link(recs["ctr-old"].host_veth)
+    rec_old = recs["ctr-old"]
+    rec_old.netns_inode = 0
+    with world.store().lock():
+        StateStore(world.store().dir).put(rec_old)
+
+    code, out, _ = run_op(capsys, "ls", "--data-dir", str(world.data_dir), "--json")
+    alive = {r["containerID"]: r["netnsAlive"] for r in json.loads(out)}
+    assert alive == {"ctr-hidden": True, "ctr-inode": True, "ctr-old": False, "ctr-dead": False}
+    code, out, err = run_op(capsys, "gc", "--data-dir", str(world.data_dir))
+    assert code == 0, err
+    assert f"{NET}: removed 2 attachment(s)" in out
+    assert set(world.records()) == {"ctr-hidden", "ctr-inode"}
+    assert recs["ctr-hidden"].host_veth in world.net.links

@@ -1,0 +1,67 @@
+"""Whether a recorded attachment is alive, as the kernel sees it.
+
+Not by its netns path: /run/netns/<name> is a bind mount, and a caller in another mount
+namespace (a DaemonSet that mounts only /var/lib/cni, a `kubectl debug node` shell) does not
+see it while the namespace lives on. Two kernel facts instead, either enough:
+- the host veth exists and its peer is in another namespace (the kernel reports
+  IFLA_LINK_NETNSID for it): a veth pair dies with the namespace holding one end, so this is
+  the container's namespace alive, whoever can or cannot see its path;
+- the namespace inode recorded at ADD is one the kernel still shows: through a process's
+  /proc/<pid>/ns/net or an nsfs bind mount this process can see. Records from before the inode
+  was kept have only the veth to go by.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cni_bridge.net.ops import NetError, NetOps
+from cni_bridge.state import Attachment
+
+
+def live_netns_inodes() -> set[int]:
+    """Inodes of the network namespaces this process can find alive."""
+    found: set[int] = set()
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        pids = []
+    for pid in pids:
+        try:
+            found.add(os.stat(f"/proc/{pid}/ns/net").st_ino)
+        except OSError:  # gone meanwhile, or a kernel thread's namespace we may not read
+            continue
+    try:
+        with open("/proc/self/mountinfo") as f:
+            mounts = f.read().splitlines()
+    except OSError:
+        mounts = []
+    for line in mounts:
+        # "<id> <parent> <dev> <root> <mountpoint> ... - <fstype> <source> ..."; an nsfs
+        # bind mount's root is "net:[<inode>]".
+        fields = line.split()
+        root = fields[3] if len(fields) > 3 else ""
+        if root.startswith("net:[") and root.endswith("]") and root[5:-1].isdigit():
+            found.add(int(root[5:-1]))
+    return found
+
+
+class Liveness:
+    """Judges the records of one run; the namespace scan is made at most once."""
+
+    def __init__(self, net: NetOps) -> None:
+        self._net = net
+        self._inodes: set[int] | None = None
+
+    def alive(self, att: Attachment) -> bool:
+        try:
+            link = self._net.host_link(att.host_veth)
+        except NetError:  # a name the kernel cannot hold: there is no such veth
+            link = None
+        if link is not None and link.kind == "veth" and link.peer_netnsid is not None:
+            return True
+        if not att.netns_inode:
+            return False
+        if self._inodes is None:
+            self._inodes = live_netns_inodes()
+        return att.netns_inode in self._inodes
