@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 
-from cni_bridge.net.ops import NetError, NetOps
+from cni_bridge.domain import DomainError, InterfaceName
+from cni_bridge.net.ops import NetOps
 from cni_bridge.state import Attachment
 
 
@@ -55,8 +56,8 @@ class Liveness:
 
     def alive(self, att: Attachment) -> bool:
         try:
-            link = self._net.host_link(att.host_veth)
-        except NetError:  # a name the kernel cannot hold: there is no such veth
+            link = self._net.host_link(InterfaceName(att.host_veth))
+        except DomainError:  # a name the kernel cannot hold: there is no such veth
             link = None
         if link is not None and link.kind == "veth" and link.peer_netnsid is not None:
             return True

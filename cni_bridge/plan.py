@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cni_bridge.config import NetConf, PortMappingConf
-from cni_bridge.domain import IPAddress, IPInterface, IPNetwork
+from cni_bridge.domain import InterfaceName, IPAddress, IPInterface, IPNetwork, MacAddress
 from cni_bridge.errors import INVALID_CONFIG, CNIError
 from cni_bridge.firewall.model import AttachmentFw, NetworkFw, PortMapping
 from cni_bridge.protocol.cniargs import CniArgs, normalize_mac, parse_cni_args
@@ -32,12 +32,12 @@ class AddRequest:
 
     network: str
     container_id: str
-    ifname: str
+    ifname: InterfaceName
     netns: str  # what netlink opens (a resident worker's descriptor path, possibly)
     sandbox: str  # the namespace as the runtime named it: what results and records report
-    host_veth: str
+    host_veth: InterfaceName
     tag: str
-    mac: str  # requested for the container end; "" lets the kernel choose
+    mac: MacAddress | None  # requested for the container end; None lets the kernel choose
     requested_ips: tuple[IPAddress, ...]
     port_mappings: tuple[PortMapping, ...]
 
@@ -56,10 +56,11 @@ def parse_add(request: Request, conf: NetConf, sandbox: str) -> AddRequest:
     return AddRequest(
         network=conf.name,
         container_id=request.container_id,
-        ifname=request.ifname,
+        # Checked by parse_request already; the type says so to the net layer.
+        ifname=InterfaceName(request.ifname),
         netns=request.netns,
         sandbox=sandbox,
-        host_veth=host_veth_name(conf.name, request.container_id, request.ifname),
+        host_veth=InterfaceName(host_veth_name(conf.name, request.container_id, request.ifname)),
         tag=attachment_tag(conf.name, request.container_id, request.ifname),
         mac=requested_mac(conf, cni_args),
         requested_ips=tuple(requested_ips(conf, cni_args)),
@@ -90,7 +91,7 @@ def requested_ips(conf: NetConf, cni_args: CniArgs) -> list[IPAddress]:
     return list(dict.fromkeys(out))
 
 
-def requested_mac(conf: NetConf, cni_args: CniArgs) -> str:
+def requested_mac(conf: NetConf, cni_args: CniArgs) -> MacAddress | None:
     """MAC for the container interface: runtimeConfig.mac (with the `mac` capability), then
     args.cni.mac, then CNI_ARGS MAC."""
     if conf.capabilities.get("mac") and conf.runtime_config.mac:

@@ -151,7 +151,7 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
     att = Attachment.new(conf.name, ask.container_id, ask.ifname, ask.sandbox)
     att.netns_inode = netns_inode
     att.bridge = conf.bridge
-    att.mac = ask.mac
+    att.mac = ask.mac or ""
     att.port_mappings = mapping_records(ask.port_mappings)
     delegated = conf.ipam.type not in ("", "host-local")
 
@@ -269,7 +269,7 @@ def _datapath(conf: NetConf, deps: Deps, plan: AddPlan, rollback: Rollback) -> R
         ask.host_veth,
         conf.bridge,
         mtu=conf.mtu,
-        container_mac=ask.mac or None,
+        container_mac=ask.mac,
         # A container reaching its own published port needs its packets sent back out of the
         # port they came in on.
         hairpin=conf.hairpin_mode or plan.publishes,

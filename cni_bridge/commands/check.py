@@ -11,6 +11,7 @@ from cni_bridge.commands.common import (
 )
 from cni_bridge.commands.deps import Deps
 from cni_bridge.config import NetConf
+from cni_bridge.domain import DomainError, InterfaceName
 from cni_bridge.errors import CHECK_MISMATCH, INVALID_CONFIG, UNKNOWN_CONTAINER, CNIError
 from cni_bridge.protocol.request import Request
 from cni_bridge.protocol.result import Interface, Result, parse_result
@@ -39,7 +40,7 @@ def check(request: Request, conf: NetConf, deps: Deps, sandbox: str = "") -> lis
             f"on network {conf.name}",
         )
     problems: list[str] = []
-    view = deps.net.container_view(request.netns, request.ifname)
+    view = deps.net.container_view(request.netns, InterfaceName(request.ifname))
     if view is None:
         return [f"interface {request.ifname} is missing from {sandbox}"]
     expected = _container_iface(prev, request.ifname, sandbox)
@@ -59,7 +60,10 @@ def check(request: Request, conf: NetConf, deps: Deps, sandbox: str = "") -> lis
         gw = r.gw if r.gw is not None else gws.get(r.dst.version)
         if (str(r.dst), str(gw) if gw else "") not in have_routes:
             problems.append(f"route {r.dst} via {gw or 'link'} is missing from {request.ifname}")
-    host = deps.net.host_link(att.host_veth)
+    try:
+        host = deps.net.host_link(InterfaceName(att.host_veth))
+    except DomainError:  # a record naming what the kernel cannot hold: there is no such veth
+        host = None
     if host is None:
         problems.append(f"host veth {att.host_veth} is missing")
     else:

@@ -19,6 +19,7 @@ from cni_bridge.commands.common import (
 )
 from cni_bridge.commands.deps import Deps
 from cni_bridge.config import NetConf
+from cni_bridge.domain import InterfaceName
 from cni_bridge.state import Attachment
 
 log = logging.getLogger(__name__)
@@ -77,9 +78,9 @@ def teardown(
     )
     if conf.macspoofchk and att.mac:
         step("macspoofchk", lambda: deps.firewall.del_macspoof(att.host_veth, att.mac))
-    step("host veth", lambda: deps.net.delete_link(att.host_veth))
+    step("host veth", lambda: deps.net.delete_link(InterfaceName(att.host_veth)))
     if netns and os.path.exists(netns):
-        step("container interface", lambda: deps.net.delete_container_link(netns, att.ifname))
+        step("container interface", lambda: deps.net.delete_container_link(netns, InterfaceName(att.ifname)))
     if conf.ipam.type != "host-local" or os.path.isdir(stores.ipam.dir):
         step("ipam", lambda: release_ipam(conf, stores, att, env, stdin))
     if not errors:

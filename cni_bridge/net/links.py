@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from socket import AF_INET, AF_INET6
 
+from cni_bridge.domain import InterfaceName, MacAddress
 from cni_bridge.net import rtnl, sysctl
 from cni_bridge.net.netlink import NetlinkError, NetlinkSocket
 from cni_bridge.net.netns import entered, open_netns
@@ -33,7 +34,7 @@ from cni_bridge.net.ops import (
     NotABridge,
     Route,
 )
-from cni_bridge.net.plans import check_ifname, check_mac, plan_bridge_addrs, vlan_entries
+from cni_bridge.net.plans import plan_bridge_addrs, vlan_entries
 from cni_bridge.net.rtmsg import (
     BR_STATE_DISABLED,
     DEVCONF_ACCEPT_RA,
@@ -95,8 +96,7 @@ class NetlinkOps:
 
     # bridge
 
-    def ensure_bridge(self, name: str, mtu: int | None, vlan_filtering: bool) -> LinkInfo:
-        check_ifname(name)
+    def ensure_bridge(self, name: InterfaceName, mtu: int | None, vlan_filtering: bool) -> LinkInfo:
         rt = self._rt()
         link = get_link(rt, name=name)
         created = False
@@ -122,8 +122,7 @@ class NetlinkOps:
         self._bridges[name] = link
         return LinkInfo(name, link.index, link.mac, mtu or link.mtu)
 
-    def ensure_bridge_addrs(self, name: str, addrs: Sequence[IPInterface], force: bool) -> None:
-        check_ifname(name)
+    def ensure_bridge_addrs(self, name: InterfaceName, addrs: Sequence[IPInterface], force: bool) -> None:
         rt = self._rt()
         link = self._bridges.get(name) or get_link(rt, name=name)
         if link is None:
@@ -141,21 +140,18 @@ class NetlinkOps:
     def create_veth(
         self,
         netns_path: str,
-        ifname: str,
-        host_name: str,
-        bridge: str,
+        ifname: InterfaceName,
+        host_name: InterfaceName,
+        bridge: InterfaceName,
         *,
         mtu: int | None = None,
-        container_mac: str | None = None,
+        container_mac: MacAddress | None = None,
         hairpin: bool = False,
         promisc: bool = False,
         port_isolation: bool = False,
         vlan: int | None = None,
         vlan_trunk: Sequence[int] | None = None,
     ) -> tuple[LinkInfo, LinkInfo]:
-        check_ifname(ifname)
-        check_ifname(host_name)
-        mac = check_mac(container_mac) if container_mac else None
         vlans = vlan_entries(vlan, vlan_trunk)
         nsfd = open_netns(netns_path)
         try:
@@ -166,7 +162,7 @@ class NetlinkOps:
             if br.kind != "bridge":
                 raise NotABridge(bridge, br.kind)
             try:
-                rtnl.new_veth(rt, host_name, ifname, nsfd, br.index, mtu, mac)
+                rtnl.new_veth(rt, host_name, ifname, nsfd, br.index, mtu, container_mac)
             except NetlinkError:  # EEXIST: which of the two names?
                 raise self._existing(rt, nsfd, netns_path, host_name, ifname) from None
             try:
@@ -211,14 +207,13 @@ class NetlinkOps:
     def configure_container(
         self,
         netns_path: str,
-        ifname: str,
+        ifname: InterfaceName,
         addrs: Sequence[IPInterface],
         routes: Sequence[Route],
         *,
         enable_dad: bool = False,
         ipv6: bool = True,
     ) -> None:
-        check_ifname(ifname)
         # Per-interface IPv6 sysctls of the container (netlink cannot set them), written from
         # inside its namespace before the addresses and the link-local one made at link up.
         # Only where IPv6 stays on: each /proc/sys lookup costs ~0.6 ms with 1000 namespaces
@@ -281,8 +276,7 @@ class NetlinkOps:
                 return
         raise LinkNotReady(f"IPv6 DAD on {ifname} did not finish within {self.dad_timeout:g}s")
 
-    def container_view(self, netns_path: str, ifname: str) -> ContainerView | None:
-        check_ifname(ifname)
+    def container_view(self, netns_path: str, ifname: InterfaceName) -> ContainerView | None:
         with _container_socket(netns_path) as ct:
             if ct is None:
                 return None
@@ -301,15 +295,13 @@ class NetlinkOps:
                 routes=tuple(rtnl.dump_routes(ct, link.index)),
             )
 
-    def delete_container_link(self, netns_path: str, ifname: str) -> bool:
-        check_ifname(ifname)
+    def delete_container_link(self, netns_path: str, ifname: InterfaceName) -> bool:
         with _container_socket(netns_path) as ct:
             return ct is not None and rtnl.delete_link(ct, ifname)
 
     # host side
 
-    def host_link(self, name: str) -> HostLink | None:
-        check_ifname(name)
+    def host_link(self, name: InterfaceName) -> HostLink | None:
         link = get_link(self._rt(), name=name)
         if link is None:
             return None
@@ -329,12 +321,10 @@ class NetlinkOps:
             peer_netnsid=link.link_netnsid,
         )
 
-    def delete_link(self, name: str) -> bool:
-        check_ifname(name)
+    def delete_link(self, name: InterfaceName) -> bool:
         return rtnl.delete_link(self._rt(), name)
 
-    def link_exists(self, name: str) -> bool:
-        check_ifname(name)
+    def link_exists(self, name: InterfaceName) -> bool:
         return get_link(self._rt(), name=name) is not None
 
     def host_links_with_prefix(self, prefix: str) -> list[str]:
@@ -342,13 +332,13 @@ class NetlinkOps:
             link.name for link in rtnl.dump_links(self._rt()) if link.name.startswith(prefix)
         )
 
-    def bridge_ports(self, bridge: str) -> list[str]:
-        check_ifname(bridge)
+    def bridge_ports(self, bridge: InterfaceName) -> list[InterfaceName]:
         rt = self._rt()
         br = get_link(rt, name=bridge)
         if br is None:
             return []
-        return sorted(link.name for link in rtnl.dump_links(rt, master=br.index))
+        # Names the kernel reports pass its own rule, which is the one InterfaceName checks.
+        return sorted(InterfaceName(link.name) for link in rtnl.dump_links(rt, master=br.index))
 
     # sysctls (host namespace)
 
@@ -359,8 +349,7 @@ class NetlinkOps:
         if v6 and rtnl.forwarding(self._rt(), AF_INET6) != 1:
             sysctl.write("net/ipv6/conf/all/forwarding", "1")
 
-    def set_route_localnet(self, bridge: str) -> None:
-        check_ifname(bridge)
+    def set_route_localnet(self, bridge: InterfaceName) -> None:
         link = self._bridges.get(bridge) or get_link(self._rt(), name=bridge)
         if link is None or inet_conf(link, IPV4_DEVCONF_ROUTE_LOCALNET) != 1:
             sysctl.write(f"net/ipv4/conf/{bridge}/route_localnet", "1")

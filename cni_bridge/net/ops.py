@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from cni_bridge.domain import InterfaceName, MacAddress
+
 # Re-exported for the netlink modules that take them from here.
 from cni_bridge.domain import IPAddress as IPAddress
 from cni_bridge.domain import IPInterface as IPInterface
@@ -134,7 +136,7 @@ class ContainerView:
 
 @runtime_checkable
 class NetOps(Protocol):
-    def ensure_bridge(self, name: str, mtu: int | None, vlan_filtering: bool) -> LinkInfo:
+    def ensure_bridge(self, name: InterfaceName, mtu: int | None, vlan_filtering: bool) -> LinkInfo:
         """Create the bridge or reuse an existing one; set MTU, bring it up, pin its MAC.
 
         Raises NotABridge when `name` exists with another kind. Safe against a concurrent
@@ -142,7 +144,7 @@ class NetOps(Protocol):
         """
         ...
 
-    def ensure_bridge_addrs(self, name: str, addrs: Sequence[IPInterface], force: bool) -> None:
+    def ensure_bridge_addrs(self, name: InterfaceName, addrs: Sequence[IPInterface], force: bool) -> None:
         """Add gateway addresses to the bridge (present ones are fine).
 
         Another IPv4 address, or an overlapping IPv6 one, raises AddressConflict unless `force`,
@@ -153,12 +155,12 @@ class NetOps(Protocol):
     def create_veth(
         self,
         netns_path: str,
-        ifname: str,
-        host_name: str,
-        bridge: str,
+        ifname: InterfaceName,
+        host_name: InterfaceName,
+        bridge: InterfaceName,
         *,
         mtu: int | None = None,
-        container_mac: str | None = None,
+        container_mac: MacAddress | None = None,
         hairpin: bool = False,
         promisc: bool = False,
         port_isolation: bool = False,
@@ -176,7 +178,7 @@ class NetOps(Protocol):
     def configure_container(
         self,
         netns_path: str,
-        ifname: str,
+        ifname: InterfaceName,
         addrs: Sequence[IPInterface],
         routes: Sequence[Route],
         *,
@@ -191,31 +193,31 @@ class NetOps(Protocol):
         """
         ...
 
-    def container_view(self, netns_path: str, ifname: str) -> ContainerView | None:
+    def container_view(self, netns_path: str, ifname: InterfaceName) -> ContainerView | None:
         """None when the namespace or the link is gone."""
         ...
 
-    def host_link(self, name: str) -> HostLink | None: ...
+    def host_link(self, name: InterfaceName) -> HostLink | None: ...
 
-    def delete_link(self, name: str) -> bool:
+    def delete_link(self, name: InterfaceName) -> bool:
         """Delete a host link (a veth end takes its peer along). False if it was missing."""
         ...
 
-    def delete_container_link(self, netns_path: str, ifname: str) -> bool:
+    def delete_container_link(self, netns_path: str, ifname: InterfaceName) -> bool:
         """False when the namespace or the link is missing; never raises for absence."""
         ...
 
-    def link_exists(self, name: str) -> bool: ...
+    def link_exists(self, name: InterfaceName) -> bool: ...
 
     def host_links_with_prefix(self, prefix: str) -> list[str]: ...
 
-    def bridge_ports(self, bridge: str) -> list[str]:
+    def bridge_ports(self, bridge: InterfaceName) -> list[InterfaceName]:
         """Names of the links whose master is `bridge` (empty if the bridge is missing)."""
         ...
 
     def set_forwarding(self, v4: bool, v6: bool) -> None: ...
 
-    def set_route_localnet(self, bridge: str) -> None: ...
+    def set_route_localnet(self, bridge: InterfaceName) -> None: ...
 
     def set_sysctl(self, path: str, value: str) -> None:
         """Write /proc/sys/<path> in the host namespace (`net/ipv4/ip_forward` or dotted)."""

@@ -1,9 +1,8 @@
-"""Pure decisions of the net layer: name and MAC checks, the bridge's gateway addresses, a
-port's VLAN entries. No kernel access."""
+"""Pure decisions of the net layer: the bridge's gateway addresses, a port's VLAN entries. No
+kernel access. Names and MACs arrive as domain.py's checked types and are not checked again."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 
 from cni_bridge.net.ops import AddressConflict, IPInterface, NetError
@@ -13,32 +12,6 @@ from cni_bridge.net.rtmsg import (
     BRIDGE_VLAN_INFO_RANGE_END,
     BRIDGE_VLAN_INFO_UNTAGGED,
 )
-
-_IFNAMSIZ = 16
-
-
-def check_ifname(name: str) -> None:
-    """The kernel's rules for interface names (dev_valid_name)."""
-    raw = name.encode()
-    if (
-        not raw
-        or len(raw) >= _IFNAMSIZ
-        or name in (".", "..")
-        or any(c in name for c in "/:")
-        or any(c.isspace() for c in name)
-    ):
-        raise NetError(f"invalid interface name {name!r}")
-
-
-_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
-
-
-def check_mac(mac: str) -> str:
-    """A unicast Ethernet address, normalised to lower case."""
-    norm = mac.strip().lower().replace("-", ":")
-    if not _MAC.fullmatch(norm) or int(norm[:2], 16) & 1:
-        raise NetError(f"invalid MAC address {mac!r} (need a unicast xx:xx:xx:xx:xx:xx)")
-    return norm
 
 
 def plan_bridge_addrs(

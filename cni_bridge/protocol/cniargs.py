@@ -26,7 +26,7 @@ _FALSE = {"0", "false", "False", "FALSE", "f", "F", ""}
 @dataclass(frozen=True)
 class CniArgs:
     ips: tuple[IPAddress, ...] = ()
-    mac: str = ""
+    mac: MacAddress | None = None
     pod: dict[str, str] = field(default_factory=dict)
     ignore_unknown: bool = False
 
@@ -53,14 +53,12 @@ def parse_cni_args(text: str) -> CniArgs:
             ips.append(ipaddress.ip_address(raw.strip()))
         except ValueError:
             raise CNIError(INVALID_ENV, f"CNI_ARGS: IP={raw!r} is not an IP address") from None
-    mac = pairs.get("MAC", "")
-    if mac:
-        mac = normalize_mac(mac, "CNI_ARGS MAC")
+    mac = normalize_mac(pairs["MAC"], "CNI_ARGS MAC") if pairs.get("MAC") else None
     pod = {k: v for k, v in pairs.items() if k.startswith("K8S_POD_")}
     return CniArgs(ips=tuple(ips), mac=mac, pod=pod, ignore_unknown=ignore_unknown)
 
 
-def normalize_mac(text: str, what: str) -> str:
+def normalize_mac(text: str, what: str) -> MacAddress:
     """A MAC address the request names (`what`, e.g. "CNI_ARGS MAC"); a bad one is CNI error 4."""
     try:
         return MacAddress(text)

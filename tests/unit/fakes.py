@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cni_bridge.domain import InterfaceName
 from cni_bridge.firewall.model import AttachmentFw, ForeignChain, NetworkFw
 from cni_bridge.net.ops import ContainerView, HostLink, LinkExists, LinkInfo
 
@@ -96,8 +97,8 @@ class FakeNet:
     def host_links_with_prefix(self, prefix: str) -> list[str]:
         return [n for n in self.links if n.startswith(prefix)]
 
-    def bridge_ports(self, bridge: str) -> list[str]:
-        return [n for n, link in self.links.items() if link.get("master") == bridge]
+    def bridge_ports(self, bridge: str) -> list[InterfaceName]:
+        return [InterfaceName(n) for n, link in self.links.items() if link.get("master") == bridge]
 
     def set_forwarding(self, v4: bool, v6: bool) -> None:
         self._call("set_forwarding")
