@@ -151,8 +151,12 @@ def _dnat_rule(fam: int, specific: bool) -> tuple[Json, ...]:
     key += [meta("l4proto"), _DPORT]
     maps = PUB[(fam, specific)]
     concat = {"concat": key}
+    # [::1] is left to the socket the agent holds on the port (cni_bridge/ports): IPv6 has no
+    # route_localnet, so a DNAT of ::1 to a container is dropped and the client hangs.
+    not_lo: tuple[Json, ...] = (match(_pl("ip6", "daddr"), "::1", "!="),) if fam == 6 else ()
     return (
         match(meta("nfproto"), f"ipv{fam}"),
+        *not_lo,
         {
             "dnat": {
                 "family": l3,
@@ -183,6 +187,12 @@ def _masq_rules(fam: int) -> tuple[tuple[str, tuple[Json, ...]], ...]:
             ),
         ),
     )
+
+
+def _dnat_comment(fam: int, specific: bool) -> str:
+    # The comment names the rule's version: a host with the older dnat6 (::1 included) gets
+    # the chain rewritten by layout_repairs.
+    return f"{LAYOUT} dnat{fam}{'-hostip' if specific else ''}{' not ::1' if fam == 6 else ''}"
 
 
 _JUMP_PUBLISH = (
@@ -218,7 +228,7 @@ STATIC_CHAINS: tuple[Chain, ...] = (
         "",
         0,
         tuple(
-            (f"{LAYOUT} dnat{fam}{'-hostip' if specific else ''}", _dnat_rule(fam, specific))
+            (_dnat_comment(fam, specific), _dnat_rule(fam, specific))
             for fam in (4, 6)
             for specific in (True, False)
         ),
