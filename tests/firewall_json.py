@@ -5,9 +5,45 @@ passes the model in memory, and its records keep port mappings (model.mapping_to
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from typing import Any
 
-from cni_bridge.firewall.model import AttachmentFw, NetworkFw, mapping_from_dict, mapping_to_dict
+from cni_bridge.domain import InterfaceName, IPAddress, IPNetwork, NetworkName, Port
+from cni_bridge.firewall.model import (
+    AttachmentFw,
+    NetworkFw,
+    PortMapping,
+    Protocol,
+    mapping_from_dict,
+    mapping_to_dict,
+)
+
+
+def fw_net(
+    name: str,
+    bridge: str,
+    subnets: Sequence[IPNetwork],
+    ip_masq: bool,
+    *,
+    isolate: bool = True,
+    non_masq: Sequence[IPNetwork] = (),
+) -> NetworkFw:
+    """A network as config.py would hand it to the firewall (its names checked by domain.py)."""
+    return NetworkFw(
+        NetworkName(name), InterfaceName(bridge), list(subnets), ip_masq, isolate, list(non_masq)
+    )
+
+
+def port_map(
+    host_port: int,
+    container_port: int,
+    protocol: Protocol = "tcp",
+    host_ip: IPAddress | None = None,
+    host_port_end: int | None = None,
+) -> PortMapping:
+    """A port mapping as config.py would hand it to the firewall (its ports domain.Port)."""
+    end = Port(host_port_end) if host_port_end is not None else None
+    return PortMapping(Port(host_port), Port(container_port), protocol, host_ip, end)
 
 
 def network_to_dict(net: NetworkFw) -> dict[str, Any]:
@@ -23,8 +59,8 @@ def network_to_dict(net: NetworkFw) -> dict[str, Any]:
 
 def network_from_dict(d: dict[str, Any]) -> NetworkFw:
     return NetworkFw(
-        name=str(d["name"]),
-        bridge=str(d["bridge"]),
+        name=NetworkName(d["name"]),
+        bridge=InterfaceName(d["bridge"]),
         subnets=[ipaddress.ip_network(s, strict=False) for s in d["subnets"]],
         ip_masq=bool(d["ipMasq"]),
         isolate=bool(d.get("isolate", True)),

@@ -1,10 +1,11 @@
 """What the firewall layer needs to know about a network and one attachment, what it reads
 back from the kernel, and what it refuses.
 
-Standard library only: the commands import it without pulling in libnftables. Validation
-that depends on nftables limits (comment length, range sizes) lives in rules.py and ports.py;
-this module only holds data, the errors of the pure layer and a port mapping's JSON form
-(as attachment records keep it).
+Standard library only: the commands import it without pulling in libnftables. Names and ports
+arrive as domain.py's checked types (config.py checked them, or `mapping_from_dict` when a
+record is read) and are not checked again; only nftables' own limits (comment length, range
+sizes) are checked, in rules.py and ports.py. This module holds data, the errors of the pure
+layer and a port mapping's JSON form (as attachment records keep it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from cni_bridge.domain import InterfaceName, NetworkName, Port, port_range_count
 
 # Re-exported for the firewall modules that take them from here.
 from cni_bridge.domain import IPAddress as IPAddress
@@ -29,11 +32,11 @@ class PortMapping:
     as the reference portmap plugin reads it; None means any address of both families.
     """
 
-    host_port: int
-    container_port: int
+    host_port: Port
+    container_port: Port
     protocol: Protocol = "tcp"
     host_ip: IPAddress | None = None
-    host_port_end: int | None = None  # inclusive; None: a single port
+    host_port_end: Port | None = None  # inclusive; None: a single port
 
     @property
     def count(self) -> int:
@@ -42,8 +45,8 @@ class PortMapping:
 
 @dataclass(frozen=True)
 class NetworkFw:
-    name: str
-    bridge: str
+    name: NetworkName
+    bridge: InterfaceName
     subnets: list[IPNetwork]
     ip_masq: bool
     isolate: bool = True
@@ -152,15 +155,19 @@ def mapping_to_dict(pm: PortMapping) -> dict[str, Any]:
 
 
 def mapping_from_dict(d: dict[str, Any]) -> PortMapping:
+    """A record's mapping, checked by domain.py's rules (a record is a file: read, not trusted);
+    ValueError if it breaks one."""
     proto = str(d.get("protocol", "tcp")).lower()
     if proto not in PROTOCOLS:
         raise ValueError(f"unsupported protocol {proto!r}")
     host_ip = d.get("hostIP")
     end = d.get("hostPortEnd")
-    return PortMapping(
-        host_port=int(d["hostPort"]),
-        container_port=int(d["containerPort"]),
+    pm = PortMapping(
+        host_port=Port(int(d["hostPort"])),
+        container_port=Port(int(d["containerPort"])),
         protocol=proto,
         host_ip=ipaddress.ip_address(host_ip) if host_ip else None,
-        host_port_end=int(end) if end is not None else None,
+        host_port_end=Port(int(end)) if end is not None else None,
     )
+    port_range_count(pm.host_port, pm.host_port_end, pm.container_port)
+    return pm

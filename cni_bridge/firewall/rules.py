@@ -63,16 +63,12 @@ from cni_bridge.firewall.ports import (
 
 FOREIGN_TAG = "cni-bridge:"  # + network name: comment of our rules in foreign chains
 _TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,47}")
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_IFNAME_RE = re.compile(r"[^\s/:]{1,15}")
 
 
 def validate(net: NetworkFw, att: AttachmentFw | None = None) -> None:
-    """Raises InvalidConfig for what the element comments or nftables cannot carry."""
-    if not _NAME_RE.fullmatch(net.name):
-        raise InvalidConfig(f"network name {net.name!r} is not usable by the firewall")
-    if not _IFNAME_RE.fullmatch(net.bridge) or len(net.bridge.encode()) > 15:
-        raise InvalidConfig(f"invalid bridge name {net.bridge!r}")
+    """Raises InvalidConfig for what the element comments or nftables cannot carry. The network
+    and bridge names and the ports are domain.py's types, checked where they were made (the
+    network name's bound is the comments' room)."""
     if att is None:
         return
     if not _TAG_RE.fullmatch(att.tag):

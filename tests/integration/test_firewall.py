@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from cni_bridge.firewall.model import AttachmentFw, NetworkFw, PortMapping
-from tests.firewall_json import attachment_to_dict, network_to_dict
+from tests.firewall_json import attachment_to_dict, fw_net, network_to_dict, port_map
 from tests.lab import Lab, Netns, nft
 
 pytestmark = [
@@ -27,8 +27,8 @@ pytestmark = [
 PREFIX = "cbC"
 REPO = str(Path(__file__).resolve().parents[2])
 HOST4, OUT4, HOST6, OUT6 = "192.0.2.1", "192.0.2.2", "2001:db8::1", "2001:db8::2"
-NET_A = NetworkFw("netA", "cbbrA", [ip_network("10.88.1.0/24"), ip_network("fd88:1::/64")], True)
-NET_B = NetworkFw("netB", "cbbrB", [ip_network("10.88.2.0/24"), ip_network("fd88:2::/64")], True)
+NET_A = fw_net("netA", "cbbrA", [ip_network("10.88.1.0/24"), ip_network("fd88:1::/64")], True)
+NET_B = fw_net("netB", "cbbrB", [ip_network("10.88.2.0/24"), ip_network("fd88:2::/64")], True)
 # container -> (network, bridge index, IPv4, IPv6)
 CONTAINERS = {
     "c1": (NET_A, "10.88.1.2", "fd88:1::2"),
@@ -192,8 +192,8 @@ def test_published_port_reachable_every_way(topo_bnf: Topo) -> None:
     t.lab.server(t.ns["c1"], "udp", 53)
     t.lab.server(t.ns["c3"], "tcp", 80)
     assert t.reach("out", "tcp", HOST4, 8080) is None  # nothing published yet
-    t.add(attachment("t1", "c1", PortMapping(8080, 80), PortMapping(5353, 53, "udp")))
-    t.add(attachment("t3", "c3", PortMapping(8081, 80)))
+    t.add(attachment("t1", "c1", port_map(8080, 80), port_map(5353, 53, "udp")))
+    t.add(attachment("t3", "c3", port_map(8081, 80)))
 
     # 1. from outside, to every host address, the client's own address preserved
     assert t.reach("out", "tcp", HOST4, 8080) == OUT4
@@ -235,7 +235,7 @@ def test_masquerade_only_leaving_the_network(topo_bnf: Topo) -> None:
 def test_no_masquerade_without_ip_masq(topo: Topo) -> None:
     t = topo
     t.lab.server(t.out, "tcp", 9000)
-    plain = NetworkFw(NET_A.name, NET_A.bridge, NET_A.subnets, ip_masq=False)
+    plain = fw_net(NET_A.name, NET_A.bridge, NET_A.subnets, ip_masq=False)
     t.fw("add", plain, attachment("t1", "c1"))
     assert t.reach("c1", "tcp", OUT4, 9000) is None
     t.out.ip_batch(["route add 10.88.1.0/24 via " + HOST4])
@@ -248,7 +248,7 @@ def test_non_masquerade_cidrs_keep_the_source_address(topo: Topo) -> None:
     t.out.ip_batch(["route add 10.88.1.0/24 via " + HOST4])
     # the outside's IPv4 subnet stands for "the cluster": the container's address is kept
     # there; IPv6 traffic still leaves masqueraded
-    kept = NetworkFw(NET_A.name, NET_A.bridge, NET_A.subnets, True, non_masq=[ip_network("192.0.2.0/24")])
+    kept = fw_net(NET_A.name, NET_A.bridge, NET_A.subnets, True, non_masq=[ip_network("192.0.2.0/24")])
     t.fw("add", kept, attachment("t1", "c1"))
     assert t.reach("c1", "tcp", OUT4, 9000) == "10.88.1.2"
     assert t.reach("c1", "tcp", OUT6, 9000) == HOST6
@@ -262,8 +262,8 @@ def test_isolation_between_bridges(topo_bnf: Topo) -> None:
     t.lab.server(t.ns["c3"], "tcp", 80)
     t.lab.server(t.ns["c1"], "tcp", 80)
     assert t.reach("c1", "tcp", "10.88.2.2", 80) == "10.88.1.2"  # open before ADD
-    t.add(attachment("t1", "c1", PortMapping(8080, 80)))
-    t.add(attachment("t3", "c3", PortMapping(8081, 80)))
+    t.add(attachment("t1", "c1", port_map(8080, 80)))
+    t.add(attachment("t3", "c3", port_map(8081, 80)))
     assert t.reach("c1", "tcp", "10.88.2.2", 80) is None
     assert t.reach("c3", "tcp", "10.88.1.2", 80) is None
     assert t.reach("c1", "tcp", "fd88:2::2", 80) is None
@@ -274,8 +274,8 @@ def test_isolation_between_bridges(topo_bnf: Topo) -> None:
     # a non-isolated network talks to other non-isolated ones
     t.fw("del", NET_B, attachment("t3", "c3"), last=True)
     t.fw("del", NET_A, attachment("t1", "c1"), last=True)
-    open_a = NetworkFw(NET_A.name, NET_A.bridge, NET_A.subnets, True, isolate=False)
-    open_b = NetworkFw(NET_B.name, NET_B.bridge, NET_B.subnets, True, isolate=False)
+    open_a = fw_net(NET_A.name, NET_A.bridge, NET_A.subnets, True, isolate=False)
+    open_b = fw_net(NET_B.name, NET_B.bridge, NET_B.subnets, True, isolate=False)
     t.fw("add", open_a, attachment("t1", "c1"))
     t.fw("add", open_b, attachment("t3", "c3"))
     assert t.reach("c1", "tcp", "10.88.2.2", 80) is not None
@@ -283,27 +283,27 @@ def test_isolation_between_bridges(topo_bnf: Topo) -> None:
 
 def test_port_conflicts(topo: Topo) -> None:
     t = topo
-    t.add(attachment("t1", "c1", PortMapping(8080, 80)))
-    for pm in (PortMapping(8080, 80), PortMapping(8080, 81, host_ip=ip_address(HOST4))):
+    t.add(attachment("t1", "c1", port_map(8080, 80)))
+    for pm in (port_map(8080, 80), port_map(8080, 81, host_ip=ip_address(HOST4))):
         with pytest.raises(FwError) as exc:
             t.add(attachment("t2", "c2", pm))
         assert exc.value.code == 100
         assert "tcp/8080" in exc.value.msg and "netA/c1/eth0" in exc.value.msg
     # a conflict from another network, and specific host address against any
-    t.add(attachment("t3", "c3", PortMapping(9000, 80, host_ip=ip_address(HOST4))))
+    t.add(attachment("t3", "c3", port_map(9000, 80, host_ip=ip_address(HOST4))))
     with pytest.raises(FwError, match="netB/c3/eth0"):
-        t.add(attachment("t2", "c2", PortMapping(9000, 80)))
+        t.add(attachment("t2", "c2", port_map(9000, 80)))
     # different protocol, different host address: fine; the failed ADDs left nothing
     t.add(
         attachment(
             "t2",
             "c2",
-            PortMapping(8080, 80, "udp"),
-            PortMapping(9000, 80, host_ip=ip_address("10.88.1.1")),
+            port_map(8080, 80, "udp"),
+            port_map(9000, 80, host_ip=ip_address("10.88.1.1")),
         )
     )
     assert sorted(t.fw("tags", NET_A)) == ["t1", "t2"]
-    t.add(attachment("t1", "c1", PortMapping(8080, 80)))  # the same again: fine
+    t.add(attachment("t1", "c1", port_map(8080, 80)))  # the same again: fine
     assert sorted(t.fw("tags", NET_A)) == ["t1", "t2"]
 
 
@@ -316,7 +316,7 @@ def test_foreign_inet_forward_drop(topo: Topo) -> None:
     t.lab.server(t.ns["c1"], "tcp", 80)
     t.lab.server(t.out, "tcp", 9000)
     assert t.fw("foreign") == ["inet admin filter_fwd"]
-    t.add(attachment("t1", "c1", PortMapping(8080, 80)))
+    t.add(attachment("t1", "c1", port_map(8080, 80)))
     t.add(attachment("t2", "c2"))
     assert t.reach("out", "tcp", HOST4, 8080) == OUT4
     assert t.reach("c1", "tcp", OUT4, 9000) == HOST4
@@ -325,7 +325,7 @@ def test_foreign_inet_forward_drop(topo: Topo) -> None:
     assert t.reach("out", "tcp", "10.88.1.2", 80) is None
     admin = [c for c in nft.comments(t.host) if c.startswith("cni-bridge:")]
     assert admin == ["cni-bridge:netA", "cni-bridge:netA"]  # once per network
-    assert t.fw("check", NET_A, attachment("t1", "c1", PortMapping(8080, 80))) == []
+    assert t.fw("check", NET_A, attachment("t1", "c1", port_map(8080, 80))) == []
     t.delete(attachment("t1", "c1"), last=False)
     assert [c for c in nft.comments(t.host) if c.startswith("cni-bridge:")] == admin
     t.delete(attachment("t2", "c2"), last=True)
@@ -343,7 +343,7 @@ def test_iptables_nft_forward_drop_stays_readable(topo: Topo) -> None:
     t.host.exec("iptables-nft", "-P", "FORWARD", "DROP")
     t.host.exec("ip6tables-nft", "-P", "FORWARD", "DROP")
     t.lab.server(t.ns["c1"], "tcp", 80)
-    t.add(attachment("t1", "c1", PortMapping(8080, 80)))
+    t.add(attachment("t1", "c1", port_map(8080, 80)))
     assert t.reach("out", "tcp", HOST4, 8080) == OUT4
     assert t.reach("out", "tcp", HOST6, 8080) == OUT6
     rules = t.host.exec("iptables-nft", "-S", "FORWARD").stdout
@@ -375,7 +375,7 @@ def test_guard_drops_loopback_from_off_host(topo: Topo) -> None:
         )
     assert t.reach("out", "tcp", "127.0.0.1", 7000) is not None  # the CVE-2020-8558 hole
     assert t.reach("c1", "tcp", "127.0.0.1", 7000) is not None
-    t.add(attachment("t1", "c1", PortMapping(8080, 80)))
+    t.add(attachment("t1", "c1", port_map(8080, 80)))
     assert t.reach("out", "tcp", "127.0.0.1", 7000) is None
     assert t.reach("c1", "tcp", "127.0.0.1", 7000) is None
     assert nft.counter(t.host, "cni_bridge", "guard", "v1 guard") > 0
@@ -390,7 +390,7 @@ def test_udp_mapping_flushes_stale_conntrack(topo: Topo) -> None:
     assert t.reach("out", "udp", HOST4, 5454, src_port=40000) is None
     entries = t.host.exec("conntrack", "-L", "-p", "udp", "--dport", "5454").stdout
     assert "sport=40000" in entries
-    t.add(attachment("t1", "c1", PortMapping(5454, 53, "udp")))
+    t.add(attachment("t1", "c1", port_map(5454, 53, "udp")))
     entries = t.host.exec("conntrack", "-L", "-p", "udp", "--dport", "5454").stdout
     assert "sport=40000" not in entries
     assert t.reach("out", "udp", HOST4, 5454, src_port=40000) == OUT4
@@ -400,7 +400,7 @@ def test_port_range(topo: Topo) -> None:
     t = topo
     t.lab.server(t.ns["c1"], "tcp", 80)
     t.lab.server(t.ns["c1"], "tcp", 82)
-    t.add(attachment("t1", "c1", PortMapping(8000, 80, host_port_end=8002)))
+    t.add(attachment("t1", "c1", port_map(8000, 80, host_port_end=8002)))
     assert t.reach("out", "tcp", HOST4, 8000) == OUT4
     assert t.reach("out", "tcp", HOST4, 8002) == OUT4
     assert t.reach("out", "tcp", HOST4, 8003) is None
@@ -413,9 +413,9 @@ def test_host_ip_mappings_answer_on_that_address_only(topo: Topo) -> None:
         attachment(
             "t1",
             "c1",
-            PortMapping(8080, 80, host_ip=ip_address(HOST4)),
-            PortMapping(8080, 80, host_ip=ip_address(HOST6)),
-            PortMapping(8081, 80, host_ip=ip_address("0.0.0.0")),  # every IPv4 address
+            port_map(8080, 80, host_ip=ip_address(HOST4)),
+            port_map(8080, 80, host_ip=ip_address(HOST6)),
+            port_map(8081, 80, host_ip=ip_address("0.0.0.0")),  # every IPv4 address
         )
     )
     assert t.reach("out", "tcp", HOST4, 8080) == OUT4
@@ -430,9 +430,9 @@ def test_del_removes_exactly_the_attachment(topo: Topo) -> None:
     t = topo
     t.lab.server(t.ns["c1"], "tcp", 80)
     t.lab.server(t.ns["c2"], "tcp", 80)
-    first = attachment("t1", "c1", PortMapping(8080, 80))
+    first = attachment("t1", "c1", port_map(8080, 80))
     t.add(first)
-    t.add(attachment("t2", "c2", PortMapping(9090, 80)))
+    t.add(attachment("t2", "c2", port_map(9090, 80)))
     t.delete(first, last=False)
     assert our_comments(t, "t1") == []
     assert len(our_comments(t, "t2")) == 6  # (addr, port, claim) x (IPv4, IPv6)
@@ -448,8 +448,8 @@ def test_del_removes_exactly_the_attachment(topo: Topo) -> None:
     t.fw("del", NET_A, again, last=False)
     assert our_comments(t, "t9") == []
     # hostIP-specific mappings share a port marker, dropped with the last of them
-    on_a = attachment("t5", "c1", PortMapping(7070, 80, host_ip=ip_address(HOST4)))
-    on_b = attachment("t6", "c2", PortMapping(7070, 80, host_ip=ip_address("10.88.1.1")))
+    on_a = attachment("t5", "c1", port_map(7070, 80, host_ip=ip_address(HOST4)))
+    on_b = attachment("t6", "c2", port_map(7070, 80, host_ip=ip_address("10.88.1.1")))
     t.add(on_a)
     t.add(on_b)
     assert t.reach("out", "tcp", HOST4, 7070) == OUT4
@@ -468,8 +468,8 @@ def test_del_removes_exactly_the_attachment(topo: Topo) -> None:
 def test_gc_and_check(topo: Topo) -> None:
     t = topo
     keep, stale = (
-        attachment("t2", "c2", PortMapping(9090, 80)),
-        attachment("t1", "c1", PortMapping(8080, 80)),
+        attachment("t2", "c2", port_map(9090, 80)),
+        attachment("t1", "c1", port_map(8080, 80)),
     )
     t.add(stale)
     t.add(keep)

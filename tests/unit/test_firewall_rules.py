@@ -26,40 +26,38 @@ from cni_bridge.firewall.model import (
     InvalidConfig,
     NetworkFw,
     PortConflict,
-    PortMapping,
     Rule,
     TableView,
+    mapping_from_dict,
 )
 from cni_bridge.firewall.nft import Firewall
 from cni_bridge.firewall.ops import FirewallOps
 from tests.firewall_json import (
     attachment_from_dict,
     attachment_to_dict,
+    fw_net,
     network_from_dict,
     network_to_dict,
+    port_map,
 )
 from tests.unit.fakes import FakeFirewall
 
 GOLDEN = Path(__file__).parent / "golden" / "firewall"
 
-NET = NetworkFw("netA", "cni0", [ip_network("10.88.0.0/16"), ip_network("fd00:88::/64")], True)
-NET_B = NetworkFw("netB", "cni1", [ip_network("10.89.0.0/24")], False, isolate=False)
+NET = fw_net("netA", "cni0", [ip_network("10.88.0.0/16"), ip_network("fd00:88::/64")], True)
+NET_B = fw_net("netB", "cni1", [ip_network("10.89.0.0/24")], False, isolate=False)
 ATT = AttachmentFw(
     "a1b2c3",
     "netA/0123456789abcdef/eth0",
     [ip_address("10.88.0.2"), ip_address("fd00:88::2")],
     [
-        PortMapping(8080, 80),
-        PortMapping(5353, 53, "udp", ip_address("192.0.2.1")),
-        PortMapping(9000, 9100, "sctp", host_port_end=9001),
+        port_map(8080, 80),
+        port_map(5353, 53, "udp", ip_address("192.0.2.1")),
+        port_map(9000, 9100, "sctp", host_port_end=9001),
     ],
 )
-ATT2 = AttachmentFw(
-    "d4e5f6", "netA/fedcba/eth0", [ip_address("10.88.0.3")], [PortMapping(8081, 80)]
-)
-ATT_B = AttachmentFw(
-    "b0b0b0", "netB/cafe/eth0", [ip_address("10.89.0.2")], [PortMapping(7000, 7000)]
-)
+ATT2 = AttachmentFw("d4e5f6", "netA/fedcba/eth0", [ip_address("10.88.0.3")], [port_map(8081, 80)])
+ATT_B = AttachmentFw("b0b0b0", "netB/cafe/eth0", [ip_address("10.89.0.2")], [port_map(7000, 7000)])
 IPTABLES_FORWARD = ForeignChain("ip", "filter", "FORWARD")
 
 
@@ -377,11 +375,11 @@ def test_del_removes_exactly_its_tag_and_last_removes_the_network(
 def test_port_conflicts(fw: Firewall) -> None:
     fw.add_attachment(NET, ATT)
     taken = [
-        PortMapping(8080, 81),  # same port, any address
-        PortMapping(8080, 81, host_ip=ip_address("10.0.0.1")),  # specific against any
-        PortMapping(5353, 53, "udp"),  # any against specific
-        PortMapping(5353, 54, "udp", ip_address("192.0.2.1")),
-        PortMapping(8990, 1, "sctp", host_port_end=9000),  # range overlapping a range
+        port_map(8080, 81),  # same port, any address
+        port_map(8080, 81, host_ip=ip_address("10.0.0.1")),  # specific against any
+        port_map(5353, 53, "udp"),  # any against specific
+        port_map(5353, 54, "udp", ip_address("192.0.2.1")),
+        port_map(8990, 1, "sctp", host_port_end=9000),  # range overlapping a range
     ]
     for pm in taken:
         att = AttachmentFw("zz", "netB/other/eth0", [ip_address("10.89.0.9")], [pm])
@@ -390,24 +388,22 @@ def test_port_conflicts(fw: Firewall) -> None:
         assert exc.value.code == PORT_CONFLICT
         assert "is already published by netA/0123456789abcdef/eth0" in exc.value.msg
     free = [
-        PortMapping(8080, 80, "udp"),
-        PortMapping(5353, 53, "udp", ip_address("192.0.2.2")),
-        PortMapping(9002, 1, "sctp"),
+        port_map(8080, 80, "udp"),
+        port_map(5353, 53, "udp", ip_address("192.0.2.2")),
+        port_map(9002, 1, "sctp"),
     ]
     fw.add_attachment(NET_B, AttachmentFw("zz", "netB/other/eth0", [ip_address("10.89.0.9")], free))
     # an IPv6-only container does not clash with an IPv4 "any" mapping... but ATT has IPv6
     with pytest.raises(CNIError, match="tcp/8080"):
         fw.add_attachment(
             NET,
-            AttachmentFw("v6", "netA/v6/eth0", [ip_address("fd00:88::9")], [PortMapping(8080, 1)]),
+            AttachmentFw("v6", "netA/v6/eth0", [ip_address("fd00:88::9")], [port_map(8080, 1)]),
         )
 
 
 def test_conflict_message_mentions_host_ip(fw: Firewall) -> None:
     fw.add_attachment(NET, ATT)
-    att = AttachmentFw(
-        "zz", "netA/x/eth0", [ip_address("10.88.0.9")], [PortMapping(5353, 1, "udp")]
-    )
+    att = AttachmentFw("zz", "netA/x/eth0", [ip_address("10.88.0.9")], [port_map(5353, 1, "udp")])
     with pytest.raises(
         CNIError,
         match=r"host port udp/5353 is already published by netA/0123456789abcdef/eth0 on 192\.0\.2\.1$",
@@ -440,8 +436,8 @@ def test_kernel_busy_twice_is_a_port_conflict(
 
 
 def test_subnets_learnt_one_add_at_a_time_pair_up(fake: FakeNft, fw: Firewall) -> None:
-    first = NetworkFw("netS", "cni5", [ip_network("10.5.1.0/24")], True)
-    second = NetworkFw("netS", "cni5", [ip_network("10.5.2.0/24")], True)
+    first = fw_net("netS", "cni5", [ip_network("10.5.1.0/24")], True)
+    second = fw_net("netS", "cni5", [ip_network("10.5.2.0/24")], True)
     fw.add_attachment(first, AttachmentFw("s1", "netS/s1/eth0", [ip_address("10.5.1.2")]))
     fw.add_attachment(second, AttachmentFw("s2", "netS/s2/eth0", [ip_address("10.5.2.2")]))
     view, _ = fw.read()
@@ -451,11 +447,11 @@ def test_subnets_learnt_one_add_at_a_time_pair_up(fake: FakeNft, fw: Firewall) -
 
 def test_network_resources_cannot_be_shared(fw: Firewall) -> None:
     fw.add_attachment(NET, ATT)
-    same_subnet = NetworkFw("netC", "cni9", [ip_network("10.88.0.0/16")], True)
+    same_subnet = fw_net("netC", "cni9", [ip_network("10.88.0.0/16")], True)
     with pytest.raises(CNIError) as exc:
         fw.add_attachment(same_subnet, AttachmentFw("c", "netC/c/eth0", [ip_address("10.88.0.7")]))
     assert exc.value.code == INVALID_CONFIG and "network netA" in exc.value.msg
-    same_bridge = NetworkFw("netC", "cni0", [ip_network("10.90.0.0/16")], True)
+    same_bridge = fw_net("netC", "cni0", [ip_network("10.90.0.0/16")], True)
     with pytest.raises(CNIError, match="bridge cni0"):
         fw.add_attachment(same_bridge, AttachmentFw("c", "netC/c/eth0", [ip_address("10.90.0.7")]))
 
@@ -547,10 +543,10 @@ def test_expand_mappings() -> None:
         "n/c/eth0",
         [ip_address("10.0.0.2"), ip_address("10.0.0.3"), ip_address("fd00::2")],
         [
-            PortMapping(80, 8080),
-            PortMapping(53, 53, "udp", ip_address("0.0.0.0")),  # any IPv4 address only
-            PortMapping(443, 443, host_ip=ip_address("2001:db8::1")),
-            PortMapping(1000, 2000, host_port_end=1002),
+            port_map(80, 8080),
+            port_map(53, 53, "udp", ip_address("0.0.0.0")),  # any IPv4 address only
+            port_map(443, 443, host_ip=ip_address("2001:db8::1")),
+            port_map(1000, 2000, host_port_end=1002),
         ],
     )
     got = [str(e) for e in ports.expand_mappings(att)]
@@ -567,19 +563,15 @@ def test_expand_mappings() -> None:
         "host port tcp/1002 -> [fd00::2]:2002",
     ]
     v4only = AttachmentFw(
-        "t", "o", [ip_address("10.0.0.2")], [PortMapping(1, 1, host_ip=ip_address("::1"))]
+        "t", "o", [ip_address("10.0.0.2")], [port_map(1, 1, host_ip=ip_address("::1"))]
     )
     assert ports.expand_mappings(v4only) == []  # nothing of that family to publish
 
 
 def test_duplicate_mappings() -> None:
-    same = AttachmentFw(
-        "t", "o", [ip_address("10.0.0.2")], [PortMapping(80, 80), PortMapping(80, 80)]
-    )
+    same = AttachmentFw("t", "o", [ip_address("10.0.0.2")], [port_map(80, 80), port_map(80, 80)])
     assert len(ports.expand_mappings(same)) == 1
-    clash = AttachmentFw(
-        "t", "o", [ip_address("10.0.0.2")], [PortMapping(80, 80), PortMapping(80, 81)]
-    )
+    clash = AttachmentFw("t", "o", [ip_address("10.0.0.2")], [port_map(80, 80), port_map(80, 81)])
     with pytest.raises(PortConflict, match="mapped twice"):
         ports.expand_mappings(clash)
     with pytest.raises(CNIError) as exc:  # through the Firewall: the CNI code, same message
@@ -590,7 +582,7 @@ def test_duplicate_mappings() -> None:
 def test_del_of_a_bad_record_falls_back_to_deleting_by_tag(fake: FakeNft, fw: Firewall) -> None:
     fw.add_attachment(NET, ATT)
     # the record now lists mappings that cannot be expanded: the fast DEL cannot start
-    bad = AttachmentFw(ATT.tag, ATT.owner, ATT.ips, [PortMapping(80, 80), PortMapping(80, 81)])
+    bad = AttachmentFw(ATT.tag, ATT.owner, ATT.ips, [port_map(80, 80), port_map(80, 81)])
     fw.del_attachment(NET, bad, last_in_network=False)
     assert fw.owned_tags(NET) == set()
 
@@ -598,14 +590,8 @@ def test_del_of_a_bad_record_falls_back_to_deleting_by_tag(fake: FakeNft, fw: Fi
 @pytest.mark.parametrize(
     ("net", "att", "needle"),
     [
-        (NetworkFw("bad name", "cni0", [], True), None, "network name"),
-        (NetworkFw("n", "bridge-name-too-long", [], True), None, "bridge"),
         (NET, AttachmentFw("bad tag", "o", []), "tag"),
-        (NET, AttachmentFw("t", "o", [], [PortMapping(0, 80)]), "1-65535"),
-        (NET, AttachmentFw("t", "o", [], [PortMapping(80, 80, "icmp")]), "protocol"),  # type: ignore[arg-type]
-        (NET, AttachmentFw("t", "o", [], [PortMapping(80, 80, host_port_end=79)]), "hostPortEnd"),
-        (NET, AttachmentFw("t", "o", [], [PortMapping(100, 65535, host_port_end=101)]), "beyond"),
-        (NET, AttachmentFw("t", "o", [], [PortMapping(1, 1, host_port_end=5000)]), "more than"),
+        (NET, AttachmentFw("t", "o", [], [port_map(1, 1, host_port_end=5000)]), "more than"),
     ],
 )
 def test_validation(net: NetworkFw, att: AttachmentFw | None, needle: str) -> None:
@@ -621,6 +607,38 @@ def test_validation(net: NetworkFw, att: AttachmentFw | None, needle: str) -> No
             Firewall(fake).add_attachment(net, att)
     assert exc.value.code == INVALID_CONFIG and exc.value.msg == str(refused.value)
     assert fake.writes == []
+
+
+@pytest.mark.parametrize(
+    ("make", "needle"),
+    [
+        (lambda: fw_net("bad name", "cni0", [], True), "network name"),
+        (lambda: fw_net("n" * 65, "cni0", [], True), "at most 64"),
+        (lambda: fw_net("n", "bridge-name-too-long", [], True), "longer than 15"),
+        (lambda: fw_net("n", "br%d", [], True), "'%'"),
+        (lambda: port_map(0, 80), "outside 1-65535"),
+        (
+            lambda: mapping_from_dict({"hostPort": 80, "containerPort": 80, "hostPortEnd": 79}),
+            "below",
+        ),
+        (
+            lambda: mapping_from_dict(
+                {"hostPort": 100, "containerPort": 65535, "hostPortEnd": 101}
+            ),
+            "beyond",
+        ),
+        (
+            lambda: mapping_from_dict({"hostPort": 80, "containerPort": 80, "protocol": "icmp"}),
+            "protocol",
+        ),
+    ],
+)
+def test_names_and_ports_are_domain_values(make: Any, needle: str) -> None:
+    """The firewall takes names and ports as domain.py's types and does not check them again:
+    a bad one cannot even be handed to it (config.py refuses it as code 7, tests/unit/test_config.py),
+    and a record's mappings are read through the same rules."""
+    with pytest.raises(ValueError, match=needle):
+        make()
 
 
 def test_comment_is_bounded() -> None:
@@ -748,7 +766,7 @@ def test_model_json_round_trip() -> None:
             "ips": [],
             "portMappings": [{"hostPort": 1, "containerPort": 2, "protocol": "UDP", "hostIP": ""}],
         }
-    ).port_mappings == [PortMapping(1, 2, "udp")]
+    ).port_mappings == [port_map(1, 2, "udp")]
 
 
 # ------------------------------------------------------------------ what ADD's fast path reads
@@ -776,7 +794,7 @@ def test_a_second_add_of_a_v4_network_lists_only_what_it_needs(fake: FakeNft, fw
     fw.add_attachment(NET_B, ATT_B)
     fake.lists.clear()
     other = AttachmentFw(
-        "b1b1b1", "netB/beef/eth0", [ip_address("10.89.0.3")], [PortMapping(7001, 80)]
+        "b1b1b1", "netB/beef/eth0", [ip_address("10.89.0.3")], [port_map(7001, 80)]
     )
     fw.add_attachment(NET_B, other)
     listed = {next(iter(c.values()))["name"] for c in fake.lists if "set" in c or "map" in c}
@@ -793,7 +811,7 @@ def test_a_second_add_of_a_v4_network_lists_only_what_it_needs(fake: FakeNft, fw
 # ------------------------------------------------------------------ nonMasqueradeCIDRs
 
 
-NET_K = NetworkFw(
+NET_K = fw_net(
     "kube",
     "cni0",
     [ip_network("10.244.1.0/24"), ip_network("fd00:10:244:1::/64")],
@@ -815,10 +833,13 @@ def test_non_masquerade_cidrs_are_pairs_with_the_subnets() -> None:
         assert all(isinstance(c, tuple) and len(c) == 2 for c in canon)
         return [(str(c[0]), str(c[1])) for c in canon if isinstance(c, tuple)]
 
-    assert pairs("nomasq4") == [("10.244.1.0/24", "10.244.0.0/16"), ("10.244.1.0/24", "192.168.50.0/24")]
+    assert pairs("nomasq4") == [
+        ("10.244.1.0/24", "10.244.0.0/16"),
+        ("10.244.1.0/24", "192.168.50.0/24"),
+    ]
     assert pairs("nomasq6") == [("fd00:10:244:1::/64", "fd00:10:244::/56")]
     # without ipMasq nothing is masqueraded, so there is nothing to exempt
-    plain = NetworkFw(NET_K.name, NET_K.bridge, NET_K.subnets, False, non_masq=NET_K.non_masq)
+    plain = fw_net(NET_K.name, NET_K.bridge, NET_K.subnets, False, non_masq=NET_K.non_masq)
     assert not {"nomasq4", "nomasq6"} & set(elements.network_keys(plain, strict=False))
 
 
@@ -826,7 +847,9 @@ def test_masquerade_rule_skips_the_non_masquerade_pairs() -> None:
     (chain,) = [c for c in layout.STATIC_CHAINS if c.name == "postrouting"]
     for fam in (4, 6):
         (expr,) = [e for c, e in chain.rules if c.startswith(f"v1 masq{fam}:")]
-        assert {"match": {"op": "!=", "left": expr[2]["match"]["left"], "right": f"@nomasq{fam}"}} in expr
+        assert {
+            "match": {"op": "!=", "left": expr[2]["match"]["left"], "right": f"@nomasq{fam}"}
+        } in expr
 
 
 def test_non_masquerade_cidrs_add_and_del_touch_only_elements(fake: FakeNft, fw: Firewall) -> None:
