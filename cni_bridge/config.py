@@ -222,6 +222,9 @@ class NetConf(_Model):
     port_isolation: bool = Field(False, alias="portIsolation")
     # Extension: Docker-style isolation between bridges of this plugin (on by default, as Docker).
     isolation: bool = True
+    # Extension, Docker's and podman's --internal: no forwarding into or out of the bridge and
+    # no masquerade; containers reach each other and the host's gateway address only.
+    internal: bool = False
     dns: DNSConf = Field(default_factory=DNSConf)
     args: dict[str, Any] = Field(default_factory=dict)
     ipam: IPAMConf = Field(default_factory=IPAMConf)

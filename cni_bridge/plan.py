@@ -53,6 +53,14 @@ def attachment_owner(network: str, container_id: str, ifname: str) -> str:
 
 def parse_add(request: Request, conf: NetConf, sandbox: str) -> AddRequest:
     cni_args = parse_cni_args(request.args)
+    if conf.internal and conf.port_mappings():
+        # Nothing from outside may enter an internal network: a published port could only
+        # ever answer from the host itself, so say so rather than half-publish it.
+        raise CNIError(
+            INVALID_CONFIG,
+            f"network {conf.name} is internal: it cannot publish ports "
+            f"({len(conf.port_mappings())} port mapping(s) requested)",
+        )
     return AddRequest(
         network=conf.name,
         container_id=request.container_id,
@@ -110,6 +118,7 @@ def network_fw(conf: NetConf, subnets: Sequence[IPNetwork]) -> NetworkFw:
         ip_masq=conf.ip_masq,
         isolate=conf.isolation,
         non_masq=list(conf.non_masquerade_cidrs),
+        internal=conf.internal,
     )
 
 
@@ -169,6 +178,10 @@ def build_plan(ask: AddRequest, conf: NetConf, ipam_result: Result) -> AddPlan:
                 continue
             seen.add(fam)
             routes.append(Route(dst=DEFAULT_V4 if fam == 4 else DEFAULT_V6, gw=ip.gateway))
+    if conf.internal:
+        # As Docker's internal networks: no default route at all (the firewall drops what
+        # leaves the bridge anyway; without the route a container fails fast, "unreachable").
+        routes = [r for r in routes if r.dst not in (DEFAULT_V4, DEFAULT_V6)]
     bridge_addrs: list[IPInterface] = []
     if conf.gateway_mode:
         for ip in ips:

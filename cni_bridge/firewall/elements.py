@@ -19,6 +19,7 @@ from typing import Any
 from cni_bridge.firewall.layout import (
     BRIDGE_SELF,
     BRIDGES,
+    INTERNAL,
     INTERVAL_SETS,
     ISOLATED,
     MASQ,
@@ -102,11 +103,13 @@ def network_keys(net: NetworkFw, strict: bool) -> dict[str, list[Any]]:
         keys[ISOLATED] = [br]
     if strict:
         keys[STRICT] = [br]
+    if net.internal:
+        keys[INTERNAL] = [br]
     for fam in (4, 6):
         subnets = sorted({s for s in net.subnets if s.version == fam}, key=str)
         if not subnets:
             continue
-        if net.ip_masq:
+        if net.ip_masq and not net.internal:
             keys[MASQ[fam]] = [prefix(s) for s in subnets]
             # collapsed: overlapping entries would be refused by the interval set
             kept = sorted(
@@ -150,5 +153,5 @@ def network_missing(
 def describe(set_name: str, key: Any) -> str:
     """A network's element for humans: "bridge cni0", "subnet 10.88.0.0/16"."""
     value = canon(key, set_name in INTERVAL_SETS)
-    kind = "bridge" if set_name in (BRIDGES, ISOLATED, STRICT, BRIDGE_SELF) else "subnet"
+    kind = "bridge" if set_name in (BRIDGES, ISOLATED, STRICT, INTERNAL, BRIDGE_SELF) else "subnet"
     return f"{kind} {net_str(value)}"

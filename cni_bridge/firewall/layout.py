@@ -46,6 +46,7 @@ BRIDGES = "bridges"  # ifname: every bridge of ours
 ISOLATED = "isolated"  # ifname: bridges whose traffic to/from other bridges is dropped
 BRIDGE_SELF = "bridge_self"  # ifname . ifname: (br, br), routed traffic within one bridge
 STRICT = "strict"  # ifname: bridges behind a foreign forward policy drop
+INTERNAL = "internal"  # ifname: bridges of internal networks (no way in or out but the bridge)
 MASQ = {4: "masq4", 6: "masq6"}  # subnets of networks with ipMasq
 SAME = {4: "same4", 6: "same6"}  # (subnet, subnet) pairs of one network
 NOMASQ = {4: "nomasq4", 6: "nomasq6"}  # (subnet, nonMasqueradeCIDRs entry) pairs
@@ -72,6 +73,7 @@ NETWORK_SETS = (
     ISOLATED,
     BRIDGE_SELF,
     STRICT,
+    INTERNAL,
     *MASQ.values(),
     *SAME.values(),
     *NOMASQ.values(),
@@ -86,6 +88,7 @@ def _set_decls() -> dict[str, Json]:
         ISOLATED: {"type": "ifname"},
         BRIDGE_SELF: {"type": ["ifname", "ifname"]},
         STRICT: {"type": "ifname"},
+        INTERNAL: {"type": "ifname"},
     }
     for fam, addr in _ADDR_TYPE.items():
         decls[MASQ[fam]] = {"type": addr, "flags": ["interval"]}
@@ -259,6 +262,25 @@ STATIC_CHAINS: tuple[Chain, ...] = (
         "forward",
         0,
         (
+            # First: not even replies or published ports cross an internal bridge's edge.
+            (
+                f"{LAYOUT} internal: out of an internal bridge",
+                (
+                    match(meta("iifname"), f"@{INTERNAL}"),
+                    match({"concat": [meta("iifname"), meta("oifname")]}, f"@{BRIDGE_SELF}", "!="),
+                    _COUNTER,
+                    _DROP,
+                ),
+            ),
+            (
+                f"{LAYOUT} internal: into an internal bridge",
+                (
+                    match(meta("oifname"), f"@{INTERNAL}"),
+                    match({"concat": [meta("iifname"), meta("oifname")]}, f"@{BRIDGE_SELF}", "!="),
+                    _COUNTER,
+                    _DROP,
+                ),
+            ),
             (
                 f"{LAYOUT} replies to our bridges",
                 (

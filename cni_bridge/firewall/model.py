@@ -51,6 +51,7 @@ class NetworkFw:
     ip_masq: bool
     isolate: bool = True
     non_masq: list[IPNetwork] = field(default_factory=list)  # destinations ipMasq leaves alone
+    internal: bool = False  # no forwarding into or out of the bridge, no masquerade
 
 
 @dataclass(frozen=True)
