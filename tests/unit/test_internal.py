@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from cni_bridge.errors import CNIError
 from cni_bridge.firewall.elements import network_keys
 from cni_bridge.firewall.layout import INTERNAL, MASQ
-from cni_bridge.firewall.model import NetworkFw
+from tests.firewall_json import fw_net
 from tests.unit.test_commands import World, netns, world
 
 __all__ = ["netns", "world"]  # fixtures
@@ -25,8 +26,9 @@ def test_internal_has_no_default_route_and_no_ports(world: World) -> None:
 
 
 def test_internal_elements() -> None:
-    net = NetworkFw("n", "br0", [ipaddress.ip_network("10.0.0.0/24")], ip_masq=True, internal=True)
+    base = fw_net("n", "br0", [ipaddress.ip_network("10.0.0.0/24")], ip_masq=True)
+    net = dataclasses.replace(base, internal=True)
     keys = network_keys(net, strict=False)
     assert keys[INTERNAL] == ["br0"] and MASQ[4] not in keys
-    plain = network_keys(NetworkFw("n", "br0", net.subnets, ip_masq=True), strict=False)
+    plain = network_keys(base, strict=False)
     assert INTERNAL not in plain and MASQ[4] in plain
