@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cni_bridge.domain import ifname_problem, is_id
+from cni_bridge.domain import container_id_problem, ifname_problem, network_name_problem
 from cni_bridge.errors import INVALID_CONFIG, INVALID_ENV, CNIError
 from cni_bridge.libcni.conf import loads
 
@@ -69,17 +69,24 @@ def container_id_for(netns: str) -> str:
     return "cnitool-" + hashlib.sha512(netns.encode()).digest()[:10].hex()
 
 
+# What the runtime and the conflist give the client is checked here, at the client's trust
+# boundary, by domain.py's rules (the plugin checks its own inputs again: it trusts no caller).
+
+
 def validate_container_id(cid: str) -> None:
     # Also keeps the cache path inside the cache directory.
-    if not is_id(cid):
-        raise CNIError(INVALID_ENV, f"invalid characters in containerID {cid!r}")
+    problem = container_id_problem(cid)
+    if problem:
+        raise CNIError(INVALID_ENV, f"invalid containerID {cid!r}: {problem}")
 
 
 def validate_network_name(name: str) -> None:
-    if not is_id(name):
-        raise CNIError(INVALID_CONFIG, f"invalid characters found in network name {name!r}")
+    problem = network_name_problem(name)
+    if problem:
+        raise CNIError(INVALID_CONFIG, f"invalid network name {name!r}: {problem}")
 
 
 def validate_ifname(ifname: str) -> None:
-    if ifname_problem(ifname):
-        raise CNIError(INVALID_ENV, f"invalid interface name {ifname!r}")
+    problem = ifname_problem(ifname)
+    if problem:
+        raise CNIError(INVALID_ENV, f"invalid interface name {ifname!r}: {problem}")

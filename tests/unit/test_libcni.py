@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from cni_bridge import libcni
-from cni_bridge.errors import CNIError
+from cni_bridge.domain import MAX_NETWORK_NAME
+from cni_bridge.errors import INVALID_CONFIG, CNIError
 from cni_bridge.libcni import cache, cli
 from cni_bridge.protocol.versions import CURRENT_VERSION
 
@@ -667,3 +668,15 @@ def test_client_import_stays_lean() -> None:
     assert not heavy & set(out), out
     assert not [m for m in out if m.startswith(("pydantic", "pyroute2", "nftables"))], out
     assert "cni_bridge.invoke" in out
+
+
+def test_network_name_follows_the_domain_rule(world: Env) -> None:
+    """The client checks the conflist's name by domain.py's rule, its length bound included
+    (libcni's own check has none): no plugin runs for a name the plugin would refuse."""
+    name = "n" * (MAX_NETWORK_NAME + 1)
+    world.write_conflist(name, [{"type": "alpha"}])
+    code, out, _ = world.run("add", name, NETNS, CNI_CONTAINERID=CID)
+    assert code == 1
+    error = json.loads(out)
+    assert error["code"] == INVALID_CONFIG and f"at most {MAX_NETWORK_NAME}" in error["msg"]
+    assert world.calls() == []
