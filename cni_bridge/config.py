@@ -27,6 +27,7 @@ from cni_bridge.domain import (
     MacAddress,
     NetworkName,
     Port,
+    VlanId,
     port_range_count,
 )
 from cni_bridge.errors import INVALID_CONFIG, CNIError
@@ -211,8 +212,8 @@ class NetConf(_Model):
     mtu: int | None = Field(None, ge=68, le=65535)
     hairpin_mode: bool = Field(False, alias="hairpinMode")
     promisc_mode: bool = Field(False, alias="promiscMode")
-    vlan: int | None = Field(None, ge=0, le=4094)
-    vlan_trunk: list[int] = Field(default_factory=list, alias="vlanTrunk")
+    vlan: VlanId | None = None  # 0: none, as the reference bridge reads it
+    vlan_trunk: list[VlanId] = Field(default_factory=list, alias="vlanTrunk")
     macspoofchk: bool = False
     enabledad: bool = False
     # Extension: keep IPv6 (the kernel's link-local address) on a container interface that
@@ -244,13 +245,10 @@ class NetConf(_Model):
             raise ValueError("nonMasqueradeCIDRs must be a list of CIDRs")
         return [_network(x, "nonMasqueradeCIDRs entry") for x in v]
 
-    @field_validator("vlan_trunk")
+    @field_validator("vlan", mode="before")
     @classmethod
-    def _trunk(cls, v: list[int]) -> list[int]:
-        for vid in v:
-            if not 1 <= vid <= 4094:
-                raise ValueError(f"vlanTrunk id {vid} outside 1..4094")
-        return v
+    def _no_vlan(cls, v: Any) -> Any:
+        return None if v == 0 else v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> NetConf:

@@ -1,5 +1,5 @@
 """What a value of the CNI domain may be: interface and network names, container IDs, MAC
-addresses, ports, IP addresses. One definition of each rule for every layer.
+addresses, ports, VLAN ids, IP addresses. One definition of each rule for every layer.
 
 Each checked value is a type: `InterfaceName("eth0")` checks its argument (DomainError, a
 ValueError, if it breaks the rule) and is a `str` from then on, so a layer that takes an
@@ -58,6 +58,7 @@ MAX_CONTAINER_ID = 1024
 # an owner beside it), which bounds it; libcni sets no limit.
 MAX_NETWORK_NAME = 64
 MIN_PORT, MAX_PORT = 1, 65535
+MIN_VLAN, MAX_VLAN = 1, 4094  # 0 and 4095 are reserved (802.1Q)
 _ID_EXTRA_CHARS = frozenset("_.-")
 _HEX = frozenset("0123456789abcdef")
 
@@ -203,6 +204,15 @@ class MacAddress(_Checked, str):
         if problem:
             raise DomainError(f"{value!r} {problem}")
         return super().__new__(cls, _mac_text(value))
+
+
+class VlanId(_Checked, int):
+    __slots__ = ()
+
+    def __new__(cls, value: int) -> VlanId:
+        if not MIN_VLAN <= value <= MAX_VLAN:
+            raise DomainError(f"VLAN id {value} is outside {MIN_VLAN}-{MAX_VLAN}")
+        return super().__new__(cls, value)
 
 
 class Port(_Checked, int):

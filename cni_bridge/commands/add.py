@@ -275,7 +275,7 @@ def _datapath(conf: NetConf, deps: Deps, plan: AddPlan, rollback: Rollback) -> R
         hairpin=conf.hairpin_mode or plan.publishes,
         promisc=conf.promisc_mode,
         port_isolation=conf.port_isolation,
-        vlan=conf.vlan or None,
+        vlan=conf.vlan,
         vlan_trunk=conf.vlan_trunk or None,
     )
     rollback.push("veth", lambda: net.delete_link(ask.host_veth))

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from socket import AF_INET, AF_INET6
 
-from cni_bridge.domain import InterfaceName, MacAddress
+from cni_bridge.domain import InterfaceName, MacAddress, VlanId
 from cni_bridge.net import rtnl, sysctl
 from cni_bridge.net.netlink import NetlinkError, NetlinkSocket
 from cni_bridge.net.netns import entered, open_netns
@@ -149,8 +149,8 @@ class NetlinkOps:
         hairpin: bool = False,
         promisc: bool = False,
         port_isolation: bool = False,
-        vlan: int | None = None,
-        vlan_trunk: Sequence[int] | None = None,
+        vlan: VlanId | None = None,
+        vlan_trunk: Sequence[VlanId] | None = None,
     ) -> tuple[LinkInfo, LinkInfo]:
         vlans = vlan_entries(vlan, vlan_trunk)
         nsfd = open_netns(netns_path)

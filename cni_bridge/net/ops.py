@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from cni_bridge.domain import InterfaceName, MacAddress
+from cni_bridge.domain import InterfaceName, MacAddress, VlanId
 
 # Re-exported for the netlink modules that take them from here.
 from cni_bridge.domain import IPAddress as IPAddress
@@ -164,8 +164,8 @@ class NetOps(Protocol):
         hairpin: bool = False,
         promisc: bool = False,
         port_isolation: bool = False,
-        vlan: int | None = None,
-        vlan_trunk: Sequence[int] | None = None,
+        vlan: VlanId | None = None,
+        vlan_trunk: Sequence[VlanId] | None = None,
     ) -> tuple[LinkInfo, LinkInfo]:
         """Create a veth pair: `host_name` on `bridge` (up) and `ifname` in the container (down).
 

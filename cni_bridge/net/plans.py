@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cni_bridge.net.ops import AddressConflict, IPInterface, NetError
+from cni_bridge.domain import VlanId
+from cni_bridge.net.ops import AddressConflict, IPInterface
 from cni_bridge.net.rtmsg import (
     BRIDGE_VLAN_INFO_PVID,
     BRIDGE_VLAN_INFO_RANGE_BEGIN,
@@ -43,13 +44,9 @@ def plan_bridge_addrs(
     return remove, add
 
 
-def vlan_entries(vlan: int | None, trunk: Sequence[int] | None) -> list[tuple[int, int]]:
+def vlan_entries(vlan: VlanId | None, trunk: Sequence[VlanId] | None) -> list[tuple[int, int]]:
     """(flags, vid) bridge VLAN entries for a port: an access VLAN (pvid, egress untagged) and/or
     tagged trunk VLANs, consecutive ones sent as ranges to keep the message small."""
-    requested = ([vlan] if vlan is not None else []) + list(trunk or ())
-    for vid in requested:
-        if not 1 <= vid <= 4094:
-            raise NetError(f"invalid VLAN id {vid}")
     entries: list[tuple[int, int]] = []
     if vlan is not None:
         entries.append((BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED, vlan))

@@ -130,6 +130,9 @@ def test_port_mappings_need_capability() -> None:
         ({"mtu": 20}, "mtu"),
         ({"mtu": "big"}, "mtu"),
         ({"vlan": 5000}, "vlan"),
+        ({"vlan": -1}, "vlan"),
+        ({"vlanTrunk": [10, 4095]}, "vlanTrunk[1]"),
+        ({"vlanTrunk": [0]}, "vlanTrunk[0]"),
         ({"bridge": "a-very-long-bridge-name"}, "bridge"),
         ({"bridge": "bad/name"}, "bridge"),
         ({"bridge": "br%d"}, "bridge"),
@@ -187,3 +190,9 @@ def test_cni_args_errors(text: str) -> None:
     with pytest.raises(CNIError) as err:
         parse_cni_args(text)
     assert err.value.code == 4
+
+
+def test_vlan_zero_is_no_vlan() -> None:
+    # As the reference bridge: 0 means an untagged port, not VLAN 0.
+    assert load_netconf(conf(vlan=0)).vlan is None
+    assert load_netconf(conf(vlan=7, vlanTrunk=[])).vlan == 7

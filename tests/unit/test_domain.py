@@ -23,6 +23,7 @@ from cni_bridge.domain import (
     MacAddress,
     NetworkName,
     Port,
+    VlanId,
     ifname_problem,
     is_id,
     port_range_count,
@@ -129,6 +130,13 @@ def test_ports_and_ranges() -> None:
         port_range_count(80, 79, 80)
     with pytest.raises(DomainError, match="beyond 65535"):
         port_range_count(9000, 9002, 65534)
+
+
+def test_vlan_ids() -> None:
+    assert VlanId(1) == 1 and VlanId(4094) == 4094
+    for bad in (0, 4095, -1):
+        with pytest.raises(DomainError, match="outside 1-4094"):
+            VlanId(bad)
 
 
 class _Model(BaseModel):
