@@ -38,7 +38,13 @@ DEFAULT_BRIDGE = InterfaceName("cni0")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    # defer_build (pydantic's documented switch): no schema or validator is built when a class
+    # is defined, only at its first validation. A request validates NetConf alone, whose schema
+    # takes in the nested models', so the seven nested validators are never built in a
+    # short-lived process; the agent builds NetConf's once, before it forks (engine.warm).
+    model_config = ConfigDict(
+        extra="ignore", populate_by_name=True, frozen=True, defer_build=True
+    )
 
 
 def _network(value: Any, what: str = "subnet") -> IPNetwork:
