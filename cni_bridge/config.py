@@ -221,6 +221,10 @@ class NetConf(_Model):
     vlan: VlanId | None = None  # 0: none, as the reference bridge reads it
     vlan_trunk: list[VlanId] = Field(default_factory=list, alias="vlanTrunk")
     macspoofchk: bool = False
+    # Extension: frames from the container carry only its own IP addresses (firewall/ipspoof.py).
+    # Not implied by macspoofchk: that is the reference plugin's option, and a container with
+    # it may legitimately send from other addresses (a router, a VPN endpoint, a DHCP lease).
+    ipspoofchk: bool = False
     enabledad: bool = False
     # Extension: keep IPv6 (the kernel's link-local address) on a container interface that
     # gets no IPv6 address. Off by default, as Docker: its DAD, MLD and router solicitations
@@ -272,6 +276,9 @@ class NetConf(_Model):
                     raise ValueError(f"ipam.routes: {route.dst} has no range of its IP family")
         if self.vlan and self.vlan_trunk:
             raise ValueError("vlan and vlanTrunk cannot both be set")
+        if self.ipspoofchk and self.vlan_trunk:
+            # Tagged frames from a guarded port are dropped: the checks cannot see inside them.
+            raise ValueError("ipspoofchk cannot be used with vlanTrunk (tagged frames are dropped)")
         return self
 
     @property

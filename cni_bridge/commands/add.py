@@ -3,14 +3,15 @@
 One flow: the request is read once (plan.parse_add), IPAM answers, plan.build_plan decides
 everything, then the effects run from that frozen plan, each registering its undo right after
 it is made: IPAM -> bridge -> veth -> container addresses/routes (beside the firewall) ->
-macspoofchk -> ready.
+macspoofchk, ipspoofchk -> ready.
 
 The attachment record is written where crash safety needs it, and nowhere else:
 1. before any kernel change (after IPAM, in the same lock hold): what the kernel is about to
    hold (names, addresses, ports) is then found by a DEL or GC after a crash. With a delegated
    IPAM plugin it is written before the plugin runs too, since only our record leads a GC to a
    lease held outside our store; host-local's reservation files name their owner themselves.
-2. with macspoofchk, the container's MAC before its guard is made (the guard is keyed by it);
+2. with macspoofchk or ipspoofchk, the container's MAC before its guards are made (they are
+   keyed by it: ipspoofchk allows the link-local address derived from it);
 3. ready, with the result: CHECK, GC and a repeated ADD tell a live attachment by it.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 from cni_bridge.background import Background
 from cni_bridge.commands.common import (
     NetworkStores,
+    guarded_addresses,
     last_in_network,
     mapping_records,
     sandbox_path,
@@ -198,12 +200,17 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
         if fw_error is not None:
             raise fw_error
 
-        if conf.macspoofchk:
+        if conf.macspoofchk or conf.ipspoofchk:
             att.mac = result.interfaces[2].mac
             with stores.lock():
-                stores.state.put(att)  # write 2: the guard's key, before the guard
+                stores.state.put(att)  # write 2: the guards' key, before the guards
+        if conf.macspoofchk:
             deps.firewall.add_macspoof(ask.host_veth, att.mac)
             rollback.push("macspoofchk", lambda: deps.firewall.del_macspoof(ask.host_veth, att.mac))
+        if conf.ipspoofchk:
+            own = guarded_addresses(conf, att)
+            deps.firewall.add_ipspoof(plan.fw_net, plan.fw_att, ask.host_veth, own)
+            rollback.push("ipspoofchk", lambda: deps.firewall.del_ipspoof(ask.host_veth, own))
 
         deps.hook("ready")
         att.result = result.render("1.1.0")

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from cni_bridge.commands.common import (
     NetworkStores,
+    guarded_addresses,
     record_fw,
     sandbox_path,
 )
@@ -71,6 +72,8 @@ def check(request: Request, conf: NetConf, deps: Deps, sandbox: str = "") -> lis
         if bridge is None or host.master != bridge.index:
             problems.append(f"host veth {att.host_veth} is not attached to bridge {conf.bridge}")
     problems.extend(deps.firewall.check_attachment(*record_fw(conf, att)))
+    if conf.ipspoofchk:
+        problems.extend(deps.firewall.check_ipspoof(att.host_veth, guarded_addresses(conf, att)))
     return problems
 
 

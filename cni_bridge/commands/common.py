@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from cni_bridge.config import NetConf
+from cni_bridge.domain import IPAddress
 from cni_bridge.errors import (
     ADDRESS_CONFLICT,
     ADDRESS_EXHAUSTED,
@@ -101,6 +102,15 @@ def record_fw(conf: NetConf, att: Attachment) -> tuple[NetworkFw, AttachmentFw]:
         owner=attachment_owner(att.network, att.container_id, att.ifname),
         ips=[a.ip for a in addresses],
         port_mappings=[mapping_from_dict(pm) for pm in att.port_mappings],
+    )
+
+
+def guarded_addresses(conf: NetConf, att: Attachment) -> list[IPAddress]:
+    """What ipspoofchk lets the attachment send from (firewall/ipspoof.py)."""
+    from cni_bridge.firewall.ipspoof import own_addresses
+
+    return own_addresses(
+        [ipaddress.ip_interface(ip).ip for ip in att.ips], att.mac, conf.ipv6_link_local
     )
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from cni_bridge.commands.common import (
     NetworkStores,
+    guarded_addresses,
     last_in_network,
     record_fw,
 )
@@ -78,6 +79,15 @@ def teardown(
     )
     if conf.macspoofchk and att.mac:
         step("macspoofchk", lambda: deps.firewall.del_macspoof(att.host_veth, att.mac))
+    if conf.ipspoofchk:
+        # Without a record (or its MAC) the addresses are not all known: by port instead.
+        thorough = not att.recorded or not att.mac
+        step(
+            "ipspoofchk",
+            lambda: deps.firewall.del_ipspoof(
+                att.host_veth, guarded_addresses(conf, att), thorough=thorough
+            ),
+        )
     step("host veth", lambda: deps.net.delete_link(InterfaceName(att.host_veth)))
     if netns and os.path.exists(netns):
         step("container interface", lambda: deps.net.delete_container_link(netns, InterfaceName(att.ifname)))

@@ -49,6 +49,15 @@ def parse_table(listing: Sequence[Json], view: TableView | None = None) -> Table
     return view
 
 
+def parse_sets(listing: Sequence[Json], family: str, table: str) -> dict[str, list[Element]]:
+    """The elements of another table of ours (the bridge-family one), by set."""
+    return {
+        s["name"]: [_element(e) for e in s.get("elem", [])]
+        for obj in listing
+        if (s := obj.get("set")) and s.get("family") == family and s.get("table") == table
+    }
+
+
 def parse_foreign_drop_chains(listing: Sequence[Json]) -> list[ForeignChain]:
     """Base chains of other tables hooked at forward with policy drop."""
     found = []

@@ -33,10 +33,12 @@ from cni_bridge.firewall import layout, listing, ports, rules
 from cni_bridge.firewall.layout import Json
 from cni_bridge.firewall.model import (
     AttachmentFw,
+    Element,
     FirewallError,
     ForeignChain,
     ForeignView,
     InvalidConfig,
+    IPAddress,
     NetworkFw,
     PortConflict,
     TableView,
@@ -293,13 +295,78 @@ class Firewall:
     def _has_macspoof_table(self) -> bool:
         from cni_bridge.firewall import macspoof
 
+        return self._has_bridge_chain(macspoof.CHAIN)
+
+    # ------------------------------------------------------------ ipspoofchk
+
+    def add_ipspoof(
+        self, net: NetworkFw, att: AttachmentFw, port: str, addrs: Sequence[IPAddress]
+    ) -> None:
+        """Guard host veth `port`: frames through it carry only `addrs` as their source."""
+        from cni_bridge.firewall import ipspoof
+        from cni_bridge.firewall.elements import attachment_comment
+
+        if not self._has_bridge_chain(ipspoof.CHAIN):
+            self._apply_text(ipspoof.layout(), "ipspoofchk layout")
+        comment = attachment_comment(net, att)
+        self.apply(ipspoof.add(port, addrs, comment), f"ipspoofchk of {port}")
+
+    def del_ipspoof(self, port: str, addrs: Sequence[IPAddress], *, thorough: bool = False) -> None:
+        """Idempotent. `thorough`: every element of the port, whatever its addresses (the
+        record that lists them may be lost)."""
+        from cni_bridge.firewall import ipspoof
+
+        if not self._has_bridge_chain(ipspoof.CHAIN):
+            return  # nothing to remove, and nothing to create
+        cmds = ipspoof.delete(port, addrs)
+        if thorough:
+            cmds += ipspoof.delete_elements(ipspoof.of_port(self._ipspoof_sets(), port))
+        self.apply(cmds, f"ipspoofchk removal of {port}")
+
+    def check_ipspoof(self, port: str, addrs: Sequence[IPAddress]) -> list[str]:
+        from cni_bridge.firewall import ipspoof
+
+        if not self._has_bridge_chain(ipspoof.CHAIN):
+            return [f"ipspoofchk chain {ipspoof.FAMILY} {ipspoof.TABLE} {ipspoof.CHAIN} is missing"]
+        return ipspoof.missing(self._ipspoof_sets(), port, addrs)
+
+    def _gc_ipspoof(self, net: NetworkFw, keep_tags: set[str]) -> list[str]:
+        from cni_bridge.firewall import ipspoof
+
+        try:
+            if not self._has_bridge_chain(ipspoof.CHAIN):
+                return []
+            stale = ipspoof.stale(self._ipspoof_sets(), net.name, keep_tags)
+            self.apply(ipspoof.delete_elements(stale), f"ipspoofchk GC of network {net.name}")
+        except NftablesError as exc:
+            return [f"{exc.msg}: {exc.details}"]
+        return []
+
+    def _ipspoof_sets(self) -> dict[str, list[Element]]:
+        from cni_bridge.firewall import ipspoof
+
+        table = {"table": {"family": ipspoof.FAMILY, "name": ipspoof.TABLE}}
+        return listing.parse_sets(
+            self._list("listing the bridge table", table), ipspoof.FAMILY, ipspoof.TABLE
+        )
+
+    def _has_bridge_chain(self, name: str) -> bool:
+        from cni_bridge.firewall import macspoof
+
         return any(
             "chain" in o
             and o["chain"].get("family") == macspoof.FAMILY
             and o["chain"].get("table") == macspoof.TABLE
-            and o["chain"].get("name") == macspoof.CHAIN
+            and o["chain"].get("name") == name
             for o in self._list("listing chains", {"chains": None})
         )
+
+    def _apply_text(self, text: str, what: str) -> None:
+        """Native nft syntax, for what libnftables 1.0.6's JSON cannot say (a `typeof` set);
+        its JSON parser hands anything that is not JSON to the native one."""
+        rc, _out, err = self._ctx().cmd(text)
+        if rc != 0:
+            raise NftablesError(what, str(err))
 
     def check_attachment(self, net: NetworkFw, att: AttachmentFw) -> list[str]:
         view, foreign = self.read()
@@ -317,12 +384,12 @@ class Firewall:
             return [f"{exc.msg}: {exc.details}"]
         stale = rules.owned_tags(net, view) - keep_tags
         cmds = rules.plan_del(net, stale, not keep_tags, view, foreign)
+        errors = self._gc_ipspoof(net, keep_tags)
         try:
             self.apply(cmds, f"GC of network {net.name}")
-            return []
+            return errors
         except NftablesError:
             pass
-        errors = []
         for cmd in cmds:  # one by one, so one bad element does not keep the rest
             try:
                 self.apply([cmd], f"GC of network {net.name}")

@@ -7,9 +7,10 @@ transaction or a read; none of them changes links, addresses or routes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
-from cni_bridge.firewall.model import AttachmentFw, ForeignChain, NetworkFw
+from cni_bridge.firewall.model import AttachmentFw, ForeignChain, IPAddress, NetworkFw
 
 
 class FirewallOps(Protocol):
@@ -35,7 +36,7 @@ class FirewallOps(Protocol):
 
     def gc(self, net: NetworkFw, keep_tags: set[str]) -> list[str]:
         """Delete the network's attachment elements whose tag is not kept (with none kept,
-        the network's own elements too). Continues past errors and returns them."""
+        the network's own elements too), ipspoofchk's included. Continues past errors and returns them."""
         ...
 
     def add_macspoof(self, port: str, mac: str) -> None:
@@ -45,6 +46,22 @@ class FirewallOps(Protocol):
 
     def del_macspoof(self, port: str, mac: str) -> None:
         """Idempotent: a guard already gone is fine."""
+        ...
+
+    def add_ipspoof(
+        self, net: NetworkFw, att: AttachmentFw, port: str, addrs: Sequence[IPAddress]
+    ) -> None:
+        """Frames entering the bridge through host veth `port` carry only `addrs` as their
+        IPv4/IPv6 source, ARP sender and ND target (ipspoof.py), elements tagged with `att`'s
+        comment. The caller undoes it with del_ipspoof."""
+        ...
+
+    def del_ipspoof(self, port: str, addrs: Sequence[IPAddress], *, thorough: bool = False) -> None:
+        """Idempotent. `thorough` also finds the port's elements whatever their addresses."""
+        ...
+
+    def check_ipspoof(self, port: str, addrs: Sequence[IPAddress]) -> list[str]:
+        """Human messages of the guard's elements that are missing."""
         ...
 
     def foreign_forward_drop(self) -> list[ForeignChain]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni_bridge.domain import InterfaceName
-from cni_bridge.firewall.model import AttachmentFw, ForeignChain, NetworkFw
+from cni_bridge.firewall.model import AttachmentFw, ForeignChain, IPAddress, NetworkFw
 from cni_bridge.net.ops import ContainerView, HostLink, LinkExists, LinkInfo
 
 
@@ -120,6 +120,7 @@ class FakeFirewall:
     networks: set[str] = field(default_factory=set)
     calls: list[str] = field(default_factory=list)
     spoofchk: dict[str, str] = field(default_factory=dict)
+    ipspoof: dict[str, tuple[str, str, list[IPAddress]]] = field(default_factory=dict)
 
     def add_attachment(self, net: NetworkFw, att: AttachmentFw) -> None:
         self.calls.append("add_attachment")
@@ -143,6 +144,9 @@ class FakeFirewall:
         for tag in list(self.elements):
             if tag not in keep_tags:
                 del self.elements[tag]
+        for port, (network, tag, _) in list(self.ipspoof.items()):
+            if network == net.name and tag not in keep_tags:
+                del self.ipspoof[port]
         if not keep_tags:
             self.networks.discard(net.name)
         return []
@@ -154,6 +158,20 @@ class FakeFirewall:
     def del_macspoof(self, port: str, mac: str) -> None:
         self.calls.append("del_macspoof")
         self.spoofchk.pop(port, None)
+
+    def add_ipspoof(
+        self, net: NetworkFw, att: AttachmentFw, port: str, addrs: Sequence[IPAddress]
+    ) -> None:
+        self.calls.append("add_ipspoof")
+        self.ipspoof[port] = (net.name, att.tag, list(addrs))
+
+    def del_ipspoof(self, port: str, addrs: Sequence[IPAddress], *, thorough: bool = False) -> None:
+        self.calls.append("del_ipspoof")
+        self.ipspoof.pop(port, None)
+
+    def check_ipspoof(self, port: str, addrs: Sequence[IPAddress]) -> list[str]:
+        have = self.ipspoof.get(port, ("", "", []))[2]
+        return [f"ipspoofchk element {port} . {a} is missing" for a in addrs if a not in have]
 
     def status(self) -> str | None:
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -14,6 +15,7 @@ from cni_bridge.commands import dispatch
 from cni_bridge.commands.deps import Deps
 from cni_bridge.config import load_netconf
 from cni_bridge.errors import CNIError
+from cni_bridge.firewall.ipspoof import link_local
 from cni_bridge.ipam.disk import DiskStore
 from cni_bridge.protocol.request import parse_request
 from cni_bridge.state import PHASE_READY, StateStore, host_veth_name
@@ -327,6 +329,50 @@ def test_macspoofchk_guards_the_port_and_del_removes_it(world: World) -> None:
     assert world.fw.spoofchk == {rec.host_veth: out["interfaces"][2]["mac"]} and rec.mac
     world.call("DEL", macspoofchk=True)
     assert world.fw.spoofchk == {}
+
+
+def test_add_guards_the_container_addresses_and_del_removes_them(world: World) -> None:
+    out = world.call("ADD", ipspoofchk=True)
+    (rec,) = world.records()
+    mac = out["interfaces"][2]["mac"]
+    assert rec.mac == mac  # recorded before the guard: DEL derives the link-local from it
+    network, tag, addrs = world.fw.ipspoof[rec.host_veth]
+    assert (network, tag) == ("unit", rec.tag)
+    assert addrs == [
+        ipaddress.ip_address("10.50.0.2"),
+        ipaddress.ip_address("fd00:50::2"),
+        link_local(mac),
+    ]
+    world.call("DEL", ipspoofchk=True)
+    assert world.fw.ipspoof == {}
+
+
+def test_a_failed_add_leaves_no_guard(world: World) -> None:
+    world.fw.fail_at = "add_attachment"
+    with pytest.raises(Boom):
+        world.call("ADD", ipspoofchk=True)
+    assert world.fw.ipspoof == {} and "add_ipspoof" not in world.fw.calls
+
+
+def test_check_reports_a_missing_element_and_gc_removes_the_rest(world: World) -> None:
+    out = world.call("ADD", ipspoofchk=True)
+    world.call("ADD", cid="c2", ifname="eth1", ipspoofchk=True)
+    world.call("CHECK", prevResult=out, ipspoofchk=True)
+    rec1 = next(r for r in world.records() if r.container_id == "c1")
+    world.fw.ipspoof[rec1.host_veth][2].pop()  # the link-local element is gone
+    with pytest.raises(CNIError) as err:
+        world.call("CHECK", prevResult=out, ipspoofchk=True)
+    assert err.value.code == 105 and "ipspoofchk element" in err.value.msg
+    world.call("GC", ipspoofchk=True, **gc_args({"cni.dev/valid-attachments": [
+        {"containerID": "c2", "ifname": "eth1"}]}))
+    rec2 = next(r for r in world.records() if r.container_id == "c2")
+    assert list(world.fw.ipspoof) == [rec2.host_veth]
+
+
+def test_ipspoofchk_and_vlan_trunk_are_refused(world: World) -> None:
+    with pytest.raises(CNIError) as err:
+        world.call("ADD", ipspoofchk=True, vlanTrunk=[10])
+    assert err.value.code == 7 and "vlanTrunk" in err.value.msg
 
 
 def test_runtime_ip_ranges_replace_the_configured_ones(world: World) -> None:
