@@ -36,6 +36,7 @@ from tests.e2e.runtimes import (
     busybox_rootfs,
     missing_tools,
 )
+from tests.lab import Lab
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_TOOLS = ("ip", "nsenter", "unshare", "nft", "busybox")
@@ -104,26 +105,28 @@ class Scene:
 @pytest.fixture
 def scene(chain: Chain, tmp_path: Path) -> Iterator[Scene]:
     _require(BASE_TOOLS + (("iptables-save",) if chain.reference else ()))
-    suffix = secrets.token_hex(3)
+    lab = Lab(PREFIX, tag=secrets.token_hex(3))
+    suffix = lab.tag
     dirs = {name: tmp_path / name for name in ("ipam", "net.d", "bin", "cni-cache")}
     for d in dirs.values():
         d.mkdir()
     chain.populate(dirs["bin"])
     # Any /24 will do: it exists only inside the host netns created below.
     subnet = f"10.{100 + secrets.randbelow(150)}.{secrets.randbelow(256)}.0/24"
-    topology = Topology.create(suffix)
-    sandbox = Sandbox(
-        topology.host,
-        tmp_path,
-        {
-            # `ctr run --cni` has no flags for these: it reads the fixed paths.
-            "/etc/cni/net.d": dirs["net.d"],
-            "/opt/cni/bin": dirs["bin"],
-            # libcni's result cache, a global path, kept private too.
-            "/var/lib/cni": dirs["cni-cache"],
-        },
-    )
+    sandbox: Sandbox | None = None
     try:
+        topology = Topology.create(lab)
+        sandbox = Sandbox(
+            topology.host,
+            tmp_path,
+            {
+                # `ctr run --cni` has no flags for these: it reads the fixed paths.
+                "/etc/cni/net.d": dirs["net.d"],
+                "/opt/cni/bin": dirs["bin"],
+                # libcni's result cache, a global path, kept private too.
+                "/var/lib/cni": dirs["cni-cache"],
+            },
+        )
         sandbox.start()
         yield Scene(
             suffix=suffix,
@@ -141,9 +144,10 @@ def scene(chain: Chain, tmp_path: Path) -> Iterator[Scene]:
             cache_dir=dirs["cni-cache"],
         )
     finally:
-        survivors = sandbox.stop()
-        topology.destroy()
-        leftover_ns = [ns for ns in (topology.host, topology.outside) if ns.path.exists()]
+        made = list(lab.namespaces)
+        survivors = sandbox.stop() if sandbox is not None else []
+        survivors += lab.close()
+        leftover_ns = [ns for ns in made if ns.exists()]
         assert not survivors, f"processes of the sandbox would not die: {survivors}"
         assert not leftover_ns, f"namespaces left behind: {leftover_ns}"
 

@@ -12,6 +12,8 @@ or /run. Every test gets:
   not exist, an overlay on its nearest existing parent makes room without writing to the disk);
 - private podman / containerd configurations under the test's temporary directory.
 
+The namespaces, commands, processes and traffic come from the one namespace lab (tests/lab/):
+this module adds only what is particular to runtimes (the sandbox, podman, containerd, images).
 Teardown kills every process of the sandbox's mount namespace and their descendants, by PID.
 """
 
@@ -28,15 +30,17 @@ import re
 import select
 import shlex
 import shutil
-import signal
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+from tests.lab import TEST_NET_1, Lab, Netns, nft, procs, run
+from tests.lab.plugin import reservations as reservations
+from tests.lab.traffic import http_get as http_get
 
 PREFIX = "cbD"
 REFERENCE_PLUGIN_DIR = Path("/usr/lib/cni")
@@ -52,38 +56,6 @@ PORTMAP_SHARED_CHAINS = frozenset(
 UNSHARE_MOUNT = ("unshare", "--mount", "--propagation", "private")
 HARNESS_VARS = frozenset({"CNI_BRIDGE_PLUGIN_DIR", "CNI_BRIDGE_ALLOW_NO_BINARY"})
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-class CommandError(RuntimeError):
-    def __init__(self, cmd: Sequence[str], proc: subprocess.CompletedProcess[str]) -> None:
-        super().__init__(
-            f"{shlex.join(cmd)} exited {proc.returncode}\n"
-            f"stdout: {proc.stdout.strip()}\nstderr: {proc.stderr.strip()}"
-        )
-        self.proc = proc
-
-
-def run(
-    cmd: Sequence[str],
-    *,
-    timeout: float = 30,
-    check: bool = True,
-    env: Mapping[str, str] | None = None,
-    stdin: str | None = None,
-) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        list(cmd),
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=None if env is None else dict(env),
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise CommandError(cmd, proc)
-    return proc
 
 
 def missing_tools(names: Iterable[str]) -> list[str]:
@@ -202,62 +174,17 @@ def write_oci_archive(rootfs: Path, dest: Path, image: str) -> None:
 
 
 @dataclass(frozen=True)
-class Netns:
-    name: str
-
-    @property
-    def path(self) -> Path:
-        return Path("/run/netns") / self.name
-
-    def exec(
-        self, cmd: Sequence[str], *, check: bool = True, timeout: float = 30
-    ) -> subprocess.CompletedProcess[str]:
-        # nsenter, not `ip netns exec`: no new mount namespace, no /sys remount per call.
-        return run(["nsenter", f"--net={self.path}", *cmd], check=check, timeout=timeout)
-
-
-def add_netns(name: str) -> Netns:
-    run(["ip", "netns", "add", name])
-    ns = Netns(name)
-    ns.exec(["ip", "link", "set", "lo", "up"])
-    return ns
-
-
-def delete_netns(ns: Netns) -> None:
-    if ns.path.exists():
-        run(["ip", "netns", "delete", ns.name], check=False)
-
-
-@dataclass(frozen=True)
 class Topology:
-    """The host netns and an outside netns, joined by a veth pair on 192.0.2.0/24."""
+    """The lab's host namespace and an outside one joined to it by a veth (TEST-NET-1)."""
 
     host: Netns
     outside: Netns
-    host_addr: str = "192.0.2.1"
-    outside_addr: str = "192.0.2.2"
+    host_addr: str = TEST_NET_1[0]
 
     @classmethod
-    def create(cls, suffix: str) -> Topology:
-        host = add_netns(f"{PREFIX}-h-{suffix}")
-        topo = cls(host, Netns(f"{PREFIX}-o-{suffix}"))
-        try:
-            add_netns(topo.outside.name)
-            h_if, o_if = f"cbdh{suffix}", f"cbdo{suffix}"
-            peer = ["peer", "name", o_if, "netns", topo.outside.name]
-            host.exec(["ip", "link", "add", h_if, "type", "veth", *peer])
-            host.exec(["ip", "addr", "add", f"{topo.host_addr}/24", "dev", h_if])
-            host.exec(["ip", "link", "set", h_if, "up"])
-            topo.outside.exec(["ip", "addr", "add", f"{topo.outside_addr}/24", "dev", o_if])
-            topo.outside.exec(["ip", "link", "set", o_if, "up"])
-        except BaseException:
-            topo.destroy()
-            raise
-        return topo
-
-    def destroy(self) -> None:
-        delete_netns(self.outside)
-        delete_netns(self.host)
+    def create(cls, lab: Lab) -> Topology:
+        host = lab.netns("h")
+        return cls(host, lab.outside(host))
 
 
 # --------------------------------------------------------------------------- sandbox
@@ -270,42 +197,10 @@ def _mount_ns(pid: int) -> str | None:
         return None
 
 
-def _all_pids() -> list[int]:
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name may hold spaces and parentheses: fields start after the last ')'.
-    return stat.rsplit(")", 1)[1].split()
-
-
-def _identity(pid: int) -> tuple[int, str] | None:
-    """(pid, start time): a PID that was reused by an unrelated process no longer matches."""
-    fields = _stat_fields(pid)
-    return None if fields is None else (pid, fields[19])
-
-
-def processes_of(mount_ns: str) -> set[tuple[int, str]]:
+def processes_of(mount_ns: str) -> set[procs.Identity]:
     """Processes in the mount namespace and all their descendants (containers live deeper)."""
-    pids = _all_pids()
-    found = {pid for pid in pids if _mount_ns(pid) == mount_ns}
-    children: dict[int, list[int]] = {}
-    for pid in pids:
-        fields = _stat_fields(pid)
-        if fields is not None:
-            children.setdefault(int(fields[1]), []).append(pid)
-    stack = list(found)
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    found.discard(os.getpid())
-    return {ident for pid in found if (ident := _identity(pid)) is not None}
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    return procs.with_descendants(pid for pid in pids if _mount_ns(pid) == mount_ns)
 
 
 def _overlay_anchor(target: Path) -> Path:
@@ -366,7 +261,7 @@ class Sandbox:
     def start(self, timeout: float = 15) -> None:
         script = self._setup_script()
         self.holder = subprocess.Popen(
-            ["nsenter", f"--net={self.netns.path}", *UNSHARE_MOUNT, "sh", "-c", script],
+            self.netns.command(*UNSHARE_MOUNT, "sh", "-c", script),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -429,25 +324,21 @@ class Sandbox:
         """
         if self.holder is None:
             return []
-        victims: set[tuple[int, str]] = set()
-        holder = _identity(self.holder.pid)
+        victims: set[procs.Identity] = set()
+        holder = procs.identity(self.holder.pid)
         if holder is not None:
             victims.add(holder)
         deadline = time.monotonic() + timeout
         while True:
             if self.mount_ns:
                 victims |= processes_of(self.mount_ns)
-            victims = {v for v in victims if _identity(v[0]) == v}
-            for pid, _ in victims:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.holder.wait(0.2)
-            # Zombies (reaped by init in its own time) have no namespaces left: done with.
-            victims = {v for v in victims if _identity(v[0]) == v and _mount_ns(v[0]) is not None}
+            # Zombies (reaped by init in its own time) are done with: procs.alive says so.
+            victims = {v for v in victims if procs.alive(v)}
             if not victims or time.monotonic() >= deadline:
                 return sorted(pid for pid, _ in victims)
-            time.sleep(0.1)
+            procs.kill(victims, timeout=0.2)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.holder.wait(0.2)
 
     def netns_pins(self) -> list[str]:
         proc = self.exec(["ls", "-1", "/run/netns"], check=False)
@@ -648,32 +539,6 @@ class Containerd:
 
 # --------------------------------------------------------------------------- observations
 
-_HTTP_GET = """
-import sys, urllib.request
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-with opener.open(sys.argv[1], timeout=float(sys.argv[2])) as response:
-    sys.stdout.write(response.read().decode())
-"""
-
-
-def http_get(netns: Netns, url: str, *, within: float = 15, per_try: float = 2) -> str:
-    """GET from inside `netns`, retrying until `within` seconds have passed; the body."""
-    deadline = time.monotonic() + within
-    while True:
-        proc = netns.exec(
-            [sys.executable, "-c", _HTTP_GET, url, str(per_try)],
-            check=False,
-            timeout=per_try + 10,
-        )
-        if proc.returncode == 0:
-            return proc.stdout
-        lines = proc.stderr.strip().splitlines()
-        last = lines[-1] if lines else f"exit {proc.returncode}"
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"GET {url} from {netns.name} failed: {last}")
-        time.sleep(0.3)
-
-
 def ipv4_addresses(link_json: str, ifname: str) -> list[str]:
     return [
         info["local"]
@@ -690,34 +555,19 @@ def container_ipv4(pid: int, ifname: str = "eth0") -> list[str]:
 
 
 def bridge_ports(host: Netns, bridge: str) -> list[str]:
-    proc = host.exec(["ip", "-j", "link", "show", "master", bridge], check=False)
+    proc = host.exec("ip", "-j", "link", "show", "master", bridge, check=False)
     if proc.returncode != 0:  # no bridge at all: no ports either
         return []
     return [link["ifname"] for link in json.loads(proc.stdout or "[]")]
 
 
 def bridge_ipv4(host: Netns, bridge: str) -> list[str]:
-    proc = host.exec(["ip", "-j", "addr", "show", "dev", bridge], check=False)
+    proc = host.exec("ip", "-j", "addr", "show", "dev", bridge, check=False)
     return ipv4_addresses(proc.stdout, bridge) if proc.returncode == 0 else []
 
 
 def in_subnet(address: str, subnet: str) -> bool:
     return ipaddress.ip_address(address) in ipaddress.ip_network(subnet)
-
-
-def reservations(data_dir: Path, network: str) -> list[str]:
-    """host-local's reservation files: one per allocated IP, named after it."""
-    net_dir = data_dir / network
-    if not net_dir.is_dir():
-        return []
-    found = []
-    for entry in net_dir.iterdir():
-        try:
-            ipaddress.ip_address(entry.name)
-        except ValueError:
-            continue
-        found.append(entry.name)
-    return sorted(found)
 
 
 def files_mentioning(root: Path, needle: str) -> list[str]:
@@ -732,15 +582,10 @@ def files_mentioning(root: Path, needle: str) -> list[str]:
     return sorted(hits)
 
 
-def nft_ruleset(host: Netns) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(host.exec(["nft", "-j", "list", "ruleset"]).stdout)
-    return data
-
-
-def nft_elements_mentioning(ruleset: Mapping[str, Any], needles: Sequence[Any]) -> list[str]:
+def nft_elements_mentioning(ruleset: Sequence[Mapping[str, Any]], needles: Sequence[Any]) -> list[str]:
     """Set and map elements whose data holds any of the needles (addresses, ports)."""
     hits = []
-    for obj in ruleset.get("nftables", []):
+    for obj in ruleset:
         for kind in ("set", "map"):
             body = obj.get(kind)
             if not isinstance(body, dict):
@@ -760,7 +605,7 @@ def _mentions(value: Any, needle: Any) -> bool:
 
 
 def iptables_save(host: Netns) -> str:
-    return host.exec(["iptables-save"]).stdout
+    return host.exec("iptables-save").stdout
 
 
 def iptables_chains(save: str) -> list[str]:
@@ -787,7 +632,7 @@ def firewall_traces(chain: Chain, host: Netns, container_ip: str, host_port: int
             if c.startswith("CNI-") and c not in PORTMAP_SHARED_CHAINS
         ]
         return chains + [line for line in save.splitlines() if ip.search(line)]
-    ruleset = nft_ruleset(host)
+    ruleset = nft.ruleset(host)
     anywhere = [f"ruleset mentions {container_ip}"] if ip.search(json.dumps(ruleset)) else []
     return anywhere + nft_elements_mentioning(ruleset, [container_ip, host_port])
 
