@@ -40,7 +40,7 @@ class PortMapping:
 
     @property
     def count(self) -> int:
-        return 1 if self.host_port_end is None else self.host_port_end - self.host_port + 1
+        return port_range_count(self.host_port, self.host_port_end, self.container_port)
 
 
 @dataclass(frozen=True)
