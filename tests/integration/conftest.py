@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.nodes import Cluster
 from tests.lab.plugin import PluginLab
 
 
@@ -25,3 +26,13 @@ def lab(tmp_path: Path) -> Iterator[PluginLab]:
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Nodes on a LAN (tests/integration/nodes.py), for the routes and kube-mode suites."""
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()

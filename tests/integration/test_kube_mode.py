@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +57,6 @@ class Api:
             s.connect(str(self.control))
             s.sendall(json.dumps({"op": op, **kw}).encode() + b"\n")
             return json.loads(s.makefile().readline())
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def start(args: list[str], ns: str, log: Path) -> subprocess.Popen[bytes]:
