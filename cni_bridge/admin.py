@@ -92,7 +92,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from cni_bridge.commands.deps import real_deps
     from cni_bridge.commands.status import problems
     from cni_bridge.liveness import Liveness
+    from cni_bridge.ports import control, report
 
+    holder = control.status()
     out = []
     worst = 0
     for name, st in networks(args.data_dir, args.network):
@@ -116,6 +118,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 sets = conf.effective_range_sets()
                 if conf.ipam.type == "host-local":
                     entry["free"] = free_count(DiskStore(name, args.data_dir), sets)
+            entry["heldPorts"] = report.held_ports(name, holder)
+            if conf is not None:
+                entry["limited"] += report.problems(entry["heldPorts"])
         finally:
             deps.close()
         if conf is not None:
@@ -133,6 +138,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"({e['stale']} with netns gone), free addresses per range set {e.get('free', '?')}, "
                 f"foreign forward-drop chains given accept rules: {e.get('foreignDropChains') or 'none'}; {health}"
             )
+            held = e["heldPorts"]
+            print(f"  published ports: held by pid {held['holderPid']}" if held["agent"] else f"  {held['note']}")
     return worst
 
 

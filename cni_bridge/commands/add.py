@@ -149,6 +149,8 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
     # The record and the result name the namespace as the runtime does (not a resident
     # worker's descriptor path, which dies with the worker).
     ask = parse_add(request, conf, sandbox_path(request, env))
+    if ask.port_mappings:  # before any change: a port a host program holds is refused
+        deps.ports.check(ask.port_mappings)
     stores = NetworkStores(conf)
     att = Attachment.new(conf.name, ask.container_id, ask.ifname, ask.sandbox)
     att.netns_inode = netns_inode
@@ -218,10 +220,12 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
         with stores.lock():
             stores.state.put(att)  # write 3: ready
         rollback.commit()
-        return result
     except BaseException:
         rollback.run()
         raise
+    if ask.port_mappings:  # the agent's holder takes the ports (cni_bridge/ports)
+        deps.ports.changed(stores.ipam.dir, att.tag)
+    return result
 
 
 def _clear_previous(

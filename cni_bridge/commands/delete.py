@@ -37,7 +37,10 @@ def delete(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) 
                 for ip in stores.ipam.get_by_id(request.container_id, request.ifname)
             ]
             recorded = _synthesized(request, conf, ips)
-        return teardown(conf, stores, recorded, deps, env, request.stdin, request.netns)
+        errors = teardown(conf, stores, recorded, deps, env, request.stdin, request.netns)
+    if recorded.port_mappings:  # the agent's holder lets the ports go (cni_bridge/ports)
+        deps.ports.changed(stores.ipam.dir, recorded.tag)
+    return errors
 
 
 def _synthesized(request: Request, conf: NetConf, ips: list[str]) -> Attachment:

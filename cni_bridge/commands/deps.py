@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cni_bridge.firewall.ops import FirewallOps
     from cni_bridge.net.ops import NetOps
+    from cni_bridge.ports.ops import HostPorts
 
 KILL_AT_ENV = "CNI_BRIDGE_TEST_KILL_AT"
 
@@ -37,6 +38,7 @@ class Deps:
     net_factory: Callable[[], NetOps]
     firewall_factory: Callable[[], FirewallOps]
     hook: Callable[[str], None] = _no_hook
+    ports_factory: Callable[[], HostPorts] = field(default=lambda: _no_ports())
     _net: Any = field(default=None, repr=False)
     _fw: Any = field(default=None, repr=False)
 
@@ -53,6 +55,10 @@ class Deps:
             self._fw = self.firewall_factory()
         fw: FirewallOps = self._fw
         return fw
+
+    @property
+    def ports(self) -> HostPorts:
+        return self.ports_factory()
 
     def close(self) -> None:
         if self._net is not None:
@@ -72,10 +78,23 @@ def _real_firewall() -> FirewallOps:
     return Firewall()
 
 
+def _no_ports() -> HostPorts:
+    from cni_bridge.ports.ops import NoHostPorts
+
+    return NoHostPorts()
+
+
+def _real_ports() -> HostPorts:
+    from cni_bridge.ports.ops import RealHostPorts
+
+    return RealHostPorts()
+
+
 def real_deps(env: Mapping[str, str]) -> Deps:
     target = env.get(KILL_AT_ENV, "")
     return Deps(
         net_factory=_real_net,
         firewall_factory=_real_firewall,
+        ports_factory=_real_ports,
         hook=kill_hook(target) if target else _no_hook,
     )

@@ -35,6 +35,7 @@ import sys
 import time
 from types import FrameType
 
+from cni_bridge.ports.supervisor import Supervisor
 from cni_bridge.resident import client
 from cni_bridge.resident.worker import (
     FREE,
@@ -89,6 +90,7 @@ class Server:
         hard_timeout: float = DEFAULT_HARD_TIMEOUT,
         pool: int = DEFAULT_POOL,
         max_requests: int = DEFAULT_MAX_REQUESTS,
+        holder: Supervisor | None = None,
     ) -> None:
         self.listener = listener
         self.engine = engine
@@ -99,6 +101,7 @@ class Server:
         self.hard_timeout = hard_timeout
         self.pool_size = pool
         self.max_requests = max_requests
+        self.holder = holder or Supervisor(enabled=False)  # published ports (cni_bridge/ports)
         self.workers: dict[int, float] = {}  # pid -> start of the request it runs
         self.channels: dict[int, Pooled] = {}  # channel fd -> worker, busy or free
         self.free: list[Pooled] = []  # most recently freed last: the warmest is used first
@@ -131,6 +134,7 @@ class Server:
         while True:
             self._reap()
             self._keep_a_spare()
+            self.holder.tick()
             now = time.monotonic()
             if self.stopping and self.listening:
                 log(f"stopping; {len(self.workers)} request(s) still running")
@@ -149,7 +153,7 @@ class Server:
                     log("the code on disk changed, leaving for a fresh resident")
                     self.stopping = True
                     continue
-            timeout = next_check - now
+            timeout = min(next_check - now, self.holder.due_in())
             if not self.workers and self.idle > 0:
                 timeout = min(timeout, self.idle - (now - self.last_activity))
             for fd, _ in poller.poll(max(1, math.ceil(timeout * 1000))):
@@ -160,6 +164,7 @@ class Server:
                 elif self.listening and fd == self.listener.fileno():
                     self._accept()
         self._stop_listening(poller)
+        self.holder.stop()
         return 0
 
     def _stop_listening(self, poller: select.poll) -> None:
@@ -181,7 +186,7 @@ class Server:
             pass
 
     def _reap(self) -> None:
-        while self.workers or self.channels:
+        while self.workers or self.channels or self.holder.pid:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -189,6 +194,8 @@ class Server:
                 return
             if pid == 0:
                 return
+            if self.holder.reaped(pid, status):
+                continue
             busy = self.workers.pop(pid, None) is not None
             for worker in [w for w in self.channels.values() if w.pid == pid]:
                 self._close_channel(worker)

@@ -21,6 +21,7 @@ import time
 import traceback
 from collections.abc import Sequence
 
+from cni_bridge.ports.supervisor import Supervisor
 from cni_bridge.resident import client
 from cni_bridge.resident.pool import (
     DEFAULT_HARD_TIMEOUT,
@@ -173,5 +174,7 @@ def _serve(
         max_workers=args.max_workers,
         hard_timeout=args.hard_timeout,
         pool=args.pool,
+        # The ports the engine's records publish: held only for the engine, not a test handler.
+        holder=Supervisor(enabled=args.handler == client.DEFAULT_HANDLER),
     )
     return server.run()

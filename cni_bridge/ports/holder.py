@@ -1,0 +1,344 @@
+"""The holder: one process per host network namespace, forked and supervised by the agent,
+that holds a socket on every published host port and relays what reaches it (proxy.py).
+
+The records are the desired state: every attachment record (phase ready) under the data
+directories in use (datadirs.py) whose host veth is in this namespace. They are read in full
+at start and every RESCAN seconds, and one record at a time when an ADD or DEL says it changed
+(control.py): the answer goes back once the sockets match, so a port is held when ADD returns.
+A port it could not hold (a host program got there first) is retried every RETRY seconds and
+reported by `status`.
+
+An asyncio loop in its own process: the agent's parent stays single-threaded and never waits
+on a relay, and a relay's failure cannot touch the agent. It dies with the agent
+(PR_SET_PDEATHSIG) and takes a lock first, so two holders never compete for one namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import fcntl
+import gc
+import json
+import os
+import signal
+import socket
+import struct
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from cni_bridge import datadirs
+from cni_bridge.ports import control, lookup, sockets
+from cni_bridge.ports.model import HoldKey, Target, Wanted, merge, plan, wanted_from_record
+from cni_bridge.ports.proxy import TcpRelay, UdpRelay
+from cni_bridge.state import NETWORK_FILE, PHASE_READY, STATE_DIR
+
+RESCAN = 30.0
+RETRY = 2.0
+PR_SET_PDEATHSIG = 1
+MAX_RECORD = 1 << 20
+# Families a host may lack (IPv6 disabled): nothing can bind there, so nothing is to hold.
+_NOT_HERE = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
+
+Owner = tuple[str, str]  # (network dir, record tag)
+
+
+def _log(message: str) -> None:
+    from cni_bridge.resident.worker import log
+
+    log(f"ports: {message}")
+
+
+class Held:
+    __slots__ = ("key", "relay", "server", "target", "transport")
+
+    def __init__(self, key: HoldKey, target: Target | None) -> None:
+        self.key = key
+        self.target = target
+        self.server: asyncio.AbstractServer | None = None
+        self.transport: asyncio.BaseTransport | None = None
+        self.relay: TcpRelay | UdpRelay | None = None
+
+    def close(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+        if self.server is not None:
+            self.server.close()
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Holder:
+    def __init__(self, data_dirs: Callable[[], list[str]] = datadirs.in_use) -> None:
+        self.data_dirs = data_dirs
+        self.told: set[str] = set()  # data dirs ADDs named (in case the registry lost one)
+        self.records: dict[Owner, Wanted] = {}
+        self.labels: dict[Owner, str] = {}
+        self.held: dict[HoldKey, Held] = {}
+        self.failed: dict[HoldKey, str] = {}
+        self.absent: set[HoldKey] = set()  # a family this host does not have
+
+    # ------------------------------------------------------------------ the records
+
+    def _read(self, path: str, names: Callable[[str], bool]) -> tuple[Wanted, str]:
+        try:
+            with open(path, "rb") as f:
+                data = json.loads(f.read(MAX_RECORD))
+        except (OSError, ValueError):
+            return {}, ""
+        if not isinstance(data, dict) or data.get("phase") != PHASE_READY:
+            return {}, ""
+        veth = data.get("host_veth")
+        if not isinstance(veth, str) or not names(veth):
+            return {}, ""  # another namespace's attachment, or one whose container is gone
+        label = f"{data.get('network')}/{data.get('container_id')}/{data.get('ifname')}"
+        return wanted_from_record(data), label
+
+    def scan_all(self) -> None:
+        present = {name for _, name in socket.if_nameindex()}
+        records: dict[Owner, Wanted] = {}
+        labels: dict[Owner, str] = {}
+        for data_dir in sorted(set(self.data_dirs()) | self.told):
+            try:
+                networks = os.listdir(data_dir)
+            except OSError:
+                continue
+            for net in networks:
+                net_dir = os.path.join(data_dir, net)
+                state_dir = os.path.join(net_dir, STATE_DIR)
+                try:
+                    names = os.listdir(state_dir)
+                except OSError:
+                    continue
+                for name in names:
+                    if not name.endswith(".json") or name == NETWORK_FILE:
+                        continue
+                    wanted, label = self._read(os.path.join(state_dir, name), present.__contains__)
+                    if wanted:
+                        owner = (net_dir, name[: -len(".json")])
+                        records[owner], labels[owner] = wanted, label
+        self.records, self.labels = records, labels
+
+    def read_one(self, net_dir: str, tag: str) -> None:
+        def exists(veth: str) -> bool:
+            try:
+                socket.if_nametoindex(veth)
+            except OSError:
+                return False
+            return True
+
+        owner = (net_dir, tag)
+        self.told.add(os.path.dirname(net_dir))
+        wanted, label = self._read(os.path.join(net_dir, STATE_DIR, tag + ".json"), exists)
+        if wanted:
+            self.records[owner], self.labels[owner] = wanted, label
+        else:
+            self.records.pop(owner, None)
+            self.labels.pop(owner, None)
+
+    # ------------------------------------------------------------------ the sockets
+
+    async def apply(self) -> None:
+        wanted = merge(self.records)
+        todo = plan(wanted, {k: h.target for k, h in self.held.items()})
+        for key in todo.close:
+            self.held.pop(key).close()
+            _log(f"released {key}")
+        for key, target in todo.retarget:
+            self.held[key].target = target
+        for key in list(self.failed):
+            if key not in wanted:
+                del self.failed[key]
+        for key, target in todo.open:
+            if key in self.absent:
+                continue
+            try:
+                self.held[key] = await self._open(key, target)
+            except OSError as exc:
+                if exc.errno in _NOT_HERE and key.wildcard:
+                    self.absent.add(key)
+                    continue
+                why = exc.strerror or str(exc)
+                if exc.errno == errno.EADDRINUSE:
+                    why = f"held by {lookup.describe(lookup.holders_of(key))}"
+                if self.failed.get(key) != why:
+                    _log(f"cannot hold {key}: {why}")
+                self.failed[key] = why
+            else:
+                self.failed.pop(key, None)
+
+    async def _open(self, key: HoldKey, target: Target | None) -> Held:
+        loop = asyncio.get_running_loop()
+        held = Held(key, target)
+        sock = sockets.bind(key, listen=True)
+        sock.setblocking(False)
+        try:
+            if key.protocol == "tcp":
+                relay = TcpRelay(lambda: held.target)
+                held.server = await asyncio.start_server(relay, sock=sock)
+            else:
+                udp = UdpRelay(lambda: held.target)
+                held.transport, _ = await loop.create_datagram_endpoint(lambda: udp, sock=sock)
+                held.relay = udp
+                return held
+        except BaseException:
+            sock.close()
+            raise
+        held.relay = relay
+        return held
+
+    def close(self) -> None:
+        for held in self.held.values():
+            held.close()
+        self.held.clear()
+
+    # ------------------------------------------------------------------ answers
+
+    def _owner_of(self, key: HoldKey) -> str:
+        for owner, wanted in sorted(self.records.items()):
+            if key in wanted:
+                return self.labels.get(owner, "")
+        return ""
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "held": [str(k) for k in sorted(self.held)],
+            "failed": [
+                {"port": str(k), "reason": why, "attachment": self._owner_of(k)}
+                for k, why in sorted(self.failed.items())
+            ],
+        }
+
+    def answer_changed(self, owner: Owner) -> dict[str, Any]:
+        mine = self.records.get(owner, {})
+        return {
+            "held": [str(k) for k in sorted(mine) if k in self.held],
+            "failed": {str(k): self.failed[k] for k in sorted(mine) if k in self.failed},
+        }
+
+    async def handle(self, message: Any) -> dict[str, Any]:
+        if not isinstance(message, dict):
+            return {"error": "not an object"}
+        if message.get("op") == "status":
+            return self.status()
+        if message.get("op") == "changed":
+            net_dir, tag = message.get("dir"), message.get("tag")
+            if not isinstance(net_dir, str) or not isinstance(tag, str) or "/" in tag:
+                return {"error": "bad changed message"}
+            self.read_one(os.path.abspath(net_dir), tag)
+            await self.apply()
+            return self.answer_changed((os.path.abspath(net_dir), tag))
+        return {"error": "unknown op"}
+
+
+# ---------------------------------------------------------------------- the process
+
+
+async def _serve_control(holder: Holder, listener: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        conn, _ = await loop.sock_accept(listener)
+        try:
+            cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
+            if struct.unpack("iII", cred)[1] != 0:
+                continue
+            raw = await asyncio.wait_for(loop.sock_recv(conn, control.MAX_MESSAGE), 5)
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                message = None
+            reply = await holder.handle(message)
+            await loop.sock_sendall(conn, json.dumps(reply).encode())
+        except (TimeoutError, OSError):
+            pass
+        finally:
+            conn.close()
+
+
+async def _run(holder: Holder, listener: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    control_task = loop.create_task(_serve_control(holder, listener))
+    next_scan = 0.0
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_scan:
+                holder.scan_all()
+                next_scan = now + RESCAN
+                await holder.apply()
+            elif holder.failed:
+                await holder.apply()
+            wait = RETRY if holder.failed else next_scan - now
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.1, min(wait, RESCAN)))
+    finally:
+        control_task.cancel()
+        holder.close()
+
+
+def _take_lock(lock_path: str, parent: int) -> int:
+    """The namespace's holder lock, waiting for a previous holder (an agent being replaced)."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if os.getppid() != parent:
+                os._exit(0)
+            time.sleep(0.2)
+
+
+def _detach_from_agent() -> None:
+    """In the fresh child: nothing of the agent's but its log (stderr). Its objects are frozen
+    first, so no collection ever closes a descriptor number this process reuses."""
+    gc.freeze()
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def child_main() -> NoReturn:
+    """The holder process, right after the agent forked it; never returns."""
+    code = 1
+    try:
+        parent = os.getppid()
+        _detach_from_agent()
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(0)
+        sock_path, lock_path = control.paths(create=True)
+        if not sock_path:
+            _log("no usable agent directory: ports are not held")
+            os._exit(0)
+        lock_fd = _take_lock(lock_path, parent)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(sock_path)  # a previous holder's, killed: we hold the lock now
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        listener.bind(sock_path)
+        listener.listen(64)
+        listener.setblocking(False)
+        _log("holding published ports")
+        asyncio.run(_run(Holder(), listener))
+        os.unlink(sock_path)
+        os.close(lock_fd)
+        code = 0
+    except BaseException:
+        _log(f"failed:\n{traceback.format_exc()}")
+    finally:
+        os._exit(code)

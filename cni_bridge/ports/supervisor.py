@@ -1,0 +1,84 @@
+"""The agent's side of the holder (holder.py): fork it at start, fork it again when it dies
+(at most once a RESTART_DELAY), end it when the agent stops. The agent's parent stays
+single-threaded and only forks, reaps and signals: nothing of the holder runs in it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import NoReturn
+
+RESTART_DELAY = 1.0
+STOP_WAIT = 2.0
+
+
+def _log(message: str) -> None:
+    from cni_bridge.resident.worker import log
+
+    log(f"ports: {message}")
+
+
+def _holder() -> NoReturn:
+    from cni_bridge.ports.holder import child_main
+
+    child_main()
+
+
+class Supervisor:
+    def __init__(self, child: Callable[[], NoReturn] = _holder, enabled: bool = True) -> None:
+        self.child = child
+        self.pid = 0
+        self.started = -math.inf
+        self.stopping = not enabled  # a disabled supervisor never starts a holder
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            _log(f"cannot start the holder: {exc}")
+            return
+        if pid == 0:
+            self.child()
+        self.pid = pid
+
+    def reaped(self, pid: int, status: int) -> bool:
+        """Whether the child the agent reaped was the holder (restarted by tick)."""
+        if pid == 0 or pid != self.pid:
+            return False
+        self.pid = 0
+        if not self.stopping:
+            _log(f"the holder {pid} ended (wait status {status}); starting another")
+        return True
+
+    def due_in(self) -> float:
+        """Seconds until tick() has a holder to start (inf: none)."""
+        if self.pid or self.stopping:
+            return math.inf
+        return max(0.0, self.started + RESTART_DELAY - time.monotonic())
+
+    def tick(self) -> None:
+        if self.due_in() == 0.0:
+            self.start()
+
+    def stop(self) -> None:
+        self.stopping = True
+        if not self.pid:
+            return
+        try:
+            os.kill(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_WAIT
+            while time.monotonic() < deadline:
+                if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
+                    self.pid = 0
+                    return
+                time.sleep(0.02)
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        self.pid = 0

@@ -1,0 +1,176 @@
+"""Held ports without root: which sockets records ask for, the plan, /proc/net parsing, ADD's
+check with a fake bind, the status report and the supervisor's restarts."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from ipaddress import ip_address
+from typing import NoReturn
+
+import pytest
+
+from cni_bridge.errors import PORT_CONFLICT, CNIError
+from cni_bridge.firewall.model import PortMapping
+from cni_bridge.ports import check, lookup, report, sockets
+from cni_bridge.ports.model import (
+    HoldKey,
+    Target,
+    keys_for,
+    merge,
+    plan,
+    wanted_for,
+    wanted_from_record,
+)
+from cni_bridge.ports.supervisor import Supervisor
+
+T4, T6 = "10.66.0.2", "fd00:66::2"
+
+
+def test_every_address_is_held_in_both_families_whatever_the_network() -> None:
+    wanted = wanted_for([PortMapping(8080, 80)], [f"{T4}/24"])
+    assert wanted == {
+        HoldKey("tcp", "0.0.0.0", 8080): Target(T4, 80),
+        # An IPv4-only container: [::] (and so [::1]) relays to its IPv4 address.
+        HoldKey("tcp", "::", 8080): Target(T4, 80),
+    }
+    dual = wanted_for([PortMapping(8080, 80)], [f"{T4}/24", f"{T6}/64"])
+    assert dual[HoldKey("tcp", "::", 8080)] == Target(T6, 80)
+
+
+def test_host_ip_ranges_and_protocols() -> None:
+    mappings = [
+        PortMapping(53, 5353, "udp", ip_address("127.0.0.1")),
+        PortMapping(9000, 90, "tcp", ip_address("::"), 9001),
+        PortMapping(7000, 70, "sctp"),
+    ]
+    assert keys_for(mappings) == [
+        HoldKey("udp", "127.0.0.1", 53),
+        HoldKey("tcp", "::", 9000),
+        HoldKey("tcp", "::", 9001),
+    ]
+    wanted = wanted_for(mappings, [f"{T4}/24"])
+    assert wanted[HoldKey("tcp", "::", 9001)] == Target(T4, 91)
+    assert wanted_for(mappings, []) == dict.fromkeys(keys_for(mappings))
+    assert str(HoldKey("tcp", "::", 9000)) == "tcp/9000 on [::]"
+
+
+def test_wanted_from_record_reads_what_records_keep() -> None:
+    record = {
+        "ips": [f"{T4}/24"],
+        "port_mappings": [{"hostPort": 80, "containerPort": 8080, "protocol": "tcp"}, {"bad": 1}],
+    }
+    assert wanted_from_record(record) == {
+        HoldKey("tcp", "0.0.0.0", 80): Target(T4, 8080),
+        HoldKey("tcp", "::", 80): Target(T4, 8080),
+    }
+    assert wanted_from_record({"ips": [], "port_mappings": []}) == {}
+
+
+def test_plan_and_merge() -> None:
+    a, b, c = (HoldKey("tcp", "0.0.0.0", p) for p in (1, 2, 3))
+    held = {a: Target(T4, 1), b: Target(T4, 2)}
+    wanted = merge({("n", "y"): {b: Target(T6, 2), c: None}, ("n", "x"): {c: Target(T4, 3)}})
+    assert wanted == {b: Target(T6, 2), c: Target(T4, 3)}  # the owner sorted first keeps c
+    p = plan(wanted, held)
+    assert p.close == [a] and p.open == [(c, Target(T4, 3))] and p.retarget == [(b, Target(T6, 2))]
+
+
+PROC_TCP = """\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1
+   1: 0100007F:1F90 0200000A:C350 01 00000000:00000000 00:00000000 00000000     0        0 4243 1
+   2: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4244 1
+"""
+PROC_TCP6 = """\
+  sl  local_address                         remote_address                        st tx_queue
+   0: 00000000000000000000000000000000:1F91 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5151 1
+   1: 00000000000000000000000001000000:1F92 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 5252 1
+"""
+
+
+def test_proc_net_parsing_and_collisions() -> None:
+    v4 = lookup.parse_proc_net(PROC_TCP)
+    v6 = lookup.parse_proc_net(PROC_TCP6)
+    assert v4[0] == lookup.SockEntry("127.0.0.1", 8080, lookup.TCP_LISTEN, 4242)
+    assert v6[1].address == "::1" and v6[1].port == 8082
+    tables = [(False, v4), (True, v6)]
+    # A listener on 127.0.0.1 collides with holding 0.0.0.0, not an established connection.
+    assert lookup.colliding(HoldKey("tcp", "0.0.0.0", 8080), tables) == [4242]
+    assert lookup.colliding(HoldKey("tcp", "10.0.0.1", 8080), tables) == []
+    assert lookup.colliding(HoldKey("tcp", "10.0.0.1", 80), tables) == [4244]  # a wildcard
+    # A dual-stack [::] listener takes the IPv4 port too; [::1] only the IPv6 one.
+    assert lookup.colliding(HoldKey("tcp", "0.0.0.0", 8081), tables) == [5151]
+    assert lookup.colliding(HoldKey("tcp", "0.0.0.0", 8082), tables) == []
+    assert lookup.colliding(HoldKey("tcp", "::", 8082), tables) == [5252]
+    assert lookup.describe([(12, "nc"), (13, "nc")]) == "pid 12 (nc), pid 13 (nc)"
+
+
+def _busy(key: HoldKey, listen: bool) -> NoReturn:
+    raise OSError(errno.EADDRINUSE, "Address already in use")
+
+
+def test_check_names_the_holder_and_lets_our_own_holder_be(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sockets, "bind", _busy)
+    mappings = [PortMapping(8080, 80)]
+    with pytest.raises(CNIError) as err:
+        check.check(mappings, holders=lambda key: [(77, "nginx")], own_pid=lambda: 5)
+    assert err.value.code == PORT_CONFLICT
+    assert "tcp/8080 on 0.0.0.0" in err.value.msg and "pid 77 (nginx)" in err.value.msg
+    check.check(mappings, holders=lambda key: [(5, "python3")], own_pid=lambda: 5)
+
+
+def test_check_skips_a_family_the_host_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Sock:
+        def close(self) -> None:
+            pass
+
+    def bind(key: HoldKey, listen: bool) -> Sock:
+        if key.family == 6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported")
+        return Sock()
+
+    monkeypatch.setattr(sockets, "bind", bind)
+    check.check([PortMapping(8080, 80)], holders=lambda key: [], own_pid=lambda: 0)
+
+
+def test_status_report() -> None:
+    assert report.held_ports("a", None)["agent"] is False
+    answer = {
+        "pid": 9,
+        "failed": [
+            {"port": "tcp/1 on 0.0.0.0", "reason": "held by pid 3 (x)", "attachment": "a/c1/eth0"},
+            {"port": "tcp/2 on 0.0.0.0", "reason": "held by pid 4 (y)", "attachment": "b/c2/eth0"},
+        ],
+    }
+    rep = report.held_ports("a", answer)
+    assert rep["holderPid"] == 9 and [u["port"] for u in rep["unheld"]] == ["tcp/1 on 0.0.0.0"]
+    assert report.problems(rep) == [
+        "published port tcp/1 on 0.0.0.0 of a/c1/eth0 is not held: held by pid 3 (x)"
+    ]
+
+
+def _exit_at_once() -> NoReturn:
+    os._exit(3)
+
+
+def test_supervisor_restarts_a_holder_that_ends_but_not_at_once() -> None:
+    sup = Supervisor(_exit_at_once)
+    sup.tick()
+    first = sup.pid
+    assert first > 0
+    pid, status = os.waitpid(first, 0)
+    assert sup.reaped(pid, status) and sup.pid == 0
+    assert not sup.reaped(pid, status)
+    assert 0 < sup.due_in() <= 1.0
+    sup.tick()
+    assert sup.pid == 0  # not yet: at most one start per RESTART_DELAY
+    sup.started = time.monotonic() - 2
+    sup.tick()
+    assert sup.pid not in (0, first)
+    sup.stop()
+    assert sup.pid == 0 and sup.due_in() == float("inf")
+    assert Supervisor(_exit_at_once, enabled=False).due_in() == float("inf")
