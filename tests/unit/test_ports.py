@@ -12,7 +12,6 @@ from typing import NoReturn
 import pytest
 
 from cni_bridge.errors import PORT_CONFLICT, CNIError
-from cni_bridge.firewall.model import PortMapping
 from cni_bridge.ports import check, lookup, report, sockets
 from cni_bridge.ports.model import (
     HoldKey,
@@ -24,26 +23,27 @@ from cni_bridge.ports.model import (
     wanted_from_record,
 )
 from cni_bridge.ports.supervisor import Supervisor
+from tests.firewall_json import port_map
 
 T4, T6 = "10.66.0.2", "fd00:66::2"
 
 
 def test_every_address_is_held_in_both_families_whatever_the_network() -> None:
-    wanted = wanted_for([PortMapping(8080, 80)], [f"{T4}/24"])
+    wanted = wanted_for([port_map(8080, 80)], [f"{T4}/24"])
     assert wanted == {
         HoldKey("tcp", "0.0.0.0", 8080): Target(T4, 80),
         # An IPv4-only container: [::] (and so [::1]) relays to its IPv4 address.
         HoldKey("tcp", "::", 8080): Target(T4, 80),
     }
-    dual = wanted_for([PortMapping(8080, 80)], [f"{T4}/24", f"{T6}/64"])
+    dual = wanted_for([port_map(8080, 80)], [f"{T4}/24", f"{T6}/64"])
     assert dual[HoldKey("tcp", "::", 8080)] == Target(T6, 80)
 
 
 def test_host_ip_ranges_and_protocols() -> None:
     mappings = [
-        PortMapping(53, 5353, "udp", ip_address("127.0.0.1")),
-        PortMapping(9000, 90, "tcp", ip_address("::"), 9001),
-        PortMapping(7000, 70, "sctp"),
+        port_map(53, 5353, "udp", ip_address("127.0.0.1")),
+        port_map(9000, 90, "tcp", ip_address("::"), 9001),
+        port_map(7000, 70, "sctp"),
     ]
     assert keys_for(mappings) == [
         HoldKey("udp", "127.0.0.1", 53),
@@ -115,7 +115,7 @@ def test_check_names_the_holder_and_lets_our_own_holder_be(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(sockets, "bind", _busy)
-    mappings = [PortMapping(8080, 80)]
+    mappings = [port_map(8080, 80)]
     with pytest.raises(CNIError) as err:
         check.check(mappings, holders=lambda key: [(77, "nginx")], own_pid=lambda: 5)
     assert err.value.code == PORT_CONFLICT
@@ -134,7 +134,7 @@ def test_check_skips_a_family_the_host_lacks(monkeypatch: pytest.MonkeyPatch) ->
         return Sock()
 
     monkeypatch.setattr(sockets, "bind", bind)
-    check.check([PortMapping(8080, 80)], holders=lambda key: [], own_pid=lambda: 0)
+    check.check([port_map(8080, 80)], holders=lambda key: [], own_pid=lambda: 0)
 
 
 def test_status_report() -> None:
