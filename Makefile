@@ -20,7 +20,7 @@ SOURCES := $(shell find cni_bridge -name '*.py') build/cni-bridge.spec build/bui
 	build/rthook_multiprocessing_lazy.py build/launcher.c
 
 .PHONY: all deps sysdeps venv lint unit integration e2e smoke test build install uninstall \
-	demo bench bench-quick clean
+	demo bench bench-quick bench-soak clean
 
 all: build
 
@@ -100,11 +100,19 @@ test: deps build
 demo: build
 	$(PY) -m demo
 
+# bench: ratios to the reference chain, then the soak (README "Speed"); ~20 min on 2 cores.
+# Figures in bench/results/ (not kept in git).
+OURS_BIN := --ours-bin $(CURDIR)/dist/bin/cni-bridge
 bench: build
-	$(PY) -m bench.run --ours-bin $(CURDIR)/dist/bin/cni-bridge
+	$(PY) -m bench.run $(OURS_BIN)
+	$(PY) -m bench.soak $(OURS_BIN)
 
 bench-quick: build
-	$(PY) -m bench.run --ours-bin $(CURDIR)/dist/bin/cni-bridge --n 10 --scale 1,50
+	$(PY) -m bench.run $(OURS_BIN) --n 10 --samples 3 --scale 1,50 --quiet 10
+	$(PY) -m bench.soak $(OURS_BIN) --cycles 300
+
+bench-soak: build
+	$(PY) -m bench.soak $(OURS_BIN)
 
 clean:
 	rm -rf dist build/pyinstaller-work $(VENV) .pytest_cache .mypy_cache .ruff_cache
