@@ -35,21 +35,27 @@ def _reply_version(config: Mapping[str, Any]) -> str:
 
 
 def setup_logging(env: Mapping[str, str]) -> None:
-    name = env.get("CNI_BRIDGE_LOG_LEVEL", "WARNING").upper()
-    level = logging.getLevelName(name)
+    """CNI_BRIDGE_LOG_LEVEL for both; unset, stderr gets WARNING and up (runtimes show a
+    plugin's stderr) and CNI_BRIDGE_LOG_FILE INFO and up: an operator who names a file wants
+    the line each ADD/DEL/GC writes there (commands/report.py)."""
+    name = env.get("CNI_BRIDGE_LOG_LEVEL", "").upper()
+    level = logging.getLevelName(name) if name else None
     if not isinstance(level, int):  # getLevelName maps unknown names to strings
-        level = logging.WARNING
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+        level = None
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(level if level is not None else logging.WARNING)
+    handlers: list[logging.Handler] = [stderr]
     log_file = env.get("CNI_BRIDGE_LOG_FILE")
     if log_file:
         try:
             handlers.append(logging.FileHandler(log_file))
+            handlers[-1].setLevel(level if level is not None else logging.INFO)
         except OSError as exc:
             sys.stderr.write(f"cni-bridge: cannot log to {log_file}: {exc}\n")
     # force: a resident worker inherits its parent's handlers but must follow its caller's env.
     logging.basicConfig(
         force=True,
-        level=level,
+        level=min(h.level for h in handlers),
         format="%(asctime)s cni-bridge[%(process)d] %(levelname)s %(name)s: %(message)s",
         handlers=handlers,
     )

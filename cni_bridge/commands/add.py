@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cni_bridge.background import Background
+from cni_bridge.commands import report
 from cni_bridge.commands.common import (
     NetworkStores,
     guarded_addresses,
@@ -223,6 +224,16 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
     except BaseException:
         rollback.run()
         raise
+    report.added(
+        plan.fw_att.owner,
+        conf.bridge,
+        ask.host_veth,
+        ask.ifname,
+        ask.sandbox,
+        att.ips,
+        att.port_mappings,
+        report.guards(conf),
+    )
     if ask.port_mappings:  # the agent's holder takes the ports (cni_bridge/ports)
         deps.ports.changed(stores.ipam.dir, att.tag)
     return result

@@ -6,6 +6,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 
+from cni_bridge.commands import report
 from cni_bridge.commands.common import NetworkStores, mapping_records
 from cni_bridge.commands.deps import Deps
 from cni_bridge.commands.teardown import teardown
@@ -17,18 +18,28 @@ from cni_bridge.state import Attachment
 
 
 def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> None:
-    errors = delete(request, conf, env, deps)
+    removed: list[str] = []
+    errors = delete(request, conf, env, deps, removed)
+    report.deleted(
+        report.owner(conf.name, request.container_id, request.ifname), removed, errors
+    )
     if errors:
         raise CNIError(CLEANUP_FAILED, "DEL could not remove everything", "; ".join(errors))
 
 
-def delete(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> list[str]:
+def delete(
+    request: Request,
+    conf: NetConf,
+    env: Mapping[str, str],
+    deps: Deps,
+    removed: list[str] | None = None,
+) -> list[str]:
     stores = NetworkStores(conf)
     if not os.path.isdir(stores.ipam.dir):
         # Nothing was ever reserved or recorded for this network here: do not create its
         # directory just to lock it. The deterministic names still find a stray veth or rules.
         att = _synthesized(request, conf, [])
-        return teardown(conf, stores, att, deps, env, request.stdin, request.netns)
+        return teardown(conf, stores, att, deps, env, request.stdin, request.netns, removed)
     with stores.lock():
         recorded = stores.state.get(conf.name, request.container_id, request.ifname)
         if recorded is None:
@@ -37,7 +48,7 @@ def delete(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) 
                 for ip in stores.ipam.get_by_id(request.container_id, request.ifname)
             ]
             recorded = _synthesized(request, conf, ips)
-        errors = teardown(conf, stores, recorded, deps, env, request.stdin, request.netns)
+        errors = teardown(conf, stores, recorded, deps, env, request.stdin, request.netns, removed)
     if recorded.port_mappings:  # the agent's holder lets the ports go (cni_bridge/ports)
         deps.ports.changed(stores.ipam.dir, recorded.tag)
     return errors

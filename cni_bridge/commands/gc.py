@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from cni_bridge.commands import report
 from cni_bridge.commands.common import NetworkStores
 from cni_bridge.commands.deps import Deps
 from cni_bridge.commands.teardown import teardown
@@ -66,6 +67,10 @@ def collect(
     errors: list[str] = []
     if not os.path.isdir(stores.ipam.dir):
         return errors
+    # For the one log line (commands/report.py): who -> what went, and what no record named.
+    gone: dict[str, list[str]] = {}
+    released: list[str] = []
+    strays: list[str] = []
     with stores.lock():
         if callable(valid):
             valid = valid(stores)
@@ -74,12 +79,14 @@ def collect(
         valid = valid | {a.key for a in stores.state.all() if a.add_in_progress()}
         for att in stores.state.all():
             if not _is_valid(valid, att.container_id, att.ifname):
-                errors.extend(teardown(conf, stores, att, deps, env, stdin))
+                what = gone.setdefault(report.owner(att.network, att.container_id, att.ifname), [])
+                errors.extend(teardown(conf, stores, att, deps, env, stdin, removed=what))
         if conf.ipam.type == "host-local":
             for ip, (cid, ifname) in stores.ipam.reservations().items():
                 if not _is_valid(valid, cid, ifname):
                     try:
                         stores.ipam.release(ip)
+                        released.append(str(ip))
                     except OSError as exc:
                         errors.append(f"release {ip}: {exc}")
         keep = {host_veth_name(conf.name, cid, ifname) for cid, ifname in valid}
@@ -91,7 +98,8 @@ def collect(
         for port in ports:
             if port.startswith(HOST_VETH_PREFIX) and port not in keep:
                 try:
-                    deps.net.delete_link(port)
+                    if deps.net.delete_link(port):
+                        strays.append(port)
                 except Exception as exc:
                     errors.append(f"delete {port}: {exc}")
         remaining = stores.state.all()
@@ -106,5 +114,6 @@ def collect(
             errors.extend(deps.firewall.gc(fw_net, keep_tags))
         except Exception as exc:
             errors.append(f"firewall: {exc}")
+    report.collected(conf.name, gone, released, strays, errors)
     return errors
 

@@ -12,6 +12,7 @@ import logging
 import os
 from collections.abc import Mapping
 
+from cni_bridge.commands import report
 from cni_bridge.commands.common import (
     NetworkStores,
     guarded_addresses,
@@ -58,9 +59,12 @@ def teardown(
     env: Mapping[str, str],
     stdin: bytes,
     netns: str = "",
+    removed: list[str] | None = None,
 ) -> list[str]:
-    """Removes everything `att` owns. The caller holds the network lock."""
+    """Removes everything `att` owns. The caller holds the network lock. What was removed is
+    appended to `removed` as phrases (commands/report.py) for the verb's log line."""
     errors: list[str] = []
+    veth_was_there: list[bool] = []
     fw_net, fw_att = record_fw(conf, att)
 
     def step(what: str, fn: object) -> None:
@@ -88,7 +92,10 @@ def teardown(
                 att.host_veth, guarded_addresses(conf, att), thorough=thorough
             ),
         )
-    step("host veth", lambda: deps.net.delete_link(InterfaceName(att.host_veth)))
+    step(
+        "host veth",
+        lambda: veth_was_there.append(deps.net.delete_link(InterfaceName(att.host_veth))),
+    )
     if netns and os.path.exists(netns):
         step("container interface", lambda: deps.net.delete_container_link(netns, InterfaceName(att.ifname)))
     if conf.ipam.type != "host-local" or os.path.isdir(stores.ipam.dir):
@@ -96,4 +103,13 @@ def teardown(
     if not errors:
         # The record goes last: a teardown cut short is simply run again by the next DEL or GC.
         stores.state.remove(att)
+    if removed is not None:
+        removed += report.removal(
+            att.host_veth if any(veth_was_there) else None,
+            att.ips,
+            att.port_mappings,
+            report.guards(conf),
+            att.recorded,
+            att.recorded and not errors,
+        )
     return errors

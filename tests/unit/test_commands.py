@@ -457,3 +457,21 @@ def test_unreadable_resolv_conf_is_an_io_failure(world: World, tmp_path: Path) -
         world.call("ADD", ipam=ipam)
     assert err.value.code == 5 and "resolvConf" in err.value.msg
     assert world.records() == [] and world.store().get_by_id("c1", "eth0") == []
+
+
+def test_add_del_gc_each_log_one_info_line(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="cni_bridge.report")
+    world.call("ADD", ipspoofchk=True)
+    world.call("ADD", cid="c2", ifname="eth1")
+    world.call("DEL", ipspoofchk=True)
+    world.call("GC", **gc_args({"cni.dev/valid-attachments": []}))
+    lines = [r.getMessage() for r in caplog.records if r.name == "cni_bridge.report"]
+    veth = host_veth_name("unit", "c1", "eth0")
+    assert len(lines) == 4
+    assert lines[0].startswith(f"ADD unit/c1/eth0: created veth {veth} on bridge cbu0 (eth0 in ")
+    assert "addresses 10.50.0.2/29, fd00:50::2/120; ports 8080->80/tcp; ipspoofchk guard" in lines[0]
+    assert lines[2] == (
+        f"DEL unit/c1/eth0: removed veth {veth}; addresses 10.50.0.2/29, fd00:50::2/120; "
+        "ports 8080->80/tcp; ipspoofchk guard; record"
+    )
+    assert lines[3].startswith("GC unit: removed unit/c2/eth1 (veth ")
