@@ -16,20 +16,13 @@ from typing import Any
 from cni_bridge.config import NetConf, load_netconf
 from cni_bridge.domain import DEFAULT_DATA_DIR
 from cni_bridge.errors import CNIError
-from cni_bridge.state import STATE_DIR, Attachment, StateStore
+from cni_bridge.state import Attachment, StateStore
 
 
 def networks(data_dir: str, only: str | None) -> Iterator[tuple[str, StateStore]]:
-    try:
-        names = sorted(os.listdir(data_dir))
-    except FileNotFoundError:
-        return
-    for name in names:
-        if only and name != only:
-            continue
-        net_dir = os.path.join(data_dir, name)
-        if os.path.isdir(os.path.join(net_dir, STATE_DIR)):
-            yield name, StateStore(net_dir)
+    from cni_bridge.converge.desired import stores
+
+    return stores(data_dir, only)
 
 
 def _row(att: Attachment, alive: bool) -> dict[str, Any]:
@@ -184,6 +177,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["sync"]:
+        from cni_bridge.converge.sync import main as sync_main
+
+        return sync_main(argv[1:])
     parser = argparse.ArgumentParser(prog="cni-bridge")
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name, fn in (("ls", cmd_ls), ("status", cmd_status), ("gc", cmd_gc)):

@@ -30,6 +30,7 @@ cni-bridge: a CNI plugin (run by container runtimes with CNI_COMMAND set) and it
   cni-bridge ls [--network N] [--data-dir D]          list attachments from the state
   cni-bridge status [--data-dir D]                    networks, pools, firewall health
   cni-bridge gc [--network N] [--data-dir D]          remove attachments whose netns is gone
+  cni-bridge sync [--data-dir D] [--dry-run]          make the host match the records again
   cni-bridge serve                                    run the warm resident (normally automatic)
   cni-bridge routes --peers FILE [--dry-run]          routes to other nodes' pod CIDRs (host-gw)
   cni-bridge kube [--node-name N] [--kubeconfig F]    Kubernetes mode: conflist + routes from the API
@@ -111,7 +112,7 @@ def operator_main(args: list[str], env: "Mapping[str, str]") -> int:
         from cni_bridge.nodes.kube import main as kube_main
 
         return kube_main(rest)
-    if cmd in ("ls", "status", "gc"):
+    if cmd in ("ls", "status", "gc", "sync"):
         from cni_bridge.admin import main as admin_main
 
         return admin_main([cmd, *rest])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from cni_bridge.firewall import foreign
 from cni_bridge.firewall.layout import FAMILY, TABLE, Json
 from cni_bridge.firewall.model import Element, ForeignChain, ForeignView, Rule, TableView
 
@@ -58,18 +59,23 @@ def parse_sets(listing: Sequence[Json], family: str, table: str) -> dict[str, li
     }
 
 
-def parse_foreign_drop_chains(listing: Sequence[Json]) -> list[ForeignChain]:
-    """Base chains of other tables hooked at forward with policy drop."""
+def parse_forward_chains(listing: Sequence[Json]) -> list[ForeignChain]:
+    """Base chains of other tables hooked at forward, of the families that see routed
+    traffic (a bridge-family forward filters frames)."""
     found = []
     for obj in listing:
         c = obj.get("chain")
-        if not c or c.get("hook") != "forward" or c.get("policy") != "drop":
+        if not c or c.get("hook") != "forward" or c["family"] not in ("ip", "ip6", "inet"):
             continue
-        if c["family"] not in ("ip", "ip6", "inet"):
-            continue  # bridge-family forward filters frames, not routed traffic
         if not is_ours(c):
-            found.append(ForeignChain(c["family"], c["table"], c["name"]))
+            found.append(ForeignChain(c["family"], c["table"], c["name"], str(c.get("policy", "accept"))))
     return found
+
+
+def parse_foreign_drop_chains(listing: Sequence[Json]) -> list[ForeignChain]:
+    """Those of them with policy drop (the chain listing alone tells; a final reject needs
+    the rules: parse_foreign_rules)."""
+    return [c for c in parse_forward_chains(listing) if c.policy == "drop"]
 
 
 def parse_foreign_rules(chain: ForeignChain, listing: Sequence[Json]) -> ForeignView:
@@ -79,4 +85,31 @@ def parse_foreign_rules(chain: ForeignChain, listing: Sequence[Json]) -> Foreign
         for o in listing
         if "rule" in o and (o["rule"]["family"], o["rule"]["table"], o["rule"]["chain"]) == where
     ]
-    return ForeignView(chain, found)
+    return ForeignView(chain, found, foreign.blocks(chain.policy, found))
+
+
+def parse_spoofchk(listing: Sequence[Json]) -> set[tuple[str, str]] | None:
+    """macspoofchk's guards, (host veth, MAC), from a listing of its bridge table; None when
+    its rule is missing (then no port is guarded)."""
+    from cni_bridge.firewall import macspoof
+
+    def mine(o: Json) -> bool:
+        return bool(o.get("family") == macspoof.FAMILY and o.get("table") == macspoof.TABLE)
+
+    ports: set[str] = set()
+    allowed: set[tuple[str, str]] = set()
+    rule = False
+    for obj in listing:
+        s = obj.get("set")
+        if s and mine(s):
+            for e in s.get("elem", []):
+                val = _element(e).key
+                if s["name"] == macspoof.PORTS and isinstance(val, str):
+                    ports.add(val)
+                elif s["name"] == macspoof.ALLOWED and isinstance(val, dict) and "concat" in val:
+                    port, mac = val["concat"]
+                    allowed.add((str(port), str(mac).lower()))
+        r = obj.get("rule")
+        if r and mine(r) and r.get("comment") == macspoof.RULE_COMMENT:
+            rule = True
+    return {pair for pair in allowed if pair[0] in ports} if rule else None

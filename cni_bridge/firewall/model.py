@@ -67,11 +67,12 @@ class AttachmentFw:
 
 @dataclass(frozen=True)
 class ForeignChain:
-    """A base chain of another table hooked at forward with policy drop."""
+    """A base chain of another table hooked at forward (routed traffic: ip, ip6, inet)."""
 
     family: str
     table: str
     name: str
+    policy: str = field(default="drop", compare=False)
 
     def __str__(self) -> str:
         return f"{self.family} {self.table} {self.name}"
@@ -120,8 +121,24 @@ class TableView:
 
 @dataclass
 class ForeignView:
+    """A foreign forward chain with its rules. `blocking`: it drops what no rule of it
+    accepts, by its policy or by final unconditional drop/reject rules (firewalld's style,
+    policy accept then `reject`); only those get our accept rules (foreign.py)."""
+
     chain: ForeignChain
     rules: list[Rule]
+    blocking: bool = True
+
+
+@dataclass
+class FirewallView:
+    """Everything of ours the kernel's ruleset holds, as a sync compares it with the records:
+    our table, the foreign forward chains (foreign.py), and the macspoofchk guards as
+    (host veth, MAC) pairs (None when the bridge table or its rule is missing)."""
+
+    table: TableView
+    foreign: list[ForeignView]
+    spoofchk: set[tuple[str, str]] | None = None
 
 
 # What the pure layer refuses. It knows no CNI error codes: nft.py maps these to them.

@@ -35,6 +35,7 @@ from cni_bridge.firewall.model import (
     AttachmentFw,
     Element,
     FirewallError,
+    FirewallView,
     ForeignChain,
     ForeignView,
     InvalidConfig,
@@ -147,18 +148,21 @@ class Firewall:
             self._call(what, cmds)
 
     def _foreign(self, chains: Sequence[Json], listed: Sequence[Json] = ()) -> list[ForeignView]:
+        """The foreign forward chains that block (foreign.py) or hold rules of ours."""
         out = []
-        for c in listing.parse_foreign_drop_chains(chains):
+        for c in listing.parse_forward_chains(chains):
             rows: Sequence[Json] = listed
             if c.family != layout.FAMILY or not listed:
                 cmd = {"chain": {"family": c.family, "table": c.table, "name": c.name}}
                 rows = self._list("listing a foreign forward chain", cmd)
-            out.append(listing.parse_foreign_rules(c, rows))
+            fv = listing.parse_foreign_rules(c, rows)
+            if fv.blocking or any(r.comment.startswith(rules.FOREIGN_TAG) for r in fv.rules):
+                out.append(fv)
         return out
 
     def read(self) -> tuple[TableView, list[ForeignView]]:
-        """Everything: our table with all elements, and the foreign forward chains with
-        policy drop with their rules."""
+        """Everything: our table with all elements, and the foreign forward chains that block
+        or hold rules of ours, with their rules."""
         chains = self._list("listing chains", {"chains": None})
         view = TableView()
         if any(listing.is_ours(o["chain"]) for o in chains if "chain" in o):
@@ -181,15 +185,15 @@ class Firewall:
         with self._terse():
             inet = self._list("listing inet tables", {"ruleset": {"family": layout.FAMILY}})
         view = listing.parse_table(inet)
-        strict = bool(listing.parse_foreign_drop_chains(chains))
-        sets, families = rules.reads_for_add(net, att, strict)
+        foreign = self._foreign(chains, inet)
+        sets, families = rules.reads_for_add(net, att, bool(rules.blocking(foreign)))
         for name in layout.NETWORK_SETS:
             if name in view.sets and name in sets:
                 cmd = {"set": {"family": layout.FAMILY, "table": layout.TABLE, "name": name}}
                 listing.parse_table(self._list("listing a set", cmd), view)
         if all(layout.PUB[(fam, True)].port in view.sets for fam in families):
             self._read_specific(view, families)
-        return view, self._foreign(chains, inet)
+        return view, foreign
 
     def _read_specific(self, view: TableView, families: Iterable[int] = (4, 6)) -> None:
         """The specific-address maps into view: few elements, unlike the others."""
@@ -397,13 +401,28 @@ class Firewall:
                 errors.append(f"{exc.msg}: {exc.details}")
         return errors
 
+    def observe(self) -> FirewallView:
+        view, foreign = self.read()
+        return FirewallView(view, foreign, self._spoofchk())
+
+    def _spoofchk(self) -> set[tuple[str, str]] | None:
+        from cni_bridge.firewall import macspoof
+
+        if not self._has_macspoof_table():
+            return None
+        try:
+            rows = self._list("listing the bridge table", {"table": {"family": macspoof.FAMILY, "name": macspoof.TABLE}})
+        except NftablesError:
+            return None
+        return listing.parse_spoofchk(rows)
+
     def owned_tags(self, net: NetworkFw) -> set[str]:
         view, _ = self.read()
         return rules.owned_tags(net, view)
 
     def foreign_forward_drop(self) -> list[ForeignChain]:
         chains = self._list("listing chains", {"chains": None})
-        return listing.parse_foreign_drop_chains(chains)
+        return [fv.chain for fv in self._foreign(chains) if fv.blocking]
 
     def status(self) -> str | None:
         """None when nftables can be used here, else the reason."""

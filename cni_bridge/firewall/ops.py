@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from cni_bridge.firewall.model import AttachmentFw, ForeignChain, IPAddress, NetworkFw
+from cni_bridge.firewall.layout import Json
+from cni_bridge.firewall.model import AttachmentFw, FirewallView, ForeignChain, IPAddress, NetworkFw
 
 
 class FirewallOps(Protocol):
@@ -65,7 +66,16 @@ class FirewallOps(Protocol):
         ...
 
     def foreign_forward_drop(self) -> list[ForeignChain]:
-        """Other tables' base chains hooked at forward with policy drop (e.g. Docker's)."""
+        """Other tables' base chains hooked at forward that block what they do not accept:
+        policy drop (Docker's) or final drop/reject rules (firewalld's)."""
+        ...
+
+    def observe(self) -> FirewallView:
+        """Everything of ours in the ruleset, read in full (the converge package's input)."""
+        ...
+
+    def apply(self, cmds: Sequence[Json], what: str = "transaction") -> None:
+        """Run libnftables JSON commands as one atomic transaction (a sync's repairs)."""
         ...
 
     def status(self) -> str | None:

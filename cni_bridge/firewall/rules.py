@@ -10,11 +10,8 @@ Where the pieces live:
   DEL's add-then-delete guard (the most delicate part; docs/firewall-claims.md).
 
 The only rules we ever add or delete at run time are the accept rules in a foreign table's
-forward chain with policy drop (comment ``cni-bridge:<network>``). They use only
-``iifname``/``oifname``, which iptables-nft can still parse (a native ``ct`` expression makes
-iptables-nft refuse the whole table, which would break Docker); the precise filtering
-(replies, published ports and traffic from the bridge only) is done in our own forward chain
-for the bridges in the ``strict`` set.
+forward chain that blocks (comment ``cni-bridge:<network>``): which chains, and where in them,
+is foreign.py's.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from cni_bridge.firewall import claims
+from cni_bridge.firewall import claims, foreign
 from cni_bridge.firewall.elements import (
     add_elems,
     del_elems,
@@ -32,7 +29,6 @@ from cni_bridge.firewall.elements import (
     network_missing,
 )
 from cni_bridge.firewall.layout import (
-    ACCEPT,
     ATTACHMENT_SETS,
     NETWORK_SETS,
     PORTS,
@@ -40,8 +36,6 @@ from cni_bridge.firewall.layout import (
     Json,
     layout_problems,
     layout_repairs,
-    match,
-    meta,
 )
 from cni_bridge.firewall.model import (
     AttachmentFw,
@@ -49,7 +43,6 @@ from cni_bridge.firewall.model import (
     ForeignView,
     InvalidConfig,
     NetworkFw,
-    Rule,
     TableView,
 )
 from cni_bridge.firewall.ports import (
@@ -61,7 +54,7 @@ from cni_bridge.firewall.ports import (
     validate_mappings,
 )
 
-FOREIGN_TAG = "cni-bridge:"  # + network name: comment of our rules in foreign chains
+FOREIGN_TAG = foreign.FOREIGN_TAG
 _TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,47}")
 
 
@@ -89,28 +82,19 @@ def reads_for_add(net: NetworkFw, att: AttachmentFw, strict: bool) -> tuple[set[
 
 
 def foreign_rules(view: ForeignView, net: NetworkFw) -> list[Json]:
-    c = view.chain
-    base = {
-        "family": c.family,
-        "table": c.table,
-        "chain": c.name,
-        "comment": FOREIGN_TAG + net.name,
-    }
-    return [
-        {"insert": {"rule": {**base, "expr": [match(meta(m), net.bridge), ACCEPT]}}}
-        for m in ("oifname", "iifname")
-    ]
+    """What the chain needs for the network (nothing when it does not block)."""
+    return foreign.repairs(view, net.name, net.bridge)
 
 
-def ours_in(view: ForeignView, network: str) -> list[Rule]:
-    return [r for r in view.rules if r.comment == FOREIGN_TAG + network]
+def blocking(views: Sequence[ForeignView]) -> list[ForeignView]:
+    return [fv for fv in views if fv.blocking]
 
 
 # ---------------------------------------------------------------- ADD
 
 
 def plan_add(
-    net: NetworkFw, att: AttachmentFw, view: TableView, foreign: Sequence[ForeignView]
+    net: NetworkFw, att: AttachmentFw, view: TableView, foreign_views: Sequence[ForeignView]
 ) -> tuple[list[Json], list[PubEntry]]:
     """The one transaction of ADD, and the port mappings it publishes.
 
@@ -120,6 +104,36 @@ def plan_add(
     on any conflict or duplicate (claims.py). Raises InvalidConfig when a subnet or bridge
     of the network is held by another network of ours."""
     validate(net, att)
+    port_cmds, entries, _ = attachment_repairs(net, att, view)
+    cmds = layout_repairs(view)
+    cmds += network_repairs(net, view, bool(blocking(foreign_views)))
+    cmds += port_cmds
+    for fv in foreign_views:
+        cmds += foreign_rules(fv, net)
+    return cmds, entries
+
+
+def network_repairs(net: NetworkFw, view: TableView, strict: bool) -> list[Json]:
+    """The network's own elements that view lacks. Raises InvalidConfig when one is held by
+    another network of ours."""
+    cmds = []
+    for name, missing in network_missing(net, view, strict).items():
+        for key, holder in missing:
+            if holder is not None:
+                raise InvalidConfig(
+                    f"{describe(name, key)} of network {net.name} is already used by "
+                    f"cni-bridge network {holder.comment or '(unknown)'}"
+                )
+        cmds.append(add_elems(name, [elem(k, net.name) for k, _ in missing]))
+    return cmds
+
+
+def attachment_repairs(
+    net: NetworkFw, att: AttachmentFw, view: TableView
+) -> tuple[list[Json], list[PubEntry], list[PubEntry]]:
+    """The attachment's port mappings and claims that view lacks: (commands, all its
+    entries, the entries written). Raises PortConflict when another attachment in view
+    publishes an overlapping host port."""
     me = (net.name, att.tag)
     entries = expand_mappings(att)
     existing = published(view)
@@ -129,16 +143,8 @@ def plan_add(
             if other is not None and (el.network, el.tag) != me and other.key.overlaps(entry.key):
                 raise conflict(entry, other.key, el.owner)
         claims.refuse_claimed(entry, held, me)
-    cmds = layout_repairs(view)
-    for name, missing in network_missing(net, view, bool(foreign)).items():
-        for key, holder in missing:
-            if holder is not None:
-                raise InvalidConfig(
-                    f"{describe(name, key)} of network {net.name} is already used by "
-                    f"cni-bridge network {holder.comment or '(unknown)'}"
-                )
-        cmds.append(add_elems(name, [elem(k, net.name) for k, _ in missing]))
     mine = {e.key: (e, el) for e, el, _ in existing if e is not None and (el.network, el.tag) == me}
+    cmds: list[Json] = []
     todo = []
     for entry in entries:
         old = mine.get(entry.key)
@@ -149,10 +155,7 @@ def plan_add(
             todo.append(entry)
     cmds += claims.add_claims(net, att, entries, held)
     cmds += attachment_add(net, att, todo)
-    for fv in foreign:
-        if not ours_in(fv, net.name):
-            cmds += foreign_rules(fv, net)
-    return cmds, entries
+    return cmds, entries, todo
 
 
 # ---------------------------------------------------------------- DEL and GC
@@ -163,7 +166,7 @@ def plan_del(
     tags: set[str] | None,
     teardown: bool,
     view: TableView,
-    foreign: Sequence[ForeignView],
+    foreign_views: Sequence[ForeignView],
 ) -> list[Json]:
     """Delete the elements of the given attachment tags of this network (all of its
     attachments when tags is None), and when teardown, the network's own elements and
@@ -187,11 +190,8 @@ def plan_del(
             gone = [el.key for el in view.sets.get(name, []) if el.comment == net.name]
             if gone:
                 cmds.append(del_elems(name, gone))
-        for fv in foreign:
-            c = fv.chain
-            for r in ours_in(fv, net.name):
-                obj = {"family": c.family, "table": c.table, "chain": c.name, "handle": r.handle}
-                cmds.append({"delete": {"rule": obj}})
+        for fv in foreign_views:  # blocking or not any more: ours go with the network
+            cmds += foreign.delete_rules(fv, net.name)
     return cmds
 
 
@@ -219,14 +219,14 @@ def owned_tags(net: NetworkFw, view: TableView) -> set[str]:
 
 
 def check(
-    net: NetworkFw, att: AttachmentFw, view: TableView, foreign: Sequence[ForeignView]
+    net: NetworkFw, att: AttachmentFw, view: TableView, foreign_views: Sequence[ForeignView]
 ) -> list[str]:
     """Human messages of what ADD would have put in place and is not there."""
     validate(net, att)
     if not view.exists:
         return layout_problems(view)
     msgs = layout_problems(view)
-    for name, missing in network_missing(net, view, bool(foreign)).items():
+    for name, missing in network_missing(net, view, bool(blocking(foreign_views))).items():
         msgs += [
             f"{describe(name, k)} of network {net.name} is missing from set {name}"
             for k, _ in missing
@@ -240,9 +240,24 @@ def check(
         problem = claims.claim_problem(net, att, entry, held)
         if problem is not None:
             msgs.append(problem)
-    for fv in foreign:
-        if not ours_in(fv, net.name):
+    msgs += foreign_problems(net, foreign_views)
+    return msgs
+
+
+def foreign_problems(net: NetworkFw, views: Sequence[ForeignView]) -> list[str]:
+    msgs = []
+    for fv in blocking(views):
+        if not foreign.ours(fv, net.name):
             msgs.append(
-                f"forward chain {fv.chain} (policy drop) lacks the accept rules of network {net.name}"
+                f"forward chain {fv.chain} ({_why(fv)}) lacks the accept rules of network {net.name}"
+            )
+        elif foreign.misplaced(fv.rules, net.name):
+            msgs.append(
+                f"the accept rules of network {net.name} in forward chain {fv.chain} are not "
+                "where the host's policy decides first"
             )
     return msgs
+
+
+def _why(fv: ForeignView) -> str:
+    return "policy drop" if fv.chain.policy == "drop" else "final drop/reject"

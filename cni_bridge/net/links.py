@@ -357,6 +357,25 @@ class NetlinkOps:
     def set_sysctl(self, path: str, value: str) -> None:
         sysctl.write(path, value)
 
+    def get_sysctl(self, path: str) -> str | None:
+        return sysctl.read(path)
+
+    def link_addrs(self, name: str) -> list[IPInterface]:
+        check_ifname(name)
+        link = get_link(self._rt(), name=name)
+        return [] if link is None else [a.iface for a in dump_addrs(self._rt(), link.index)]
+
+    def attach_port(self, port: str, bridge: str, hairpin: bool) -> None:
+        check_ifname(port)
+        check_ifname(bridge)
+        rt = self._rt()
+        br, link = get_link(rt, name=bridge), get_link(rt, name=port)
+        if br is None or link is None:
+            raise LinkNotFound(bridge if br is None else port, None)
+        rtnl.set_link(rt, link.index, f"attaching {port} to {bridge}", up=True, master=br.index)
+        if hairpin:
+            rtnl.set_bridge_port(rt, link.index, port, hairpin, bool(link.isolated), [])
+
 
 def _open_inside(netns_fd: int, sysctls: Sequence[tuple[str, str]] = ()) -> NetlinkSocket:
     """A socket in the namespace; the sysctls (missing ones skipped) are written while inside."""

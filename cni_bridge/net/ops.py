@@ -223,4 +223,17 @@ class NetOps(Protocol):
         """Write /proc/sys/<path> in the host namespace (`net/ipv4/ip_forward` or dotted)."""
         ...
 
+    def get_sysctl(self, path: str) -> str | None:
+        """Read /proc/sys/<path> in the host namespace; None when it does not exist."""
+        ...
+
+    def link_addrs(self, name: str) -> list[IPInterface]:
+        """The addresses on a host link (none when it is missing)."""
+        ...
+
+    def attach_port(self, port: str, bridge: str, hairpin: bool) -> None:
+        """Put host link `port` on `bridge` (up, hairpin as given): a veth whose bridge was
+        deleted and created again. Raises LinkNotFound for either missing."""
+        ...
+
     def close(self) -> None: ...

@@ -124,9 +124,10 @@ def set_link_msg(
     mac: str | None = None,
     mtu: int | None = None,
     vlan_filtering: bool = False,
+    master: int | None = None,
 ) -> bytes:
     """RTM_NEWLINK changing an existing link: the flags given (others untouched), its MAC, its
-    MTU, and for a bridge VLAN filtering on."""
+    MTU, its master (a bridge's ifindex), and for a bridge VLAN filtering on."""
     flags = change = 0
     for bit, value in ((IFF_UP, up), (IFF_PROMISC, promisc)):
         if value is not None:
@@ -137,6 +138,8 @@ def set_link_msg(
         payload += attr(IFLA_ADDRESS, _mac(mac))
     if mtu:
         payload += attr_u32(IFLA_MTU, mtu)
+    if master is not None:
+        payload += attr_u32(IFLA_MASTER, master)
     if vlan_filtering:
         payload += _link_kind("bridge", attr_u8(IFLA_BR_VLAN_FILTERING, 1))
     return payload

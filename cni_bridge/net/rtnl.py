@@ -90,10 +90,12 @@ def set_link(
     mtu: int | None = None,
     vlan_filtering: bool = False,
     vlan: bool = False,
+    master: int | None = None,
 ) -> None:
     """`vlan`: the request is part of setting up VLANs (an EOPNOTSUPP then says why)."""
     msg = rtmsg.set_link_msg(
-        index, up=up, promisc=promisc, mac=mac, mtu=mtu, vlan_filtering=vlan_filtering
+        index, up=up, promisc=promisc, mac=mac, mtu=mtu, vlan_filtering=vlan_filtering,
+        master=master,
     )
     try:
         rt.request(rtmsg.RTM_NEWLINK, msg)

@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni_bridge.domain import InterfaceName
-from cni_bridge.firewall.model import AttachmentFw, ForeignChain, IPAddress, NetworkFw
+from cni_bridge.firewall.layout import Json
+from cni_bridge.firewall.model import (
+    AttachmentFw,
+    FirewallView,
+    ForeignChain,
+    IPAddress,
+    NetworkFw,
+    TableView,
+)
 from cni_bridge.net.ops import ContainerView, HostLink, LinkExists, LinkInfo
 
 
@@ -22,6 +30,7 @@ class FakeNet:
     links: dict[str, dict[str, Any]] = field(default_factory=dict)  # host links
     container: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    sysctls: dict[str, str] = field(default_factory=dict)
 
     def _call(self, name: str) -> None:
         self.calls.append(name)
@@ -102,9 +111,24 @@ class FakeNet:
 
     def set_forwarding(self, v4: bool, v6: bool) -> None:
         self._call("set_forwarding")
+        if v4:
+            self.sysctls["net/ipv4/ip_forward"] = "1"
+        if v6:
+            self.sysctls["net/ipv6/conf/all/forwarding"] = "1"
 
     def set_route_localnet(self, bridge: str) -> None:
         self._call("set_route_localnet")
+        self.sysctls[f"net/ipv4/conf/{bridge}/route_localnet"] = "1"
+
+    def get_sysctl(self, path: str) -> str | None:
+        return self.sysctls.get(path)
+
+    def link_addrs(self, name: str) -> list[Any]:
+        return list(self.links.get(name, {}).get("addrs", []))
+
+    def attach_port(self, port: str, bridge: str, hairpin: bool) -> None:
+        self._call("attach_port")
+        self.links[port]["master"] = bridge
 
     def set_sysctl(self, path: str, value: str) -> None:
         pass
@@ -121,6 +145,7 @@ class FakeFirewall:
     calls: list[str] = field(default_factory=list)
     spoofchk: dict[str, str] = field(default_factory=dict)
     ipspoof: dict[str, tuple[str, str, list[IPAddress]]] = field(default_factory=dict)
+    applied: list[list[dict[str, Any]]] = field(default_factory=list)
 
     def add_attachment(self, net: NetworkFw, att: AttachmentFw) -> None:
         self.calls.append("add_attachment")
@@ -175,6 +200,14 @@ class FakeFirewall:
 
     def status(self) -> str | None:
         return None
+
+    def observe(self) -> FirewallView:
+        self.calls.append("observe")
+        return FirewallView(TableView(), [], None)
+
+    def apply(self, cmds: Sequence[Json], what: str = "transaction") -> None:
+        self.calls.append("apply")
+        self.applied.append(list(cmds))
 
     def foreign_forward_drop(self) -> list[ForeignChain]:
         return []

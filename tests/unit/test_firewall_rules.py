@@ -183,7 +183,11 @@ class FakeNft:
             self.handle += 1
             rule = {**obj, "handle": self.handle}
             rules_ = t["chains"][obj["chain"]]["rules"]
-            rules_.insert(0, rule) if op == "insert" else rules_.append(rule)
+            if "handle" in obj:  # after (add) or before (insert) the rule of that handle
+                at = [r["handle"] for r in rules_].index(obj["handle"])
+                rules_.insert(at + (op == "add"), rule)
+            else:
+                rules_.insert(0, rule) if op == "insert" else rules_.append(rule)
         elif kind == "rule" and op == "delete":
             rules_ = t["chains"][obj["chain"]]["rules"]
             match = [r for r in rules_ if r["handle"] == obj["handle"]]
@@ -750,10 +754,10 @@ def test_published_parses_numeric_protocols() -> None:
 def test_foreign_rules_are_iptables_compatible() -> None:
     view = ForeignView(IPTABLES_FORWARD, [Rule(7, "something else", [])])
     cmds = rules.foreign_rules(view, NET)
-    exprs = [c["insert"]["rule"]["expr"] for c in cmds]
+    exprs = [c["add"]["rule"]["expr"] for c in cmds]
     # only meta iifname/oifname and a verdict: iptables-nft can still read the chain
     assert all({"match", "accept"} >= {k for e in ex for k in e} for ex in exprs)
-    assert all(c["insert"]["rule"]["comment"] == "cni-bridge:netA" for c in cmds)
+    assert all(c["add"]["rule"]["comment"] == "cni-bridge:netA" for c in cmds)
 
 
 def test_model_json_round_trip() -> None:

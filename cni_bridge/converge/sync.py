@@ -1,0 +1,126 @@
+"""One sync: read the records, read the host, plan, apply, look again. `cni-bridge sync`.
+
+It holds the locks of every network it looks at (in name order, so two syncs cannot deadlock;
+ADD, DEL and GC take one lock at a time) from the first read to the last write: a DEL that
+removes an attachment meanwhile would otherwise see its elements re-created from a record it has
+just deleted. ADD's firewall work runs outside the lock, but only adds, and an attachment is
+desired only once its ADD finished (its record says ready).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from cni_bridge.commands.deps import Deps
+from cni_bridge.converge import desired as desired_mod
+from cni_bridge.converge.apply import apply
+from cni_bridge.converge.observe import observe
+from cni_bridge.converge.planner import Plan, plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Report:
+    healed: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # repairs that failed
+    remaining: list[str] = field(default_factory=list)  # drift still there afterwards
+    stale: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+
+    @property
+    def converged(self) -> bool:
+        return not self.errors and not self.remaining
+
+
+@contextlib.contextmanager
+def locked(data_dirs: Iterable[str], only: str | None = None) -> Iterator[None]:
+    from cni_bridge.ipam.disk import DiskStore
+
+    with contextlib.ExitStack() as stack:
+        for data_dir in sorted(set(data_dirs)):
+            for name, _ in desired_mod.stores(data_dir, only):
+                stack.enter_context(DiskStore(name, data_dir).lock())
+        yield
+
+
+def look(data_dirs: Sequence[str], deps: Deps, only: str | None = None) -> tuple[desired_mod.Desired, Plan]:
+    """Desired state and the plan that would heal the host (no change made)."""
+    want = desired_mod.load(data_dirs, only)
+    return want, plan(want, observe(want, deps.firewall, deps.net))
+
+
+def sync(
+    data_dirs: Sequence[str], deps: Deps, *, dry_run: bool = False, only: str | None = None
+) -> Report:
+    report = Report()
+    with locked(data_dirs, only):
+        want, p = look(data_dirs, deps, only)
+        report.stale, report.unreadable = p.stale, want.unreadable
+        if dry_run:
+            report.remaining = p.drift
+            return report
+        for attempt in (1, 2):
+            if p.empty:
+                break
+            done = apply(p, deps.firewall, deps.net)
+            report.healed += done.healed
+            if not done.errors or attempt == 2:
+                report.errors = done.errors
+                break
+            # The ruleset changed between the read and the transaction: once more.
+            _, p = look(data_dirs, deps, only)
+        _, after = look(data_dirs, deps, only)
+        report.remaining = after.drift
+    for line in report.healed:
+        log.info("sync healed: %s", line)
+    return report
+
+
+def main(argv: Sequence[str]) -> int:
+    from cni_bridge.commands.deps import real_deps
+    from cni_bridge.converge import registry
+
+    parser = argparse.ArgumentParser(
+        prog="cni-bridge sync",
+        description="Make the host match the attachment records: our nftables table and its "
+        "elements, accept rules in foreign forward chains, the 127.0.0.0/8 guard, bridges, "
+        "gateway addresses, sysctls, macspoofchk guards. Idempotent. Exit 0 when the host "
+        "matches the records afterwards (with --dry-run: already), 1 otherwise.",
+    )
+    parser.add_argument(
+        "--data-dir", action="append", default=None,
+        help="a data dir holding records (repeatable; default: /var/lib/cni/networks and "
+        "every data dir an ADD in this network namespace used)",
+    )  # fmt: skip
+    parser.add_argument("--network", default=None, help="only this network")
+    parser.add_argument("--dry-run", action="store_true", help="print the drift, change nothing")
+    args = parser.parse_args(argv)
+    data_dirs = args.data_dir or registry.known()
+    deps = real_deps({})
+    try:
+        report = sync(data_dirs, deps, dry_run=args.dry_run, only=args.network)
+    finally:
+        deps.close()
+    for line in report.unreadable:
+        print(f"unreadable: {line}", file=sys.stderr)
+    for line in report.stale:
+        print(f"stale: {line}")
+    if args.dry_run:
+        for line in report.remaining:
+            print(f"drift: {line}")
+        print(f"{len(report.remaining)} difference(s)")
+        return 0 if not report.remaining else 1
+    for line in report.healed:
+        print(f"healed: {line}")
+    for line in report.errors:
+        print(f"error: {line}", file=sys.stderr)
+    for line in report.remaining:
+        print(f"still: {line}", file=sys.stderr)
+    print(f"{len(report.healed)} repair(s); " + ("converged" if report.converged else "NOT converged"))
+    return 0 if report.converged else 1

@@ -1,0 +1,161 @@
+"""The convergence planner and the foreign-chain placement, without root: views built by hand
+and the fake libnftables of test_firewall_rules as the kernel."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import ip_interface
+from pathlib import Path
+from typing import Any
+
+from cni_bridge.config import load_netconf
+from cni_bridge.converge import desired as desired_mod
+from cni_bridge.converge.observe import IP_FORWARD, Observed, route_localnet
+from cni_bridge.converge.planner import ADDRESS, BRIDGE, PORT, SYSCTL, plan
+from cni_bridge.firewall import foreign, listing
+from cni_bridge.firewall.model import FirewallView, ForeignChain, ForeignView, Rule
+from cni_bridge.firewall.nft import Firewall
+from cni_bridge.net.ops import HostLink
+from cni_bridge.state import PHASE_READY, Attachment, StateStore
+from tests.unit.test_firewall_rules import FakeNft
+
+ACCEPT: dict[str, Any] = {"accept": None}
+REJECT: dict[str, Any] = {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}
+
+
+def _rule(handle: int, *expr: dict[str, Any], comment: str = "") -> Rule:
+    return Rule(handle, comment, list(expr))
+
+
+def _match(key: str, value: str) -> dict[str, Any]:
+    return {"match": {"op": "==", "left": {"meta": {"key": key}}, "right": value}}
+
+
+FIREWALLD = [
+    _rule(1, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established"]}}, ACCEPT),
+    _rule(2, {"jump": {"target": "filter_FORWARD_ZONES"}}),
+    _rule(3, {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": "invalid"}}, {"drop": None}),
+    _rule(4, {"log": {"prefix": "FWD_REJECT: "}}),
+    _rule(5, REJECT),
+]  # fmt: skip
+DOCKER = [
+    _rule(10, {"counter": {"packets": 0, "bytes": 0}}, {"jump": {"target": "DOCKER-USER"}}),
+    _rule(11, {"counter": {"packets": 0, "bytes": 0}}, {"jump": {"target": "DOCKER-FORWARD"}}),
+]
+
+
+# ------------------------------------------------------------------ foreign chains
+
+
+def test_a_final_reject_blocks_and_our_rules_go_before_it() -> None:
+    assert foreign.blocks("accept", FIREWALLD)
+    assert not foreign.blocks("accept", FIREWALLD[:3])  # a conditional drop is not a catch-all
+    assert foreign.placement(FIREWALLD) == ("insert", 4)  # before the log that goes with it
+    view = ForeignView(ForeignChain("inet", "firewalld", "filter_FORWARD", "accept"), FIREWALLD,
+                       foreign.blocks("accept", FIREWALLD))  # fmt: skip
+    cmds = foreign.repairs(view, "netA", "cni0")
+    assert [next(iter(c)) for c in cmds] == ["insert", "insert"]
+    assert all(c["insert"]["rule"]["handle"] == 4 for c in cmds)
+
+
+def test_docker_user_decides_first() -> None:
+    assert foreign.placement(DOCKER) == ("add", 10)
+    assert foreign.placement([]) == ("add", None)  # policy drop alone: at the end
+    old = [_rule(20, _match("oifname", "cni0"), ACCEPT, comment="cni-bridge:netA"), *DOCKER]
+    assert foreign.misplaced(old, "netA")
+    view = ForeignView(ForeignChain("ip", "filter", "FORWARD"), old, True)
+    cmds = foreign.repairs(view, "netA", "cni0")
+    assert cmds[0] == {"delete": {"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 20}}}
+    assert [c["add"]["rule"]["handle"] for c in cmds[1:]] == [10, 10]
+    placed = [*DOCKER[:1], _rule(21, _match("oifname", "cni0"), ACCEPT, comment="cni-bridge:netA"), *DOCKER[1:]]
+    assert not foreign.misplaced(placed, "netA")
+    assert foreign.repairs(ForeignView(view.chain, placed, True), "netA", "cni0") == []
+
+
+def test_a_chain_that_stopped_blocking_keeps_only_what_delete_finds() -> None:
+    rows = [{"rule": {"family": "ip", "table": "filter", "chain": "FORWARD", "handle": 7,
+                      "comment": "cni-bridge:netA", "expr": [_match("iifname", "cni0"), ACCEPT]}}]  # fmt: skip
+    view = listing.parse_foreign_rules(ForeignChain("ip", "filter", "FORWARD", "accept"), rows)
+    assert not view.blocking
+    assert foreign.repairs(view, "netA", "cni0") == []  # not added where not needed
+    assert foreign.delete_rules(view, "netA")  # and removed with the network
+
+
+# ------------------------------------------------------------------ the planner
+
+
+def _records(tmp: Path, mac: str = "") -> desired_mod.Desired:
+    conf = {
+        "cniVersion": "1.0.0", "name": "netA", "type": "cni-bridge", "bridge": "cni0",
+        "isGateway": True, "ipMasq": True, "macspoofchk": bool(mac),
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/24"}]], "dataDir": str(tmp)},
+    }  # fmt: skip
+    load_netconf(conf)
+    store = StateStore(str(tmp / "netA"))
+    store.save_network(conf)
+    att = Attachment.new("netA", "c1", "eth0", "/run/netns/x")
+    att.phase, att.ips, att.mac = PHASE_READY, ["10.88.0.2/24"], mac
+    att.port_mappings = [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]
+    att.result = {"ips": [{"address": "10.88.0.2/24", "gateway": "10.88.0.1"}]}
+    store.put(att)
+    (tmp / "netA" / ".cni-bridge" / "broken.json").write_text("[1, 2, 3]")
+    return desired_mod.load([str(tmp)])
+
+
+def _link(name: str, index: int, kind: str, master: int | None = None, up: bool = True) -> HostLink:
+    return HostLink(name, index, "0a:00:00:00:00:01", 1500, kind, master, up, up, False, None,
+                    peer_netnsid=0 if kind == "veth" else None)  # fmt: skip
+
+
+def test_plan_from_nothing_then_nothing_to_do(tmp_path: Path) -> None:
+    want = _records(tmp_path)
+    assert len(want.networks) == 1 and len(want.networks[0].members) == 1
+    assert any("broken.json" in u for u in want.unreadable)
+    veth = want.networks[0].members[0].record.host_veth
+    nft = FakeNft()
+    fw = Firewall(nft)
+    seen = Observed(fw.observe(), links={"cni0": None, veth: _link(veth, 5, "veth")})
+    p = plan(want, seen)
+    assert [s.kind for s in p.steps] == [BRIDGE, ADDRESS, PORT, SYSCTL, SYSCTL]
+    assert {s.target for s in p.steps if s.kind == SYSCTL} == {IP_FORWARD, route_localnet("cni0")}
+    assert "nftables table inet cni_bridge is missing" in p.drift
+    fw.apply(p.firewall)
+    # what the repairs made, as the host now holds it: nothing left to do
+    ip = ip_interface("10.88.0.1/24")
+    seen = Observed(
+        fw.observe(),
+        links={"cni0": _link("cni0", 4, "bridge"), veth: _link(veth, 5, "veth", master=4)},
+        addrs={"cni0": [ip]},
+        sysctls={IP_FORWARD: "1", route_localnet("cni0"): "1"},
+    )
+    again = plan(want, seen)
+    assert again.empty and again.drift == [], again.drift
+    published = [c for c in nft.comments() if c.startswith("netA ")]
+    assert published and all(c.split()[1] == want.networks[0].members[0].record.tag for c in published)
+
+
+def test_gone_containers_are_stale_not_recreated(tmp_path: Path) -> None:
+    want = _records(tmp_path)
+    veth = want.networks[0].members[0].record.host_veth
+    seen = Observed(FirewallView(listing.parse_table([]), []), links={"cni0": None, veth: None})
+    p = plan(want, seen)
+    assert p.empty and p.drift == []
+    assert p.stale and veth in p.stale[0]
+
+
+def test_macspoofchk_guards_come_back(tmp_path: Path) -> None:
+    want = _records(tmp_path, mac="0a:58:0a:58:00:02")
+    veth = want.networks[0].members[0].record.host_veth
+    nft = FakeNft()
+    fw = Firewall(nft)
+    links: dict[str, HostLink | None] = {
+        "cni0": _link("cni0", 4, "bridge"), veth: _link(veth, 5, "veth", master=4)
+    }
+    p = plan(want, Observed(fw.observe(), links=links))
+    assert [s.what for s in p.steps if s.kind == "macspoof"] == [
+        "the macspoofchk guard of netA/c1/eth0 is missing"
+    ]
+    fw.add_macspoof(veth, "0a:58:0a:58:00:02")
+    assert fw.observe().spoofchk == {(veth, "0a:58:0a:58:00:02")}
+    assert not [s for s in plan(want, Observed(fw.observe(), links=links)).steps if s.kind == "macspoof"]
+    assert json.loads(json.dumps(p.firewall))  # plain JSON, one transaction
