@@ -11,14 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.lab import TEST_NET_1, Netns
 from tests.lab.plugin import PluginLab
-from tests.lab.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.plugin]
 
