@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cni_bridge.converge.planner import ADDRESS, BRIDGE, MACSPOOF, PORT, SYSCTL, Plan, Step
+from cni_bridge.domain import InterfaceName
 from cni_bridge.errors import CNIError
 from cni_bridge.firewall.ops import FirewallOps
 from cni_bridge.net.ops import NetError, NetOps
@@ -25,12 +26,12 @@ class Applied:
 def _run(step: Step, fw: FirewallOps, net: NetOps) -> None:
     if step.kind == BRIDGE:
         mtu, vlan_filtering = step.args
-        net.ensure_bridge(step.target, mtu, vlan_filtering)
+        net.ensure_bridge(InterfaceName(step.target), mtu, vlan_filtering)
     elif step.kind == ADDRESS:
-        net.ensure_bridge_addrs(step.target, list(step.args), False)
+        net.ensure_bridge_addrs(InterfaceName(step.target), list(step.args), False)
     elif step.kind == PORT:
         bridge, hairpin = step.args
-        net.attach_port(step.target, bridge, hairpin)
+        net.attach_port(InterfaceName(step.target), InterfaceName(bridge), hairpin)
     elif step.kind == SYSCTL:
         net.set_sysctl(step.target, step.args[0])
     elif step.kind == MACSPOOF:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cni_bridge.converge.desired import Desired
-from cni_bridge.domain import IPInterface
+from cni_bridge.domain import DomainError, InterfaceName, IPInterface
 from cni_bridge.firewall.model import FirewallView
 from cni_bridge.firewall.ops import FirewallOps
 from cni_bridge.net.ops import HostLink, NetError, NetOps
@@ -34,11 +34,11 @@ def observe(desired: Desired, fw: FirewallOps, net: NetOps) -> Observed:
         for name in (n.bridge, *(m.record.host_veth for m in n.members)):
             if name not in seen.links:
                 try:
-                    seen.links[name] = net.host_link(name)
-                except NetError:  # a name the kernel cannot hold: no such link
+                    seen.links[name] = net.host_link(InterfaceName(name))
+                except (DomainError, NetError):  # a name the kernel cannot hold: no such link
                     seen.links[name] = None
         if seen.links.get(n.bridge) is not None:
-            seen.addrs[n.bridge] = net.link_addrs(n.bridge)
+            seen.addrs[n.bridge] = net.link_addrs(InterfaceName(n.bridge))
         keys.add(route_localnet(n.bridge))
     for key in sorted(keys):
         try:

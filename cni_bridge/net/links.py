@@ -360,14 +360,11 @@ class NetlinkOps:
     def get_sysctl(self, path: str) -> str | None:
         return sysctl.read(path)
 
-    def link_addrs(self, name: str) -> list[IPInterface]:
-        check_ifname(name)
+    def link_addrs(self, name: InterfaceName) -> list[IPInterface]:
         link = get_link(self._rt(), name=name)
         return [] if link is None else [a.iface for a in dump_addrs(self._rt(), link.index)]
 
-    def attach_port(self, port: str, bridge: str, hairpin: bool) -> None:
-        check_ifname(port)
-        check_ifname(bridge)
+    def attach_port(self, port: InterfaceName, bridge: InterfaceName, hairpin: bool) -> None:
         rt = self._rt()
         br, link = get_link(rt, name=bridge), get_link(rt, name=port)
         if br is None or link is None:

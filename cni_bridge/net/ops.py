@@ -227,11 +227,11 @@ class NetOps(Protocol):
         """Read /proc/sys/<path> in the host namespace; None when it does not exist."""
         ...
 
-    def link_addrs(self, name: str) -> list[IPInterface]:
+    def link_addrs(self, name: InterfaceName) -> list[IPInterface]:
         """The addresses on a host link (none when it is missing)."""
         ...
 
-    def attach_port(self, port: str, bridge: str, hairpin: bool) -> None:
+    def attach_port(self, port: InterfaceName, bridge: InterfaceName, hairpin: bool) -> None:
         """Put host link `port` on `bridge` (up, hairpin as given): a veth whose bridge was
         deleted and created again. Raises LinkNotFound for either missing."""
         ...

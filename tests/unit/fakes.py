@@ -123,10 +123,10 @@ class FakeNet:
     def get_sysctl(self, path: str) -> str | None:
         return self.sysctls.get(path)
 
-    def link_addrs(self, name: str) -> list[Any]:
+    def link_addrs(self, name: InterfaceName) -> list[Any]:
         return list(self.links.get(name, {}).get("addrs", []))
 
-    def attach_port(self, port: str, bridge: str, hairpin: bool) -> None:
+    def attach_port(self, port: InterfaceName, bridge: InterfaceName, hairpin: bool) -> None:
         self._call("attach_port")
         self.links[port]["master"] = bridge
 
