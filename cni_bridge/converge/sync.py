@@ -83,8 +83,8 @@ def sync(
 
 
 def main(argv: Sequence[str]) -> int:
+    from cni_bridge import datadirs
     from cni_bridge.commands.deps import real_deps
-    from cni_bridge.converge import registry
 
     parser = argparse.ArgumentParser(
         prog="cni-bridge sync",
@@ -101,7 +101,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--network", default=None, help="only this network")
     parser.add_argument("--dry-run", action="store_true", help="print the drift, change nothing")
     args = parser.parse_args(argv)
-    data_dirs = args.data_dir or registry.known()
+    data_dirs = args.data_dir or datadirs.in_use()
     deps = real_deps({})
     try:
         report = sync(data_dirs, deps, dry_run=args.dry_run, only=args.network)
