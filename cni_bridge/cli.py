@@ -36,8 +36,6 @@ cni-bridge: a CNI plugin (run by container runtimes with CNI_COMMAND set) and it
   cni-bridge kube [--node-name N] [--kubeconfig F]    Kubernetes mode: conflist + routes from the API
   cni-bridge --version
 """
-RESIDENT_VERBS = frozenset({"ADD", "DEL", "CHECK", "STATUS", "GC"})
-RELAY_FAILED_VAR = "CNI_BRIDGE_RELAY_FAILED"
 
 
 def _read_stdin(stream: "BinaryIO") -> bytes:
@@ -46,16 +44,22 @@ def _read_stdin(stream: "BinaryIO") -> bytes:
 
 
 def plugin_main(env: "Mapping[str, str]", stdin: "BinaryIO", stdout: "BinaryIO") -> int:
+    from cni_bridge.resident import policy
+
     data = _read_stdin(stdin)
     answer: tuple[int, bytes] | None = None
-    lost = env.get(RELAY_FAILED_VAR)
-    if lost is not None:
-        # The native launcher (build/launcher.c) sent GO, then lost the resident: the request
-        # may have run, so it must not run again; this only words the error in its version.
-        from cni_bridge.resident.client import try_again_later
+    launcher = env.get(policy.LAUNCHER_VAR)
+    if launcher is not None:
+        _check_launcher(launcher)
+    # What the native launcher (build/launcher.c) passes on when it execs us: the agent's
+    # verdict (run it here, without asking again), or that it lost the agent after GO (the
+    # request may have run, so it must not run again: this only words "try again later").
+    kind, version, reason = policy.plugin_directive(env)
+    if kind == policy.LOST:
+        from cni_bridge.resident.protocol import request_version
 
-        answer = try_again_later(data, lost)
-    elif env.get("CNI_COMMAND") in RESIDENT_VERBS and env.get("CNI_BRIDGE_RESIDENT", "1") != "0":
+        answer = policy.try_again_later(version or request_version(data), reason)
+    elif not kind and env.get("CNI_COMMAND") in policy.RESIDENT_VERBS:
         from cni_bridge.resident.client import try_resident
 
         answer = try_resident(env, data)
@@ -67,6 +71,22 @@ def plugin_main(env: "Mapping[str, str]", stdin: "BinaryIO", stdout: "BinaryIO")
     stdout.write(out)
     stdout.flush()
     return code
+
+
+def _check_launcher(launcher: str) -> None:
+    """The launcher and the bundle come from one build (build.sh writes its identity into
+    both). If they do not, the launcher looks for an agent nobody starts and every call comes
+    here: say so on every call rather than be slow in silence."""
+    from cni_bridge.resident.naming import build_identity
+
+    own = build_identity()
+    if launcher != own:
+        sys.stderr.write(
+            f"cni-bridge: launcher/bundle mismatch: the launcher was built for {launcher!r}, "
+            f"this bundle is {own!r}; every call runs through the bundle (slow): install the "
+            "launcher and the bundle of one build\n"
+        )
+        sys.stderr.flush()
 
 
 def main(

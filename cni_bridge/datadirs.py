@@ -14,7 +14,7 @@ import os
 import time
 
 from cni_bridge.domain import DEFAULT_DATA_DIR
-from cni_bridge.resident.client import agent_dir
+from cni_bridge.resident.naming import agent_dir
 
 REGISTRY = "data-dirs"
 FORGET_AFTER = 60.0  # a registered directory gone this long is dropped from the registry

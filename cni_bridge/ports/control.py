@@ -15,7 +15,7 @@ import socket
 import struct
 from typing import Any
 
-from cni_bridge.resident.client import agent_dir
+from cni_bridge.resident.naming import agent_dir
 
 CHANGED_TIMEOUT = 2.0  # the holder answers in about a millisecond; a busy one is not waited for
 MAX_MESSAGE = 1 << 20

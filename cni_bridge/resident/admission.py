@@ -2,7 +2,7 @@
 
 The kernel's peer credentials and /proc say who the caller is; the request's own fields and the
 descriptors it carried must agree with each other. Anything declined raises `Refused`: nothing
-ran, and the client runs the request in-process.
+ran, and the caller is told to run the request through the bundle (EXEC).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from cni_bridge.resident import client, protocol
+from cni_bridge.resident import policy, protocol
 
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
@@ -26,13 +26,11 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
 
 _CRED = struct.Struct("iII")
-_ANCBUF = socket.CMSG_SPACE(4 * _CRED.size)  # room to notice (and close) extra descriptors
+_ANCBUF = socket.CMSG_SPACE(4 * 16)  # room to notice (and close) extra descriptors
 
 
 class Refused(Exception):
-    """The request is declined before it runs; the client runs it in-process."""
-
-
+    """The request is declined before it runs; the caller runs it through the bundle."""
 
 def _same_file(a: str, b: str, *, missing: bool | None = None) -> bool:
     """Whether two paths name one file; `missing`: the answer if either cannot be stat'ed
@@ -113,7 +111,7 @@ def open_netns(fd: int) -> int:
 def netns_path(env: Mapping[str, str]) -> str:
     """The CNI_NETNS a request works in; "" for commands that take none (VERSION with
     podman's "dummy", GC, STATUS), whose CNI_NETNS travels as it is."""
-    if env.get("CNI_COMMAND", "") not in client.NETNS_COMMANDS:
+    if env.get("CNI_COMMAND", "") not in policy.NETNS_COMMANDS:
         return ""
     return env.get("CNI_NETNS", "")
 
@@ -134,6 +132,7 @@ def open_netns_path(path: str) -> int:
 class Admitted(NamedTuple):
     """The descriptors a request may run with (-1: none); the worker closes them."""
 
+    stdio: tuple[int, int, int]  # the caller's own stdin, stdout, stderr (closed with `fds`)
     netns_fd: int
     mntns_fd: int
 
@@ -141,15 +140,17 @@ class Admitted(NamedTuple):
 def admit(request: protocol.Request, fds: list[int], identity: str, pid: int) -> Admitted:
     """Validate a decoded request against the descriptors it carried and the caller's pid.
 
-    With the caller's mount namespace (FLAG_MNTNS_FD, last descriptor) the worker joins it, and
-    a CNI_NETNS without its descriptor is opened there. Without it the caller must share ours,
-    and CNI_NETNS must come as a descriptor (a path might name another file here)."""
+    The caller's stdin, stdout and stderr come first. With the caller's mount namespace
+    (FLAG_MNTNS_FD, last descriptor) the worker joins it, and a CNI_NETNS without its
+    descriptor is opened there. Without it the caller must share ours, and CNI_NETNS must come
+    as a descriptor (a path might name another file here). A namespace sent with a command that
+    takes none (the launcher sends what CNI_NETNS opens to) is not used."""
     if request.identity != identity:
         raise Refused("the caller runs other code than this resident")
-    if len(fds) != int(request.has_netns_fd) + int(request.has_mntns_fd):
+    if len(fds) != protocol.fd_count(request):
         raise Refused("descriptor flags and descriptors sent disagree")
-    if request.has_netns_fd and not netns_path(request.env):
-        raise Refused("a namespace sent for a command that takes none")
+    stdio = (fds[0], fds[1], fds[2])
+    sent_netns = request.has_netns_fd and bool(netns_path(request.env))
     mntns_fd = -1
     if request.has_mntns_fd:
         mntns_fd = open_ns(fds[-1], CLONE_NEWNS, "mount")
@@ -162,17 +163,17 @@ def admit(request: protocol.Request, fds: list[int], identity: str, pid: int) ->
                 raise Refused(f"caller pid {pid} is in another mnt namespace")
         except OSError as exc:
             raise Refused(f"cannot inspect caller pid {pid}: {exc}") from exc
-        if netns_path(request.env) and not request.has_netns_fd:
+        if netns_path(request.env) and not sent_netns:
             raise Refused("CNI_NETNS sent without its descriptor")
     netns_fd = -1
-    if request.has_netns_fd:
+    if sent_netns:
         try:
-            netns_fd = open_netns(fds[0])
+            netns_fd = open_netns(fds[protocol.STDIO_FDS])
         except Refused:
             if mntns_fd >= 0:
                 os.close(mntns_fd)
             raise
-    return Admitted(netns_fd, mntns_fd)
+    return Admitted(stdio, netns_fd, mntns_fd)
 
 
 # --- reading the request ----------------------------------------------------------------------

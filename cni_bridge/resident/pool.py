@@ -36,7 +36,7 @@ import time
 from types import FrameType
 
 from cni_bridge.ports.supervisor import Supervisor
-from cni_bridge.resident import client
+from cni_bridge.resident import naming, policy
 from cni_bridge.resident.worker import (
     FREE,
     FREE_AFTER_RUN,
@@ -85,7 +85,7 @@ class Server:
         *,
         identity: str,
         fingerprint: str = "",
-        idle: float = client.DEFAULT_IDLE,
+        idle: float = policy.DEFAULT_IDLE,
         max_workers: int = DEFAULT_MAX_WORKERS,
         hard_timeout: float = DEFAULT_HARD_TIMEOUT,
         pool: int = DEFAULT_POOL,
@@ -95,7 +95,7 @@ class Server:
         self.listener = listener
         self.engine = engine
         self.identity = identity  # what callers must claim (the name was derived from it)
-        self.fingerprint = fingerprint or client.build_identity()  # the code on disk at start
+        self.fingerprint = fingerprint or naming.build_identity()  # the code on disk at start
         self.idle = idle
         self.max_workers = max_workers
         self.hard_timeout = hard_timeout
@@ -149,7 +149,7 @@ class Server:
                     self.last_activity = now  # look again after another idle period
             if now >= next_check:
                 next_check = now + IDENTITY_CHECK
-                if client.build_identity() != self.fingerprint:
+                if naming.build_identity() != self.fingerprint:
                     log("the code on disk changed, leaving for a fresh resident")
                     self.stopping = True
                     continue

@@ -1,20 +1,27 @@
-"""Framing between the thin client and the resident server.
+"""Framing between a caller (the native launcher, or the Python thin client) and the agent.
 
 Standard library only, and only its cheapest modules (`struct`, `time`): every exec'd plugin
-imports this. One exchange on one stream connection:
+imports this. One exchange on one stream connection, in the manner of Mercurial's chg and its
+command server: the caller sends what it is (argv, environment, umask, its standard descriptors
+and namespaces) and nothing else; every decision is the agent's, in Python (`policy`).
 
-    client                         server
-    REQUEST (+ netns fd) ───────▶  checks the peer and the request
-                         ◀───────  READY            (or REFUSE: nothing ran, caller runs in-process)
-    GO                   ───────▶  from here the request runs exactly once
-                         ◀───────  RESULT (exit code, stderr, stdout)
+    caller                                   agent
+    REQUEST (+ fds 0-2, netns, mntns) ──────▶  checks the peer and the request
+                                      ◀──────  READY (request timeout), or EXEC (a directive
+                                               for the bundle: nothing ran, stdin is unread)
+    GO                                ──────▶  from here the request runs exactly once:
+                                      ◀──────  RUNNING (the request's cniVersion, once stdin
+                                               is read) ... the engine writes fds 1 and 2 ...
+                                      ◀──────  RESULT (exit code)
 
-The client sends GO only if READY came in time, and never falls back in-process after sending
-it; the server runs a request only after reading GO. So a request runs at most once and a
-fallback can only follow a request that did not run.
+The caller sends GO only if READY came in time, and never runs the request elsewhere after
+sending it: a lost agent then gives "try again later" (`policy.lost`). The agent runs a
+request only after reading GO, and reads stdin only after GO, so a caller told EXEC (or one that
+gave up waiting for READY) hands the bundle its stdin untouched. So a request runs at most once.
 
 A frame is `b"CB" | kind (1 byte) | payload length (4 bytes, big endian) | payload`; every
-length is bounded before anything is allocated.
+length is bounded before anything is allocated. build/launcher.c gets these numbers from the
+header `naming.launcher_header` generates at build time; nothing is restated by hand.
 """
 
 import os
@@ -28,46 +35,59 @@ from cni_bridge.limits import MAX_STDIN_BYTES
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from _socket import socket
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 REQUEST = 1
 READY = 2
 GO = 3
 RESULT = 4
-REFUSE = 5
-KIND_NAMES = {REQUEST: "REQUEST", READY: "READY", GO: "GO", RESULT: "RESULT", REFUSE: "REFUSE"}
+EXEC = 5
+RUNNING = 6
+KIND_NAMES = {
+    REQUEST: "REQUEST",
+    READY: "READY",
+    GO: "GO",
+    RESULT: "RESULT",
+    EXEC: "EXEC",
+    RUNNING: "RUNNING",
+}
 
-FLAG_NETNS_FD = 0x1  # the REQUEST carries the container netns as an SCM_RIGHTS descriptor
-# ... and the caller's mount namespace, after the netns if both: the worker joins it, so paths
-# mean what they mean to the caller (and opens CNI_NETNS itself there when no netns fd came).
+# The REQUEST always carries the caller's stdin, stdout and stderr (SCM_RIGHTS, in that order);
+# then the CNI_NETNS it opened (O_PATH), if it could; then its mount namespace, which the worker
+# joins, so paths mean what they mean to the caller.
+STDIO_FDS = 3
+FLAG_NETNS_FD = 0x1
 FLAG_MNTNS_FD = 0x2
 _FLAGS = FLAG_NETNS_FD | FLAG_MNTNS_FD
 
 MAX_IDENTITY = 4096
-MAX_ENV_BYTES = 64 * 1024
-MAX_ENV_VARS = 256
+MAX_ARGV_BYTES = 64 * 1024
+# The caller's whole environment travels (the agent filters it): Linux allows up to ~2 MiB of
+# argv and environment together; a caller with more than this runs through the bundle.
+MAX_ENV_BYTES = 512 * 1024
+MAX_ENV_VARS = 8192
 MAX_STDIN = MAX_STDIN_BYTES + 1  # the readers' one byte over the bound (cli._read_stdin)
 MAX_STDOUT = 8 * 1024 * 1024
-MAX_STDERR = 64 * 1024
 MAX_REASON = 4096
+MAX_VERSION = 64
 
 MAGIC = b"CB"
 HEADER = struct.Struct(">2sBI")
-_REQUEST_HEAD = struct.Struct(">IIHI")  # flags, umask, identity length, env length
-_RESULT_HEAD = struct.Struct(">iI")  # exit code, stderr length
+_REQUEST_HEAD = struct.Struct(">IIHII")  # flags, umask, identity, argv and env lengths
+_U32 = struct.Struct(">I")  # READY: request timeout in ms (0: none)
+_I32 = struct.Struct(">i")  # RESULT: exit code
 
 MAX_PAYLOAD = {
-    REQUEST: _REQUEST_HEAD.size + MAX_IDENTITY + MAX_ENV_BYTES + MAX_STDIN,
-    READY: 0,
+    REQUEST: _REQUEST_HEAD.size + MAX_IDENTITY + MAX_ARGV_BYTES + MAX_ENV_BYTES,
+    READY: _U32.size,
     GO: 0,
-    RESULT: _RESULT_HEAD.size + MAX_STDERR + MAX_STDOUT,
-    REFUSE: MAX_REASON,
+    RESULT: _I32.size,
+    EXEC: MAX_REASON,
+    RUNNING: MAX_VERSION,
 }
-
-# Variables the client forwards besides CNI_*: what a library might consult in-process.
-EXTRA_FORWARDED = frozenset({"PATH", "LANG", "LC_ALL", "TZ"})
+MAX_REPLY = max(MAX_PAYLOAD[k] for k in (READY, RESULT, EXEC, RUNNING))
 
 
 class ProtocolError(Exception):
@@ -76,11 +96,6 @@ class ProtocolError(Exception):
 
 class PeerClosed(ProtocolError):
     """The connection ended before a whole frame arrived."""
-
-
-def is_forwarded(name: str) -> bool:
-    """Whether an environment variable travels with a request (and is replaced in the worker)."""
-    return name.startswith("CNI_") or name in EXTRA_FORWARDED
 
 
 def encode_frame(kind: int, payload: bytes = b"") -> bytes:
@@ -106,141 +121,153 @@ def decode_header(header: bytes) -> tuple[int, int]:
     return kind, length
 
 
+def encode_strings(items: "Sequence[bytes]") -> bytes:
+    """Each item NUL-terminated, as argv and environ are in memory."""
+    if any(b"\0" in item for item in items):
+        raise ProtocolError("a string with a NUL byte cannot travel")
+    return b"".join(item + b"\0" for item in items)
+
+
+def decode_strings(blob: bytes) -> list[bytes]:
+    if not blob:
+        return []
+    if not blob.endswith(b"\0"):
+        raise ProtocolError("unterminated string list")
+    return blob[:-1].split(b"\0")
+
+
 def encode_env(env: "Mapping[str, str]") -> bytes:
-    """`NAME=value\\0` per variable, in the process environment's own byte encoding."""
-    parts = []
-    for name, value in env.items():
-        key = os.fsencode(name)
-        data = os.fsencode(value)
-        if not key or b"=" in key or b"\0" in key or b"\0" in data:
-            raise ProtocolError(f"environment variable {name!r} cannot be forwarded")
-        parts.append(key + b"=" + data + b"\0")
-    if len(parts) > MAX_ENV_VARS:
-        raise ProtocolError("too many environment variables")
-    blob = b"".join(parts)
-    if len(blob) > MAX_ENV_BYTES:
-        raise ProtocolError("environment too large")
-    return blob
+    return encode_strings([os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()])
 
 
 def decode_env(blob: bytes) -> dict[str, str]:
-    if not blob:
-        return {}
-    if not blob.endswith(b"\0"):
-        raise ProtocolError("unterminated environment")
-    items = blob[:-1].split(b"\0")
+    """The environment as the caller's libc had it: entries that are not NAME=value are
+    skipped and the first of a repeated name wins, as CPython's os.environ does."""
+    items = decode_strings(blob)
     if len(items) > MAX_ENV_VARS:
         raise ProtocolError("too many environment variables")
     env: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition(b"=")
-        if not sep or not key:
-            raise ProtocolError("malformed environment entry")
-        name = os.fsdecode(key)
-        if name in env:
-            raise ProtocolError(f"duplicate environment variable {name!r}")
-        env[name] = os.fsdecode(value)
+        if sep and key:
+            env.setdefault(os.fsdecode(key), os.fsdecode(value))
     return env
 
 
 class Request:
-    """A decoded REQUEST payload. The netns descriptor itself travels beside it (SCM_RIGHTS)."""
+    """A decoded REQUEST payload; its descriptors travel beside it (SCM_RIGHTS)."""
 
-    __slots__ = ("env", "has_mntns_fd", "has_netns_fd", "identity", "stdin", "umask")
+    __slots__ = ("argv", "env", "has_mntns_fd", "has_netns_fd", "identity", "umask")
 
     def __init__(
         self,
         env: dict[str, str],
-        stdin: bytes,
         *,
+        argv: "list[str] | None" = None,
         umask: int,
-        has_netns_fd: bool,
         identity: str,
+        has_netns_fd: bool = False,
         has_mntns_fd: bool = False,
     ) -> None:
         self.env = env
-        self.stdin = stdin
+        self.argv = argv or []
         self.umask = umask
+        self.identity = identity
         self.has_netns_fd = has_netns_fd
         self.has_mntns_fd = has_mntns_fd
-        self.identity = identity
 
 
 def encode_request(
     env: "Mapping[str, str]",
-    stdin: bytes,
     *,
     umask: int,
-    has_netns_fd: bool,
     identity: str,
+    argv: "Sequence[str]" = (),
+    has_netns_fd: bool = False,
     has_mntns_fd: bool = False,
 ) -> bytes:
-    """The REQUEST payload; only forwarded variables (`is_forwarded`) are sent."""
-    env_blob = encode_env({k: v for k, v in env.items() if is_forwarded(k)})
+    """The REQUEST payload: what the launcher sends, built in Python (the thin client, tests)."""
+    env_blob = encode_env(env)
+    argv_blob = encode_strings([os.fsencode(a) for a in argv])
     ident = identity.encode("utf-8", "surrogateescape")
-    if len(ident) > MAX_IDENTITY:
-        raise ProtocolError("identity too long")
-    if len(stdin) > MAX_STDIN:
-        raise ProtocolError(f"stdin of {len(stdin)} bytes is too large")
+    if len(ident) > MAX_IDENTITY or len(argv_blob) > MAX_ARGV_BYTES:
+        raise ProtocolError("identity or argv too long")
+    if len(env_blob) > MAX_ENV_BYTES:
+        raise ProtocolError("environment too large")
     flags = (FLAG_NETNS_FD if has_netns_fd else 0) | (FLAG_MNTNS_FD if has_mntns_fd else 0)
-    head = _REQUEST_HEAD.pack(flags, umask & 0o777, len(ident), len(env_blob))
-    return b"".join((head, ident, env_blob, stdin))
+    head = _REQUEST_HEAD.pack(flags, umask & 0o777, len(ident), len(argv_blob), len(env_blob))
+    return b"".join((head, ident, argv_blob, env_blob))
 
 
 def decode_request(payload: bytes) -> Request:
     if len(payload) < _REQUEST_HEAD.size:
         raise ProtocolError("short REQUEST")
-    flags, umask, ident_len, env_len = _REQUEST_HEAD.unpack_from(payload)
+    flags, umask, ident_len, argv_len, env_len = _REQUEST_HEAD.unpack_from(payload)
     if flags & ~_FLAGS:
         raise ProtocolError(f"unknown REQUEST flags {flags:#x}")
     if umask & ~0o777:
         raise ProtocolError("bad umask")
-    if ident_len > MAX_IDENTITY or env_len > MAX_ENV_BYTES:
+    if ident_len > MAX_IDENTITY or argv_len > MAX_ARGV_BYTES or env_len > MAX_ENV_BYTES:
         raise ProtocolError("REQUEST field too large")
     start = _REQUEST_HEAD.size
-    if start + ident_len + env_len > len(payload):
-        raise ProtocolError("REQUEST fields overrun the payload")
+    if start + ident_len + argv_len + env_len != len(payload):
+        raise ProtocolError("REQUEST fields do not add up to the payload")
     ident = payload[start : start + ident_len].decode("utf-8", "surrogateescape")
-    env = decode_env(payload[start + ident_len : start + ident_len + env_len])
-    stdin = payload[start + ident_len + env_len :]
-    if len(stdin) > MAX_STDIN:
-        raise ProtocolError("stdin too large")
-    if any(not is_forwarded(name) for name in env):
-        raise ProtocolError("REQUEST carries a variable that is not forwarded")
+    start += ident_len
+    argv = [os.fsdecode(a) for a in decode_strings(payload[start : start + argv_len])]
+    env = decode_env(payload[start + argv_len :])
     return Request(
         env,
-        stdin,
+        argv=argv,
         umask=umask,
+        identity=ident,
         has_netns_fd=bool(flags & FLAG_NETNS_FD),
         has_mntns_fd=bool(flags & FLAG_MNTNS_FD),
-        identity=ident,
     )
 
 
-def encode_result(exit_code: int, stdout: bytes, stderr: bytes) -> bytes:
-    """The RESULT payload. Over-long stderr keeps its end (the last lines explain a failure)."""
+def fd_count(request: Request) -> int:
+    """How many descriptors a well-formed REQUEST carries."""
+    return STDIO_FDS + int(request.has_netns_fd) + int(request.has_mntns_fd)
+
+
+def encode_ready(timeout: float) -> bytes:
+    """READY's payload: how long the caller waits for RESULT after GO (0: forever)."""
+    return _U32.pack(min(max(0, round(timeout * 1000)), 0xFFFFFFFF))
+
+
+def decode_ready(payload: bytes) -> float:
+    if len(payload) != _U32.size:
+        raise ProtocolError("bad READY")
+    return float(_U32.unpack(payload)[0]) / 1000
+
+
+def encode_result(exit_code: int) -> bytes:
     if not -(2**31) <= exit_code < 2**31:
         raise ProtocolError("exit code out of range")
-    if len(stdout) > MAX_STDOUT:
-        raise ProtocolError(f"stdout of {len(stdout)} bytes is too large")
-    if len(stderr) > MAX_STDERR:
-        stderr = stderr[-MAX_STDERR:]
-    return _RESULT_HEAD.pack(exit_code, len(stderr)) + stderr + stdout
+    return _I32.pack(exit_code)
 
 
-def decode_result(payload: bytes) -> tuple[int, bytes, bytes]:
-    """Return (exit code, stdout, stderr)."""
-    if len(payload) < _RESULT_HEAD.size:
-        raise ProtocolError("short RESULT")
-    exit_code, err_len = _RESULT_HEAD.unpack_from(payload)
-    start = _RESULT_HEAD.size
-    if err_len > MAX_STDERR or start + err_len > len(payload):
-        raise ProtocolError("RESULT stderr overruns the payload")
-    stderr = payload[start : start + err_len]
-    stdout = payload[start + err_len :]
-    if len(stdout) > MAX_STDOUT:
-        raise ProtocolError("stdout too large")
-    return exit_code, stdout, stderr
+def decode_result(payload: bytes) -> int:
+    if len(payload) != _I32.size:
+        raise ProtocolError("bad RESULT")
+    code: int = _I32.unpack(payload)[0]
+    return code
+
+
+def request_version(stdin: bytes) -> str:
+    """The request's cniVersion if it has a plain one (the few answers the agent path words
+    itself use it), else "" (json is imported only here: these paths are rare)."""
+    import json
+
+    try:
+        conf = json.loads(stdin)
+    except (ValueError, RecursionError):  # the caller's stdin: anything may be in it
+        return ""
+    version = conf.get("cniVersion") if isinstance(conf, dict) else None
+    if not isinstance(version, str) or not 0 < len(version) <= MAX_VERSION:
+        return ""
+    return version if all(c.isascii() and (c.isalnum() or c in ".-+") for c in version) else ""
 
 
 # --- blocking socket I/O with an absolute deadline (time.monotonic) ---------------------------
@@ -281,17 +308,9 @@ def recv_frame(sock: "socket", deadline: float) -> tuple[int, bytes]:
     return kind, payload
 
 
-def error_reply(stdin: bytes, code: int, msg: str, details: str) -> bytes:
-    """A CNI error object in the request's own cniVersion, for the few answers the resident
-    path writes itself (json is imported only here: these paths are rare)."""
+def error_reply(version: str, code: int, msg: str, details: str) -> bytes:
+    """A CNI error object in the given cniVersion ("": the newest we speak)."""
     import json
 
-    version = "1.1.0"
-    try:
-        conf = json.loads(stdin)
-        if isinstance(conf, dict) and isinstance(conf.get("cniVersion"), str):
-            version = conf["cniVersion"]
-    except (ValueError, RecursionError):  # the caller's stdin: anything may be in it
-        pass
-    error = {"cniVersion": version, "code": code, "msg": msg, "details": details}
+    error = {"cniVersion": version or "1.1.0", "code": code, "msg": msg, "details": details}
     return json.dumps(error).encode() + b"\n"

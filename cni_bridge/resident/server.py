@@ -2,7 +2,7 @@
 
     cni-bridge serve [--idle S] [--pool N] [--max-workers N] [--hard-timeout S]
 
-This module starts it: it binds (or inherits, LISTEN_FDS) the abstract socket, imports the
+This module starts it: it binds (or inherits, LISTEN_FDS) its socket in naming.AGENT_DIR, imports the
 engine once and hands over to the parent's loop (`pool.Server`). Each worker checks its peer
 (`admission`), reads the request, sends READY, waits for GO, runs the engine once and sends the
 RESULT (`worker`, `protocol`).
@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Sequence
 
 from cni_bridge.ports.supervisor import Supervisor
-from cni_bridge.resident import client
+from cni_bridge.resident import naming, policy, spawn
 from cni_bridge.resident.pool import (
     DEFAULT_HARD_TIMEOUT,
     DEFAULT_MAX_WORKERS,
@@ -36,7 +36,7 @@ DEFAULT_RETRY_AFTER = 60.0
 
 def inherited_listener() -> tuple[socket.socket, int] | None:
     """The socket and its held lock a starting client passed as fds 3 and 4 (systemd's
-    LISTEN_FDS convention, names "agent:lock"; see client.spawn)."""
+    LISTEN_FDS convention, names "agent:lock"; see spawn.spawn)."""
     if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "2":
         return None
     if os.environ.get("LISTEN_FDNAMES") != "agent:lock":
@@ -55,10 +55,10 @@ def inherited_listener() -> tuple[socket.socket, int] | None:
 def claimed_listener(identity: str) -> tuple[socket.socket, int] | None:
     """Take the lock and bind the socket ourselves (started by systemd or by hand); None if
     another resident holds them. Raises OSError if AGENT_DIR is not root's alone."""
-    path = client.socket_path_for(identity, create=True)
+    path = naming.socket_path_for(identity, create=True)
     if not path:
-        raise OSError(errno.EPERM, f"{client.AGENT_DIR} is not a directory only root can use")
-    held = client.claim(path)
+        raise OSError(errno.EPERM, f"{naming.AGENT_DIR} is not a directory only root can use")
+    held = spawn.claim(path)
     if held is None:
         return None
     lock_fd, sock = held
@@ -89,14 +89,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="cni-bridge serve", description="Serve CNI requests from a warm resident process."
     )
-    default_idle = client.env_seconds(os.environ, client.IDLE_VAR, client.DEFAULT_IDLE)
+    default_idle = policy.env_seconds(os.environ, policy.IDLE_VAR, policy.DEFAULT_IDLE)
     parser.add_argument(
         "--idle",
         type=float,
         default=default_idle,
         help="leave after this many idle seconds; 0: never (default %(default)s)",
     )
-    parser.add_argument("--handler", default=client.DEFAULT_HANDLER, help=argparse.SUPPRESS)
+    parser.add_argument("--handler", default=spawn.DEFAULT_HANDLER, help=argparse.SUPPRESS)
     parser.add_argument(
         "--max-workers",
         type=int,
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     os.umask(0o022)
-    fingerprint = client.build_identity()
+    fingerprint = naming.build_identity()
     identity = args.identity or fingerprint
     held = inherited_listener() or claimed_listener(identity)
     if held is None:
@@ -157,7 +157,7 @@ def _serve(
     args: argparse.Namespace, listener: socket.socket, identity: str, fingerprint: str
 ) -> int:
     os.chdir("/")
-    # Full priority: the caller that started us waits for us to listen (see client.spawn).
+    # Full priority: the caller that started us waits for us to listen (see spawn.spawn).
     try:
         engine = load_handler(args.handler)
     except Exception:
@@ -175,6 +175,6 @@ def _serve(
         hard_timeout=args.hard_timeout,
         pool=args.pool,
         # The ports the engine's records publish: held only for the engine, not a test handler.
-        holder=Supervisor(enabled=args.handler == client.DEFAULT_HANDLER),
+        holder=Supervisor(enabled=args.handler == spawn.DEFAULT_HANDLER),
     )
     return server.run()

@@ -1,7 +1,8 @@
 """A worker: one process that serves requests handed to it, one at a time, then leaves.
 
-Each request is the whole exchange of `protocol` on one connection: admission (see
-`admission`), READY, GO, the engine once, RESULT. A pooled worker then tells the parent it is
+Each request is the whole exchange of `protocol` on one connection: what the caller asked for
+(`policy.bundle_reason`), admission (see `admission`), READY, GO, then the caller's stdin read,
+the engine run once writing the caller's own stdout and stderr, RESULT with the exit code. A pooled worker then tells the parent it is
 free on its channel (a SOCK_SEQPACKET pair) and gets the next connection as a descriptor, for
 as long as it stays fit: a request must leave the process as it found it (see `_fit`).
 """
@@ -23,7 +24,8 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import NamedTuple, NoReturn
 
-from cni_bridge.resident import protocol
+from cni_bridge.errors import INTERNAL
+from cni_bridge.resident import policy, protocol
 from cni_bridge.resident.admission import (
     CLONE_NEWNS,
     Refused,
@@ -94,8 +96,8 @@ def request_environ(
 ) -> dict[str, str]:
     """The caller's forwarded variables over ours, also installed as this worker's os.environ."""
     own = os.environ if base is None else base
-    env = {k: v for k, v in own.items() if not protocol.is_forwarded(k)}
-    env.update(request.env)
+    env = {k: v for k, v in own.items() if not policy.is_forwarded(k)}
+    env.update(policy.forwarded(request.env))
     if netns_fd >= 0:
         # /proc/<pid>, not /proc/self: the path stays valid in helpers the engine may fork.
         # In a caller's mount namespace /proc may be another pid namespace's: then the path
@@ -119,20 +121,20 @@ HANDLER_FAILURES: list[str] = []
 
 
 def internal_error(stdin: bytes, detail: str) -> bytes:
-    return protocol.error_reply(stdin, 999, "internal error", detail)
+    return protocol.error_reply(protocol.request_version(stdin), INTERNAL, "internal error", detail)
 
 
 def run_handler(
-    handler: Handler, env: Mapping[str, str], stdin: bytes, umask: int
-) -> tuple[int, bytes, bytes]:
-    """Run the engine once with the caller's umask; return (exit code, stdout, stderr)."""
+    handler: Handler, env: Mapping[str, str], stdin: bytes, umask: int, stderr_fd: int
+) -> tuple[int, bytes]:
+    """Run the engine once with the caller's umask, its stderr on the caller's; return
+    (exit code, stdout)."""
     os.umask(umask)
     root = logging.getLogger()
     handlers_before = list(root.handlers)
-    capture = os.memfd_create("cni-bridge-stderr", os.MFD_CLOEXEC)
     sys.stderr.flush()
     saved = os.dup(2)
-    os.dup2(capture, 2)
+    os.dup2(stderr_fd, 2)
     try:
         try:
             code, out = handler(env, stdin)
@@ -154,19 +156,56 @@ def run_handler(
         for h in [h for h in root.handlers if h not in handlers_before]:
             root.removeHandler(h)
             h.close()
-    size = os.fstat(capture).st_size
-    err = os.pread(capture, protocol.MAX_STDERR, max(0, size - protocol.MAX_STDERR))
-    os.close(capture)
-    return code, out, err
+    return code, out
 
 
-def refuse(conn: socket.socket, reason: str) -> None:
-    log(f"refused: {reason}")
+def refuse(conn: socket.socket, reason: str, *, quiet: bool = False) -> None:
+    """Tell the caller to run the request through the bundle (nothing ran; stdin is unread)."""
+    if not quiet:
+        log(f"refused: {reason}")
     try:
-        data = reason.encode("utf-8", "replace")[: protocol.MAX_REASON]
-        protocol.send_all(conn, protocol.encode_frame(protocol.REFUSE, data), time.monotonic() + 1)
+        data = policy.in_process(reason).encode("utf-8", "replace")[: protocol.MAX_REASON]
+        protocol.send_all(conn, protocol.encode_frame(protocol.EXEC, data), time.monotonic() + 1)
     except (OSError, protocol.ProtocolError):
         pass
+
+
+def _wait(fd: int, events: int) -> None:
+    poller = select.poll()
+    poller.register(fd, events)
+    poller.poll()
+
+
+def read_stdin(fd: int) -> bytes:
+    """The caller's stdin up to the readers' one byte over the bound (cli._read_stdin), from a
+    descriptor the caller may have handed over in non-blocking mode."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < protocol.MAX_STDIN:
+        try:
+            chunk = os.read(fd, protocol.MAX_STDIN - size)
+        except BlockingIOError:
+            _wait(fd, select.POLLIN)
+            continue
+        except OSError:  # unreadable: the engine sees what came (nothing), as in-process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """All of data to the caller's descriptor; a reader that went away just loses it."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            _wait(fd, select.POLLOUT)
+        except OSError:
+            return
 
 
 class CallerWatch:
@@ -235,7 +274,11 @@ def serve_connection(
                 request = receive_request(conn, time.monotonic() + IO_TIMEOUT, fds)
             except (OSError, protocol.ProtocolError) as exc:
                 raise Refused(f"bad request: {exc}") from exc
-            netns_fd, mntns_fd = admit(request, fds, identity, pid)
+            reason = policy.bundle_reason(request.argv, request.env)
+            if reason:  # what the caller asked for is the bundle's, not a refusal
+                refuse(conn, reason, quiet=True)
+                return False
+            stdio, netns_fd, mntns_fd = admit(request, fds, identity, pid)
             if mntns_fd >= 0:
                 join_mounts(mntns_fd)
                 path = netns_path(request.env)
@@ -245,8 +288,9 @@ def serve_connection(
             refuse(conn, str(exc))
             return False
         try:
+            ready = protocol.encode_ready(policy.request_timeout(request.env))
             protocol.send_all(
-                conn, protocol.encode_frame(protocol.READY), time.monotonic() + IO_TIMEOUT
+                conn, protocol.encode_frame(protocol.READY, ready), time.monotonic() + IO_TIMEOUT
             )
             kind, _ = protocol.recv_frame(conn, time.monotonic() + IO_TIMEOUT)
         except (OSError, protocol.ProtocolError) as exc:
@@ -256,26 +300,38 @@ def serve_connection(
             log(f"expected GO, got {protocol.KIND_NAMES[kind]}: not run")
             return False
         watch = CallerWatch(conn)
-        code, out, err = run_handler(
-            handler, request_environ(request, netns_fd, base_env), request.stdin, request.umask
-        )
+        stdin = read_stdin(stdio[0])
+        running = protocol.request_version(stdin).encode()
+        with contextlib.suppress(OSError, protocol.ProtocolError):  # the watch sees a lost caller
+            protocol.send_all(
+                conn, protocol.encode_frame(protocol.RUNNING, running), time.monotonic() + IO_TIMEOUT
+            )
+        env = request_environ(request, netns_fd, base_env)
+        code, out = run_handler(handler, env, stdin, request.umask, stdio[2])
         watch.stop()
+        if len(out) > protocol.MAX_STDOUT:
+            out = internal_error(stdin, f"an answer of {len(out)} bytes is too large")
+        write_all(stdio[1], out)
+        # The caller's stdout is closed here before the exit code goes: a runtime reading it
+        # to EOF is not held up by this worker.
+        _close_all(fds)
         try:
-            payload = protocol.encode_result(code, out, err)
-        except protocol.ProtocolError as exc:
-            payload = protocol.encode_result(1, internal_error(request.stdin, str(exc)), err)
-        try:
-            frame = protocol.encode_frame(protocol.RESULT, payload)
+            frame = protocol.encode_frame(protocol.RESULT, protocol.encode_result(code))
             protocol.send_all(conn, frame, time.monotonic() + RESULT_TIMEOUT)
         except (OSError, protocol.ProtocolError) as exc:
             log(f"result not delivered: {exc}")
         return True
     finally:
-        for fd in [*fds, netns_fd, mntns_fd]:
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        _close_all([*fds, netns_fd, mntns_fd])
         conn.close()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    fds[:] = []
 
 
 def run(

@@ -1,10 +1,10 @@
-"""The native launcher (build/launcher.c) against a real resident, in namespaces cbF-*.
+"""The native launcher (build/launcher.c) against a real agent, in namespaces cbF-*.
 
-The launcher is compiled here beside a stand-in for the bundle (`cni-bridge`, a script that
-records how it was exec'd and answers `{"fallback": ...}` with exit code 7), so each test can
-tell which path served a request: the resident (its fake engine records every call, see
-test_resident.fake_handle) or the bundle. The resident is the real server, started with the
-identity the Python client computes for that stand-in, so the socket names must agree.
+The launcher is compiled here, with the header the build generates (naming.launcher_header)
+for the test's identity, beside a stand-in for the bundle (`cni-bridge`, a script that records
+how it was exec'd and answers `{"fallback": ...}` with exit code 7), so each test can tell which
+path served a request: the agent (its fake engine records every call, see
+test_resident.fake_handle) or the bundle. The agent is the real server.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from cni_bridge.resident import client
+from cni_bridge.resident import naming
 from tests.integration.test_resident import NETNS_DIR, ROOT, Env
 
 pytestmark = [
@@ -35,7 +35,8 @@ ENGINE_SCRIPT = """#!{python}
 import json, os, sys
 record = {{
     "argv": sys.argv[1:],
-    "relay": os.environ.get("CNI_BRIDGE_RELAY_FAILED"),
+    "relay": os.environ.get("CNI_BRIDGE_RELAY"),
+    "launcher": os.environ.get("CNI_BRIDGE_LAUNCHER"),
     "command": os.environ.get("CNI_COMMAND"),
     "stdin": sys.stdin.buffer.read().decode("utf-8", "replace"),
 }}
@@ -44,45 +45,40 @@ with open({record!r}, "a") as f:
 print(json.dumps({{"fallback": True}}))
 sys.exit({exit})
 """
+# The real plugin's entry point, from this tree, as the bundle would run it.
+REAL_ENGINE_SCRIPT = """#!{python}
+import sys
+sys.path.insert(0, {root!r})
+from cni_bridge.cli import run
+run()
+"""
 
 
-@pytest.fixture(scope="module")
-def launcher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("cbN-launcher") / "cni-bridge-launch"
-    subprocess.run(
-        [
-            "cc",
-            "-O2",
-            "-std=gnu11",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-o",
-            str(out),
-            str(ROOT / "build" / "launcher.c"),
-        ],
-        check=True,
-    )
-    return out
+def compile_launcher(out: Path, identity: str) -> None:
+    """As build.sh does: the header generated for `identity`, then the launcher beside it."""
+    (out.parent / "cni-bridge-launch.h").write_text(naming.launcher_header(identity))
+    cc = ["cc", "-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror", f"-I{out.parent}"]
+    subprocess.run([*cc, "-o", str(out), str(ROOT / "build" / "launcher.c")], check=True)
 
 
 class Bundle:
-    """A launcher beside a recording stand-in for the bundle, and a resident for it."""
+    """A launcher beside a recording stand-in for the bundle, and an agent for it."""
 
-    def __init__(self, env: Env, launcher: Path) -> None:
+    def __init__(self, env: Env, *, real: bool = False, identity: str | None = None) -> None:
         self.env = env
         self.dir = env.tmp / "bundle"
         self.dir.mkdir()
         self.launch = self.dir / "cni-bridge-launch"
-        shutil.copy2(launcher, self.launch)
+        compile_launcher(self.launch, identity or env.identity)
         self.engine = self.dir / "cni-bridge"
         self.record = env.tmp / "fallback.jsonl"
+        script = REAL_ENGINE_SCRIPT if real else ENGINE_SCRIPT
         self.engine.write_text(
-            ENGINE_SCRIPT.format(python=sys.executable, record=str(self.record), exit=FALLBACK_EXIT)
+            script.format(
+                python=sys.executable, root=str(ROOT), record=str(self.record), exit=FALLBACK_EXIT
+            )
         )
         self.engine.chmod(0o755)
-        # What the bundle's own client would use: the resident must be found under this name.
-        env.identity = client.executable_identity(str(self.engine))
 
     def run(
         self,
@@ -101,7 +97,7 @@ class Bundle:
         return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60, cwd="/")
 
     def namespaces(self, *, serve: bool) -> tuple[str, str]:
-        """A host and a container namespace; with `serve`, a resident in the host one."""
+        """A host and a container namespace; with `serve`, an agent in the host one."""
         host, ctr = self.env.netns("host"), self.env.netns("ctr")
         if serve:
             self.env.start_server(host)
@@ -114,10 +110,10 @@ class Bundle:
 
 
 @pytest.fixture
-def bundle(tmp_path: Path, launcher: Path) -> Iterator[Bundle]:
+def bundle(tmp_path: Path) -> Iterator[Bundle]:
     env = Env(tmp_path)
     try:
-        yield Bundle(env, launcher)
+        yield Bundle(env)
     finally:
         env.cleanup()
 
@@ -126,19 +122,24 @@ def _netns_ino(ns: str) -> int:
     return os.stat(NETNS_DIR / ns).st_ino
 
 
-def test_a_request_is_relayed_to_the_resident_without_the_bundle(bundle: Bundle) -> None:
+def test_a_request_is_relayed_to_the_agent_without_the_bundle(bundle: Bundle) -> None:
     env = bundle.env
     host, ctr = bundle.namespaces(serve=True)
     req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr), exit=3)
     done = bundle.run(host, {**req_env, "PATH": "/usr/bin:/bin"}, stdin)
     assert done.returncode == 3, done.stderr  # the engine's exit code, relayed
-    assert json.loads(done.stdout)["id"] == rid
-    assert f"fake engine log for {rid}" in done.stderr
+    assert json.loads(done.stdout)["id"] == rid  # written by the worker to our stdout
+    assert f"fake engine log for {rid}" in done.stderr  # and to our stderr
     (call,) = env.calls(rid)
     assert call["netns_ino"] == _netns_ino(ctr)  # the namespace arrived as a descriptor
+    assert call["original_netns"] == str(NETNS_DIR / ctr)
     assert call["cni_args"] == req_env["CNI_ARGS"]
-    assert call["secret"] is None  # only CNI_* and a few locale variables travel
+    assert call["secret"] is None  # the agent lets only CNI_* and a few locale variables in
     assert bundle.fallbacks() == []
+    # VERSION too: the agent decides what it serves, and it serves every CNI verb.
+    version, vstdin, vid = env.request("VERSION", netns="dummy")
+    assert bundle.run(host, version, vstdin).returncode == 0
+    assert len(env.calls(vid)) == 1 and bundle.fallbacks() == []
 
 
 def test_umask_and_a_large_stdin_travel_whole(bundle: Bundle) -> None:
@@ -146,7 +147,7 @@ def test_umask_and_a_large_stdin_travel_whole(bundle: Bundle) -> None:
     host, ctr = bundle.namespaces(serve=True)
     req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr))
     conf = json.loads(stdin)
-    conf["padding"] = "x" * 300_000  # several socket buffers: the rest follows the descriptor
+    conf["padding"] = "x" * 300_000  # several pipe buffers, read by the worker from our stdin
     done = bundle.run(
         host, req_env, json.dumps(conf), wrap=("sh", "-c", 'umask 027; exec "$@"', "-")
     )
@@ -156,7 +157,7 @@ def test_umask_and_a_large_stdin_travel_whole(bundle: Bundle) -> None:
     assert bundle.fallbacks() == []
 
 
-def test_without_a_resident_the_bundle_gets_the_request_untouched(bundle: Bundle) -> None:
+def test_without_an_agent_the_bundle_gets_the_request_untouched(bundle: Bundle) -> None:
     env = bundle.env
     host, ctr = bundle.namespaces(serve=False)
     req_env, stdin, _ = env.request("ADD", netns=str(NETNS_DIR / ctr))
@@ -164,44 +165,68 @@ def test_without_a_resident_the_bundle_gets_the_request_untouched(bundle: Bundle
     assert done.returncode == FALLBACK_EXIT, done.stderr
     assert json.loads(done.stdout) == {"fallback": True}
     (fb,) = bundle.fallbacks()
-    assert fb == {"argv": [], "relay": None, "command": "ADD", "stdin": stdin}
+    assert fb == {
+        "argv": [],
+        "relay": None,  # the bundle's client tries (and starts) an agent itself
+        "launcher": env.identity,
+        "command": "ADD",
+        "stdin": stdin,
+    }
 
 
-def test_what_is_not_a_plugin_request_goes_to_the_bundle(bundle: Bundle) -> None:
-    env = bundle.env
-    host, ctr = bundle.namespaces(serve=True)
-    req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr))
-    # operator commands, the resident turned off, VERSION, a netns that is not one
-    assert bundle.run(host, {}, "", args=("ls", "--network", "x")).returncode == FALLBACK_EXIT
-    off = bundle.run(host, {**req_env, "CNI_BRIDGE_RESIDENT": " Off "}, stdin)
-    assert off.returncode == FALLBACK_EXIT
-    version, vstdin, _ = env.request("VERSION", netns="dummy")
-    assert bundle.run(host, version, vstdin).returncode == FALLBACK_EXIT
-    bad = bundle.run(host, {**req_env, "CNI_NETNS": "/etc/hostname"}, stdin)
-    assert bad.returncode == FALLBACK_EXIT
-    got = bundle.fallbacks()
-    assert [f["argv"] for f in got] == [["ls", "--network", "x"], [], [], []]
-    assert [f["command"] for f in got] == [None, "ADD", "VERSION", "ADD"]
-    assert all(f["relay"] is None for f in got)
-    assert got[1]["stdin"] == stdin and got[3]["stdin"] == stdin
-    assert env.calls(rid) == []
-
-
-def test_a_refused_request_falls_back_with_its_stdin(bundle: Bundle) -> None:
+def test_what_the_agent_does_not_run_goes_to_the_bundle_with_its_stdin(bundle: Bundle) -> None:
     env = bundle.env
     host, ctr = bundle.namespaces(serve=True)
     req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr))
     conf = json.loads(stdin)
     conf["padding"] = "y" * 200_000
     stdin = json.dumps(conf)
-    # Another mount namespace: the resident answers REFUSE after reading the request, so the
-    # launcher has consumed stdin and must hand the same bytes to the bundle.
-    done = bundle.run(host, req_env, stdin, wrap=("unshare", "--mount"))
-    assert done.returncode == FALLBACK_EXIT, done.stderr
-    (fb,) = bundle.fallbacks()
-    assert fb["relay"] is None and fb["stdin"] == stdin
+    # An operator command, the agent turned off, a CNI_NETNS that is no namespace: the agent
+    # says so (EXEC) before anything ran; stdin is untouched and goes to the bundle whole.
+    assert bundle.run(host, {}, "", args=("ls", "--network", "x")).returncode == FALLBACK_EXIT
+    off = bundle.run(host, {**req_env, "CNI_BRIDGE_RESIDENT": " Off "}, stdin)
+    assert off.returncode == FALLBACK_EXIT
+    bad = bundle.run(host, {**req_env, "CNI_NETNS": "/etc/hostname"}, stdin)
+    assert bad.returncode == FALLBACK_EXIT
+    got = bundle.fallbacks()
+    assert [f["argv"] for f in got] == [["ls", "--network", "x"], [], []]
+    assert [f["relay"] for f in got] == [
+        "in-process:operator command 'ls'",
+        "in-process:CNI_BRIDGE_RESIDENT= Off ",
+        "in-process:the network descriptor sent is not a namespace",
+    ]
+    assert got[1]["stdin"] == stdin and got[2]["stdin"] == stdin
     assert env.calls(rid) == []
-    assert "another mnt namespace" in env.server_log(host)
+    assert "the network descriptor sent is not a namespace" in env.server_log(host)
+
+
+def test_a_caller_in_a_fresh_mount_namespace_is_served_by_the_agent(bundle: Bundle) -> None:
+    """`unshare -m` with a private tmpfs: the worker joins the caller's mount namespace, so a
+    file only the caller sees is read, and a CNI_NETNS bound where only the caller sees it
+    is the namespace it names there."""
+    env = bundle.env
+    host, ctr = bundle.namespaces(serve=True)
+    private = env.tmp / "private"
+    private.mkdir()
+    script = (
+        'mount -t tmpfs cbF "$1" && echo "seen by $1" > "$1/marker" && touch "$1/ns" && '
+        'mount --bind "$2" "$1/ns" && shift 2 && exec "$@"'
+    )
+    wrap: tuple[str, ...] = ("unshare", "-m", "--propagation", "private", "sh", "-c", script)
+    wrap += ("-", str(private), str(NETNS_DIR / ctr))
+    for _ in range(2):
+        req_env, stdin, rid = env.request(
+            "ADD", netns=str(private / "ns"), read=str(private / "marker")
+        )
+        done = bundle.run(host, req_env, stdin, wrap=wrap)
+        assert done.returncode == 0, (done.stderr, env.server_log(host))
+        out = json.loads(done.stdout)
+        assert out["read"] == f"seen by {private}\n"
+        assert out["netns_ino"] == _netns_ino(ctr)
+        (call,) = env.calls(rid)
+        assert call["mnt_ino"] != os.stat("/proc/self/ns/mnt").st_ino
+    assert not (private / "marker").exists()  # it never was, here
+    assert bundle.fallbacks() == []
 
 
 def test_a_worker_dying_after_go_is_reported_and_never_rerun(bundle: Bundle) -> None:
@@ -211,8 +236,10 @@ def test_a_worker_dying_after_go_is_reported_and_never_rerun(bundle: Bundle) -> 
     done = bundle.run(host, req_env, stdin)
     assert done.returncode == FALLBACK_EXIT
     (fb,) = bundle.fallbacks()
-    assert fb["relay"] and fb["relay"].startswith("connection lost mid-request")
-    assert fb["stdin"] == stdin  # the bundle words the error in the request's cniVersion
+    # The worker had read stdin and said RUNNING with the request's version: the bundle words
+    # "try again later" in it, with stdin gone.
+    assert fb["relay"] == "lost:1.0.0:closed"
+    assert fb["stdin"] == ""
     assert len(env.calls(rid)) == 1
 
 
@@ -220,14 +247,58 @@ def test_a_hung_request_times_out_and_runs_once(bundle: Bundle) -> None:
     env = bundle.env
     host, ctr = bundle.namespaces(serve=True)
     req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr), mode="hang", seconds=5)
+    # The timeout is the agent's decision from the caller's environment, sent with READY.
     done = bundle.run(host, {**req_env, "CNI_BRIDGE_RESIDENT_TIMEOUT": "1"}, stdin)
     assert done.returncode == FALLBACK_EXIT
     (fb,) = bundle.fallbacks()
-    assert fb["relay"] == "no answer within 1s"
+    assert fb["relay"] == "lost:1.0.0:timeout"
     assert len(env.calls(rid)) == 1
 
 
-def test_a_resident_that_is_not_root_gets_nothing(bundle: Bundle) -> None:
+def test_the_bundle_words_a_lost_request_as_try_again_later(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    try:
+        real = Bundle(env, real=True)
+        host = env.netns("host")
+        env.start_server(host)
+        req_env, stdin, rid = env.request("ADD", mode="crash")
+        done = real.run(host, req_env, stdin)
+        assert done.returncode == 1
+        assert json.loads(done.stdout) == {
+            "cniVersion": "1.0.0",
+            "code": 11,
+            "msg": "the cni-bridge resident did not complete the request",
+            "details": "connection lost mid-request: peer closed",
+        }
+        assert len(env.calls(rid)) == 1
+    finally:
+        env.cleanup()
+
+
+def test_a_launcher_of_another_build_is_reported_not_silently_slow(tmp_path: Path) -> None:
+    """build.sh writes one identity into the launcher and the bundle. A launcher built for
+    another finds no agent of its own, so every call would go through the bundle: the bundle
+    says so on every call (and build.sh fails on it)."""
+    env = Env(tmp_path)
+    try:
+        host = env.netns("host")
+        version = {"CNI_COMMAND": "VERSION", "CNI_NETNS": "dummy"}
+        stdin = '{"cniVersion": "1.0.0"}'
+        matched = Bundle(env, real=True, identity=naming.build_identity())
+        done = matched.run(host, version, stdin)
+        assert done.returncode == 0 and "supportedVersions" in done.stdout
+        assert "mismatch" not in done.stderr
+        shutil.rmtree(matched.dir)
+        other = Bundle(env, real=True, identity="v2|build:0ther")
+        done = other.run(host, version, stdin)
+        assert done.returncode == 0 and "supportedVersions" in done.stdout  # still answered
+        assert "launcher/bundle mismatch" in done.stderr
+        assert "v2|build:0ther" in done.stderr
+    finally:
+        env.cleanup()
+
+
+def test_an_agent_that_is_not_root_gets_nothing(bundle: Bundle) -> None:
     env = bundle.env
     host, ctr = bundle.namespaces(serve=False)
     squatter = env.start_squatter(host)
@@ -236,7 +307,7 @@ def test_a_resident_that_is_not_root_gets_nothing(bundle: Bundle) -> None:
     done = bundle.run(host, req_env, stdin)
     assert done.returncode == FALLBACK_EXIT
     # The squatter reports once the launcher has connected and gone; if it never connected
-    # (a socket name that drifted from the Python client's), the squatter waits forever.
+    # (a socket name that drifted from the Python side's), the squatter waits forever.
     ready, _, _ = select.select([squatter.stdout], [], [], 15)
     assert ready, "the launcher never connected to the squatter's socket"
     assert squatter.stdout.readline().strip() == "0"  # not one byte of the request was sent
@@ -249,18 +320,9 @@ def test_closed_standard_descriptors_do_not_become_the_socket(bundle: Bundle) ->
     host = env.netns("host")
     env.start_server(host)
     req_env, _, _ = env.request("STATUS")
-    # Exec'd with fds 0-2 closed, a STATUS (no netns descriptor opened first) would get the
-    # resident's socket as fd 0 and read its request from it. The launcher puts /dev/null
-    # there: the resident gets an empty stdin, and answers (its fake engine fails to parse it).
+    # Exec'd with fds 0-2 closed, the launcher would get its socket as fd 0 and pass it as
+    # stdin. It puts /dev/null there: the agent reads an empty stdin and answers (its fake
+    # engine fails to parse it).
     done = bundle.run(host, req_env, "", wrap=("sh", "-c", 'exec "$@" <&- >&- 2>&-', "-"))
     assert done.returncode not in (0, FALLBACK_EXIT)
     assert bundle.fallbacks() == []
-
-
-def test_a_preset_relay_failure_is_left_to_the_bundle(bundle: Bundle) -> None:
-    env = bundle.env
-    host, ctr = bundle.namespaces(serve=True)
-    req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr))
-    done = bundle.run(host, {**req_env, "CNI_BRIDGE_RELAY_FAILED": "x"}, stdin)
-    assert done.returncode == FALLBACK_EXIT
-    assert env.calls(rid) == []  # as the Python client: such a request never runs

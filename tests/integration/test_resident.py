@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from cni_bridge.resident import client, protocol, worker
+from cni_bridge.resident import client, naming, protocol, spawn, worker
 from cni_bridge.state import HOST_VETH_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,8 +232,8 @@ class Env:
 
     def socket_path(self, ns: str) -> str:
         """Where the resident of this test's identity listens for namespace `ns`."""
-        name = client.name_for(self.identity, os.stat(NETNS_DIR / ns).st_ino)
-        return f"{client.AGENT_DIR}/{name}"
+        name = naming.name_for(self.identity, os.stat(NETNS_DIR / ns).st_ino)
+        return f"{naming.AGENT_DIR}/{name}"
 
     def netns(self, name: str) -> str:
         ns = f"cbF-{self.tag}-{name}"
@@ -248,7 +249,7 @@ class Env:
         for ns in self.namespaces:
             if (NETNS_DIR / ns).exists():
                 sock = self.socket_path(ns)  # what a killed resident or a squatter left
-                for path in (sock, client.lock_path(sock)):
+                for path in (sock, naming.lock_path(sock)):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
                 # Residents a client started in our namespace, and their workers.
@@ -259,7 +260,7 @@ class Env:
 
     def start_server(self, ns: str, *extra: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp / f"server-{ns}.log", "ab")  # noqa: SIM115 - lives with the process
-        argv = ["nsenter", f"--net={NETNS_DIR / ns}", sys.executable, "-c", client._BOOT, str(ROOT)]
+        argv = ["nsenter", f"--net={NETNS_DIR / ns}", sys.executable, "-c", spawn._BOOT, str(ROOT)]
         argv += ["--handler", HANDLER, "--idle", "0", "--identity", self.identity, *extra]
         proc = subprocess.Popen(
             argv,
@@ -549,8 +550,8 @@ def test_an_unprivileged_process_can_neither_squat_nor_impersonate(env: Env) -> 
     abstract name the agent used to have, squatted, changes nothing. Root callers are served."""
     host = env.netns("host")
     container = env.netns("ctr")
-    assert client.agent_dir(create=True) == client.AGENT_DIR
-    st = os.lstat(client.AGENT_DIR)
+    assert naming.agent_dir(create=True) == naming.AGENT_DIR
+    st = os.lstat(naming.AGENT_DIR)
     assert st.st_uid == 0 and st.st_mode & 0o777 == 0o700
     path = env.socket_path(host)
     old_name = b"\0cni-bridge/v1/" + path.rsplit("-", 2)[1].encode()
@@ -686,7 +687,8 @@ def test_a_hung_engine_gives_try_again_later_and_runs_once(env: Env) -> None:
     host = env.netns("host")
     env.start_server(host)
     req_env, stdin, rid = env.request("ADD", mode="hang", seconds=30)
-    done = env.run_client(host, req_env, stdin, config={"request_timeout": 1.0})
+    req_env["CNI_BRIDGE_RESIDENT_TIMEOUT"] = "1"  # the agent tells the caller, with READY
+    done = env.run_client(host, req_env, stdin)
     code, out = json.loads(done.stdout)
     assert code == 1
     assert json.loads(out)["code"] == 11
@@ -927,12 +929,18 @@ def _ran(pid: int) -> bool:
 
 
 def _request_frame(env: dict[str, str], identity: str, *, fd: bool = False) -> bytes:
-    payload = protocol.encode_request(env, b"{}", umask=0o22, has_netns_fd=fd, identity=identity)
+    payload = protocol.encode_request(env, umask=0o22, has_netns_fd=fd, identity=identity)
     return protocol.encode_frame(protocol.REQUEST, payload)
 
 
+def _send(sock: socket.socket, frame: bytes, *extra: int) -> None:
+    """A REQUEST with this process's stdio (and `extra`) as the caller's descriptors."""
+    fds = struct.pack(f"{3 + len(extra)}i", 0, 1, 2, *extra)
+    sock.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+
+
 def test_serve_connection_runs_only_after_go() -> None:
-    identity = client.build_identity()
+    identity = naming.build_identity()
     cfg = client.ClientConfig(mode="connect", identity=identity)
     a, b = socket.socketpair()
     worker = _serve_in_child(b, identity)
@@ -944,31 +952,30 @@ def test_serve_connection_runs_only_after_go() -> None:
     a, b = socket.socketpair()
     worker = _serve_in_child(b, identity)
     with a:
-        a.sendall(_request_frame({"CNI_COMMAND": "VERSION"}, identity))
+        _send(a, _request_frame({"CNI_COMMAND": "VERSION"}, identity))
         assert protocol.recv_frame(a, time.monotonic() + 10)[0] == protocol.READY
     assert not _ran(worker)
 
 
 def test_the_server_refuses_a_path_without_its_descriptor() -> None:
-    identity = client.build_identity()
+    identity = naming.build_identity()
     a, b = socket.socketpair()
     worker = _serve_in_child(b, identity)
     with a:
-        a.sendall(_request_frame({"CNI_COMMAND": "ADD", "CNI_NETNS": "/run/netns/x"}, identity))
+        _send(a, _request_frame({"CNI_COMMAND": "ADD", "CNI_NETNS": "/run/netns/x"}, identity))
         kind, reason = protocol.recv_frame(a, time.monotonic() + 10)
-    assert kind == protocol.REFUSE and b"without its descriptor" in reason
+    assert kind == protocol.EXEC and b"without its descriptor" in reason
     assert not _ran(worker)
 
 
 def test_the_server_refuses_a_descriptor_that_is_not_a_netns() -> None:
-    identity = client.build_identity()
+    identity = naming.build_identity()
     a, b = socket.socketpair()
     worker = _serve_in_child(b, identity)
     uts = os.open("/proc/self/ns/uts", os.O_RDONLY)  # a namespace, but not a network one
     with a:
-        frame = _request_frame({"CNI_COMMAND": "ADD", "CNI_NETNS": "/x"}, identity, fd=True)
-        a.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, uts.to_bytes(4, sys.byteorder))])
+        _send(a, _request_frame({"CNI_COMMAND": "ADD", "CNI_NETNS": "/x"}, identity, fd=True), uts)
         os.close(uts)
         kind, reason = protocol.recv_frame(a, time.monotonic() + 10)
-    assert kind == protocol.REFUSE and b"not a network namespace" in reason
+    assert kind == protocol.EXEC and b"not a network namespace" in reason
     assert not _ran(worker)

@@ -77,18 +77,22 @@ def test_version_answer() -> None:
 
 
 def test_a_request_the_launcher_lost_after_go_is_answered_never_run(capfd: pytest.CaptureFixture[str]) -> None:
-    # build/launcher.c execs the bundle so after losing the resident mid-request: an ADD with
-    # a valid config must come back as "try again later", in the request's version, unrun.
-    env = {"CNI_COMMAND": "ADD", **FULL_ENV, "CNI_BRIDGE_RELAY_FAILED": "connection lost"}
+    # build/launcher.c execs the bundle so after losing the agent mid-request: an ADD with a
+    # valid config must come back as "try again later", in the request's version, unrun (the
+    # version comes from the agent's RUNNING; without it, from stdin if still there).
+    env = {"CNI_COMMAND": "ADD", **FULL_ENV, "CNI_BRIDGE_RELAY": "lost::closed"}
     code, out = run_inproc(env, b'{"cniVersion":"0.4.0","name":"n","type":"cni-bridge"}')
     assert code == 1
     assert out == {
         "cniVersion": "0.4.0",
         "code": 11,
         "msg": "the cni-bridge resident did not complete the request",
-        "details": "connection lost",
+        "details": "connection lost mid-request: peer closed",
     }
     assert "connection lost" in capfd.readouterr().err
+    env["CNI_BRIDGE_RELAY"] = "lost:1.0.0:timeout"
+    code, out = run_inproc(env, b"")
+    assert (code, out["cniVersion"], out["details"]) == (1, "1.0.0", "no answer within 120s")
 
 
 def test_stdin_too_large() -> None:
@@ -96,18 +100,10 @@ def test_stdin_too_large() -> None:
     assert code == 1 and out["code"] == 6
 
 
-def test_what_the_readers_pass_fits_a_resident_request() -> None:
-    # The readers stop one byte over the bound; the resident must carry that request, so that
-    # the engine, not the framing, refuses it (error 6, as in-process).
-    over = b" " * (MAX_STDIN_BYTES + 1)
-    payload = resident_protocol.encode_request(
-        {"CNI_COMMAND": "ADD"}, over, umask=0o22, has_netns_fd=False, identity="t"
-    )
-    assert resident_protocol.decode_request(payload).stdin == over
-    with pytest.raises(resident_protocol.ProtocolError):
-        resident_protocol.encode_request(
-            {}, over + b" ", umask=0o22, has_netns_fd=False, identity="t"
-        )
+def test_the_agent_reads_what_the_readers_read() -> None:
+    # The readers stop one byte over the bound; so does the agent's worker reading the
+    # caller's stdin, so that the engine, not the transport, refuses it (error 6, as in-process).
+    assert resident_protocol.MAX_STDIN == MAX_STDIN_BYTES + 1
 
 
 def test_check_with_old_version_refused() -> None:

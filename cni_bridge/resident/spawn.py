@@ -1,0 +1,153 @@
+"""Starting an agent on first use: whoever takes the lock beside the socket binds the socket
+afresh and starts `cni-bridge serve` with both inherited (systemd's LISTEN_FDS convention), so
+a burst of first calls cannot start several. An agent started by systemd
+(build/cni-bridge.service) takes them itself (server.claimed_listener).
+
+The agent inherits the caller's namespaces, runs in its own session with stdio on /dev/null (a
+runtime reading the plugin's stdout until EOF is not held up), and leaves after an idle period
+when no attachment of ours is left.
+"""
+
+import _socket
+import os
+import sys
+
+from cni_bridge.resident import policy
+from cni_bridge.resident.naming import lock_path, package_parent
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from cni_bridge.resident.client import ClientConfig
+
+DEFAULT_HANDLER = "cni_bridge.engine:handle"
+# Per-request variables a started agent must not inherit from the call that started it.
+REQUEST_VARS = frozenset(
+    {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH"}
+    | {policy.LAUNCHER_VAR, policy.RELAY_VAR}
+)
+
+# `python -c` bootstrap for an agent started from a source or site-packages install: load the
+# package from the very directory this client came from, whatever sys.path the server gets.
+_BOOT = (
+    "import sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "from cni_bridge.resident.server import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def server_argv(cfg: "ClientConfig") -> list[str]:
+    """The same executable and code as this client, running `serve`."""
+    if getattr(sys, "frozen", False):
+        argv = [sys.executable, "serve"]
+    else:
+        argv = [sys.executable, "-c", _BOOT, package_parent()]
+    argv += ["--idle", repr(cfg.idle), "--identity", cfg.identity]
+    if cfg.handler != DEFAULT_HANDLER:
+        argv += ["--handler", cfg.handler]
+    return argv
+
+
+def server_environ() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if k not in REQUEST_VARS and not k.startswith("LISTEN_") and k != "NOTIFY_SOCKET"
+    }
+
+
+def spawn(cfg: "ClientConfig") -> bool:
+    """Start a resident unless one runs or is starting; True if one was started.
+
+    The lock beside the socket decides: whoever takes it (non-blocking) binds the socket afresh
+    and hands both to the resident it starts, which holds the lock for its whole life. A second
+    caller, and every caller while the started resident warms up (its socket is bound, not
+    listening, so connections are refused until it is ready), finds the lock taken.
+    """
+    if not sys.executable or not cfg.socket_path:
+        return False
+    held = claim(cfg.socket_path)
+    if held is None:
+        return False
+    lock_fd, sock = held
+    argv = server_argv(cfg)
+    env = server_environ()
+    try:
+        pid = os.fork()
+    except OSError:
+        sock.close()
+        os.close(lock_fd)
+        return False
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            os.setsid()  # leave the caller's session and process group
+            if os.fork() == 0:  # the grandchild is reparented, so nobody has to reap it
+                _exec_server(sock.fileno(), lock_fd, argv, env, cfg.log_path)
+        finally:
+            os._exit(0)
+    sock.close()
+    os.close(lock_fd)
+    try:  # noqa: SIM105 - contextlib costs ~3 ms of imports
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    return True
+
+
+def claim(path: str) -> "tuple[int, _socket.socket] | None":
+    """Take the agent's lock for `path` and bind a fresh socket there; None if the lock is
+    held (an agent runs or is starting) or the socket cannot be bound. The lock stays held as
+    long as its open file does, in whichever process it is passed to."""
+    import fcntl
+
+    try:
+        lock_fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(lock_fd)
+        return None
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+    try:
+        try:  # noqa: SIM105 - left by an agent that died: no one holds its lock any more
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        os.close(lock_fd)
+        return None
+    return lock_fd, sock
+
+
+def _exec_server(
+    sock_fd: int, lock_fd: int, argv: list[str], env: dict[str, str], log_path: str
+) -> None:
+    """In the grandchild: stdio on /dev/null, the socket as fd 3 and its lock as fd 4 (systemd's
+    LISTEN_FDS with names), no other descriptor, exec."""
+    try:
+        import fcntl
+
+        high = fcntl.fcntl(sock_fd, fcntl.F_DUPFD, 10)  # out of the way of 0..4
+        high_lock = fcntl.fcntl(lock_fd, fcntl.F_DUPFD, 10)
+        null = os.open(os.devnull, os.O_RDWR)
+        err = null
+        if log_path:
+            try:  # noqa: SIM105
+                err = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            except OSError:
+                pass
+        os.dup2(null, 0)
+        os.dup2(null, 1)  # never the caller's stdout: the runtime reads it until EOF
+        os.dup2(err, 2)
+        os.dup2(high, 3)
+        os.dup2(high_lock, 4)
+        os.closerange(5, max(os.sysconf("SC_OPEN_MAX"), 1024))
+        os.chdir("/")
+        env["LISTEN_FDS"] = "2"
+        env["LISTEN_FDNAMES"] = "agent:lock"
+        env["LISTEN_PID"] = str(os.getpid())
+        os.execve(argv[0], argv, env)
+    finally:
+        os._exit(127)
