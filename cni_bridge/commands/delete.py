@@ -48,10 +48,7 @@ def delete(
                 for ip in stores.ipam.get_by_id(request.container_id, request.ifname)
             ]
             recorded = _synthesized(request, conf, ips)
-        errors = teardown(conf, stores, recorded, deps, env, request.stdin, request.netns, removed)
-    if recorded.port_mappings:  # the agent's holder lets the ports go (cni_bridge/ports)
-        deps.ports.changed(stores.ipam.dir, recorded.tag)
-    return errors
+        return teardown(conf, stores, recorded, deps, env, request.stdin, request.netns, removed)
 
 
 def _synthesized(request: Request, conf: NetConf, ips: list[str]) -> Attachment:

@@ -112,4 +112,6 @@ def teardown(
             att.recorded,
             att.recorded and not errors,
         )
+    if att.port_mappings:  # the agent's holder lets the ports go (it rereads the record)
+        deps.ports.changed(stores.ipam.dir, att.tag)
     return errors

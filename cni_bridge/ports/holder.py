@@ -23,17 +23,25 @@ import fcntl
 import gc
 import json
 import os
+import resource
 import signal
 import socket
 import struct
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 from cni_bridge import datadirs
 from cni_bridge.ports import control, lookup, sockets
-from cni_bridge.ports.model import HoldKey, Target, Wanted, merge, plan, wanted_from_record
+from cni_bridge.ports.model import (
+    HoldKey,
+    Target,
+    Wanted,
+    first_owner,
+    plan,
+    wanted_from_record,
+)
 from cni_bridge.ports.proxy import TcpRelay, UdpRelay
 from cni_bridge.state import NETWORK_FILE, PHASE_READY, STATE_DIR
 
@@ -51,6 +59,10 @@ def _log(message: str) -> None:
     from cni_bridge.resident.worker import log
 
     log(f"ports: {message}")
+
+
+def _some(keys: list[HoldKey]) -> str:
+    return ", ".join(map(str, keys[:4])) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
 
 
 class Held:
@@ -77,6 +89,7 @@ class Holder:
         self.data_dirs = data_dirs
         self.told: set[str] = set()  # data dirs ADDs named (in case the registry lost one)
         self.records: dict[Owner, Wanted] = {}
+        self.wanting: dict[HoldKey, set[Owner]] = {}  # the records' index by socket
         self.labels: dict[Owner, str] = {}
         self.held: dict[HoldKey, Held] = {}
         self.failed: dict[HoldKey, str] = {}
@@ -122,8 +135,27 @@ class Holder:
                         owner = (net_dir, name[: -len(".json")])
                         records[owner], labels[owner] = wanted, label
         self.records, self.labels = records, labels
+        self.wanting = {}
+        for owner, wanted in records.items():
+            for key in wanted:
+                self.wanting.setdefault(key, set()).add(owner)
 
-    def read_one(self, net_dir: str, tag: str) -> None:
+    def _set(self, owner: Owner, wanted: Wanted, label: str) -> list[HoldKey]:
+        """One record's sockets replaced; the keys whose wanted state may have changed."""
+        old = self.records.pop(owner, {})
+        self.labels.pop(owner, None)
+        for key in old:
+            owners = self.wanting.get(key, set())
+            owners.discard(owner)
+            if not owners:
+                self.wanting.pop(key, None)
+        if wanted:
+            self.records[owner], self.labels[owner] = wanted, label
+            for key in wanted:
+                self.wanting.setdefault(key, set()).add(owner)
+        return [*old, *(k for k in wanted if k not in old)]
+
+    def read_one(self, net_dir: str, tag: str) -> list[HoldKey]:
         def exists(veth: str) -> bool:
             try:
                 socket.if_nametoindex(veth)
@@ -131,28 +163,37 @@ class Holder:
                 return False
             return True
 
-        owner = (net_dir, tag)
         self.told.add(os.path.dirname(net_dir))
         wanted, label = self._read(os.path.join(net_dir, STATE_DIR, tag + ".json"), exists)
-        if wanted:
-            self.records[owner], self.labels[owner] = wanted, label
-        else:
-            self.records.pop(owner, None)
-            self.labels.pop(owner, None)
+        return self._set((net_dir, tag), wanted, label)
 
     # ------------------------------------------------------------------ the sockets
 
-    async def apply(self) -> None:
-        wanted = merge(self.records)
-        todo = plan(wanted, {k: h.target for k, h in self.held.items()})
+    def _wanted(self, keys: Iterable[HoldKey]) -> Wanted:
+        """The wanted sockets among `keys`, each with its first owner's target."""
+        out: Wanted = {}
+        for key in keys:
+            owners = self.wanting.get(key)
+            if owners:
+                out[key] = self.records[first_owner(owners)][key]
+        return out
+
+    async def apply(self, keys: Iterable[HoldKey] | None = None) -> None:
+        """Bring the sockets among `keys` (None: all) to what the records want."""
+        everything = keys is None
+        if keys is None:
+            keys = set(self.wanting) | set(self.held) | set(self.failed)
+        keys = set(keys)
+        wanted = self._wanted(keys)
+        todo = plan(wanted, {k: self.held[k].target for k in keys if k in self.held})
         for key in todo.close:
             self.held.pop(key).close()
-            _log(f"released {key}")
         for key, target in todo.retarget:
             self.held[key].target = target
-        for key in list(self.failed):
+        for key in keys & set(self.failed):
             if key not in wanted:
                 del self.failed[key]
+        opened = 0
         for key, target in todo.open:
             if key in self.absent:
                 continue
@@ -170,6 +211,10 @@ class Holder:
                 self.failed[key] = why
             else:
                 self.failed.pop(key, None)
+                opened += 1
+        if everything and (todo.close or opened):  # ADD and DEL's own changes are not logged
+            released = f"released {_some(todo.close)}; " if todo.close else ""
+            _log(f"{released}holding {len(self.held)} socket(s)")
 
     async def _open(self, key: HoldKey, target: Target | None) -> Held:
         loop = asyncio.get_running_loop()
@@ -230,8 +275,7 @@ class Holder:
             net_dir, tag = message.get("dir"), message.get("tag")
             if not isinstance(net_dir, str) or not isinstance(tag, str) or "/" in tag:
                 return {"error": "bad changed message"}
-            self.read_one(os.path.abspath(net_dir), tag)
-            await self.apply()
+            await self.apply(self.read_one(os.path.abspath(net_dir), tag))
             return self.answer_changed((os.path.abspath(net_dir), tag))
         return {"error": "unknown op"}
 
@@ -275,7 +319,7 @@ async def _run(holder: Holder, listener: socket.socket) -> None:
                 next_scan = now + RESCAN
                 await holder.apply()
             elif holder.failed:
-                await holder.apply()
+                await holder.apply(list(holder.failed))
             wait = RETRY if holder.failed else next_scan - now
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.1, min(wait, RESCAN)))
@@ -318,6 +362,11 @@ def child_main() -> NoReturn:
     try:
         parent = os.getppid()
         _detach_from_agent()
+        # Two sockets per published port and two per relayed connection: the soft limit
+        # (often 1024) would cap a host at a few hundred published ports.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != parent:

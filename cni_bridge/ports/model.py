@@ -120,14 +120,10 @@ class Plan:
     retarget: list[tuple[HoldKey, Target | None]]
 
 
-def merge(per_owner: Mapping[Any, Wanted]) -> Wanted:
-    """All owners' sockets in one map; an owner sorted first keeps a key two want (the firewall
-    refuses a second publisher, so two owners of one key means one of them is stale)."""
-    out: Wanted = {}
-    for owner in sorted(per_owner, key=repr):
-        for key, target in per_owner[owner].items():
-            out.setdefault(key, target)
-    return out
+def first_owner(owners: Iterable[Any]) -> Any:
+    """Of two records wanting one socket, the one whose target it relays to. The firewall lets
+    only one attachment publish a port, so the other record is stale; any fixed choice does."""
+    return min(owners, key=repr)
 
 
 def plan(wanted: Mapping[HoldKey, Target | None], held: Mapping[HoldKey, Target | None]) -> Plan:

@@ -13,11 +13,11 @@ import pytest
 
 from cni_bridge.errors import PORT_CONFLICT, CNIError
 from cni_bridge.ports import check, lookup, report, sockets
+from cni_bridge.ports.holder import Holder
 from cni_bridge.ports.model import (
     HoldKey,
     Target,
     keys_for,
-    merge,
     plan,
     wanted_for,
     wanted_from_record,
@@ -68,13 +68,24 @@ def test_wanted_from_record_reads_what_records_keep() -> None:
     assert wanted_from_record({"ips": [], "port_mappings": []}) == {}
 
 
-def test_plan_and_merge() -> None:
+def test_plan() -> None:
     a, b, c = (HoldKey("tcp", "0.0.0.0", p) for p in (1, 2, 3))
     held = {a: Target(T4, 1), b: Target(T4, 2)}
-    wanted = merge({("n", "y"): {b: Target(T6, 2), c: None}, ("n", "x"): {c: Target(T4, 3)}})
-    assert wanted == {b: Target(T6, 2), c: Target(T4, 3)}  # the owner sorted first keeps c
-    p = plan(wanted, held)
+    p = plan({b: Target(T6, 2), c: Target(T4, 3)}, held)
     assert p.close == [a] and p.open == [(c, Target(T4, 3))] and p.retarget == [(b, Target(T6, 2))]
+
+
+def test_holder_indexes_records_by_socket() -> None:
+    h = Holder(data_dirs=list)
+    a, b = HoldKey("tcp", "0.0.0.0", 1), HoldKey("tcp", "::", 1)
+    assert h._set(("n", "y"), {a: Target(T4, 1), b: None}, "net/y/eth0") == [a, b]
+    assert h._set(("n", "x"), {a: Target(T6, 1)}, "net/x/eth0") == [a]
+    # Two records wanting one socket (one of them stale): the first sorted owner's target.
+    assert h._wanted([a, b]) == {a: Target(T6, 1), b: None}
+    assert h._set(("n", "x"), {}, "") == [a]
+    assert h._wanted([a, b]) == {a: Target(T4, 1), b: None}
+    h._set(("n", "y"), {}, "")
+    assert h.wanting == {} and h.records == {} and h._wanted([a, b]) == {}
 
 
 PROC_TCP = """\
