@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.images import busybox_rootfs
 from tests.e2e.runtimes import (
     OUR_PLUGIN,
     PREFIX,
@@ -31,11 +32,9 @@ from tests.e2e.runtimes import (
     Chain,
     Containerd,
     Podman,
-    Sandbox,
-    Topology,
-    busybox_rootfs,
     missing_tools,
 )
+from tests.e2e.sandbox import Sandbox, Topology
 from tests.lab import Lab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,7 +46,7 @@ def _require(tools: Sequence[str]) -> None:
         pytest.skip("end-to-end tests need root")
     missing = missing_tools(tools)
     if missing:
-        pytest.skip(f"missing tools: {' '.join(missing)} (see tests/e2e/runtimes.py)")
+        pytest.skip(f"missing tools: {' '.join(missing)} (see tests/e2e/)")
 
 
 @pytest.fixture(scope="session")

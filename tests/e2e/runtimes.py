@@ -1,44 +1,30 @@
-"""Helpers that drive real container runtimes (podman, containerd) inside namespaces of our own.
+"""The plugin chains and the runtimes of the end-to-end tests (podman, containerd), and what the
+tests observe of their work.
 
 Nothing here touches the machine's own network namespace or its /etc/cni, /opt/cni, /var/lib/cni
-or /run. Every test gets:
-
-- a "host" network namespace, where the runtime and the plugin run, and an "outside" one joined
-  to it by a veth pair (the world that reaches published ports);
-- a Sandbox: a private mount namespace inside the host netns, held by one `sleep` process, with
-  a tmpfs on /run (containerd's shim sockets and podman's netns pins stay private), a sysfs of
-  the host netns on /sys (as `ip netns exec` does, keeping the cgroup mounts), and the test's
-  own directories mounted on /etc/cni/net.d, /opt/cni/bin and /var/lib/cni (where a path does
-  not exist, an overlay on its nearest existing parent makes room without writing to the disk);
-- private podman / containerd configurations under the test's temporary directory.
-
-The namespaces, commands, processes and traffic come from the one namespace lab (tests/lab/):
-this module adds only what is particular to runtimes (the sandbox, podman, containerd, images).
-Teardown kills every process of the sandbox's mount namespace and their descendants, by PID.
+or /run. Every test gets the lab's "host" network namespace, where the runtime and the plugin run,
+and an "outside" one joined to it (the world that reaches published ports); a Sandbox around the
+runtime in the host namespace (sandbox.py); private podman / containerd configurations under the
+test's temporary directory; images made from busybox (images.py). Namespaces, commands,
+processes and traffic come from the one namespace lab (tests/lab/).
 """
-
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import ipaddress
 import json
-import os
-import platform
 import re
-import select
 import shlex
 import shutil
 import subprocess
-import tarfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from tests.lab import TEST_NET_1, Lab, Netns, nft, procs, run
+from tests.e2e.sandbox import Sandbox
+from tests.lab import Netns, nft, run
 from tests.lab.plugin import reservations as reservations
 from tests.lab.traffic import http_get as http_get
 
@@ -46,303 +32,16 @@ PREFIX = "cbD"
 REFERENCE_PLUGIN_DIR = Path("/usr/lib/cni")
 REFERENCE_PLUGINS = ("bridge", "host-local", "portmap")
 OUR_PLUGIN = "cni-bridge"
-BUSYBOX = Path("/bin/busybox")
 CONTAINER_PORT = 80
 HOST_PORT = 8080
 # The only iptables chains the reference portmap keeps for good: shared jump targets, not state.
 PORTMAP_SHARED_CHAINS = frozenset(
     {"CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ"}
 )
-UNSHARE_MOUNT = ("unshare", "--mount", "--propagation", "private")
-HARNESS_VARS = frozenset({"CNI_BRIDGE_PLUGIN_DIR", "CNI_BRIDGE_ALLOW_NO_BINARY"})
-SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def missing_tools(names: Iterable[str]) -> list[str]:
     return [name for name in names if shutil.which(name) is None]
-
-
-# --------------------------------------------------------------------------- images
-
-
-def busybox_rootfs(dest: Path) -> Path:
-    """A root filesystem: static busybox, one relative link per applet, the usual directories."""
-    for sub in ("bin", "dev", "etc", "proc", "sys", "tmp", "www", "run"):
-        (dest / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copy2(BUSYBOX, dest / "bin" / "busybox")
-    applets = run([str(BUSYBOX), "--list"]).stdout.split()
-    for applet in applets:
-        link = dest / "bin" / applet
-        if applet != "busybox" and not link.exists():
-            link.symlink_to("busybox")
-    (dest / "etc" / "passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
-    (dest / "etc" / "group").write_text("root:x:0:\n")
-    return dest
-
-
-def _oci_arch() -> str:
-    machine = platform.machine()
-    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
-
-
-def _layer_tar(rootfs: Path) -> bytes:
-    def normalise(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid = info.gid = 0
-        info.uname = info.gname = "root"
-        info.mtime = 0
-        return info
-
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for child in sorted(rootfs.iterdir()):
-            tar.add(child, arcname=child.name, filter=normalise)
-    return buf.getvalue()
-
-
-def write_oci_archive(rootfs: Path, dest: Path, image: str) -> None:
-    """An OCI image layout tarball that `ctr image import` accepts: one uncompressed layer."""
-    layer = _layer_tar(rootfs)
-    layer_digest = "sha256:" + hashlib.sha256(layer).hexdigest()
-    config = json.dumps(
-        {
-            "architecture": _oci_arch(),
-            "os": "linux",
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "WorkingDir": "/"},
-            "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
-        }
-    ).encode()
-    config_digest = "sha256:" + hashlib.sha256(config).hexdigest()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {
-                "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": config_digest,
-                "size": len(config),
-            },
-            "layers": [
-                {
-                    "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": layer_digest,
-                    "size": len(layer),
-                }
-            ],
-        }
-    ).encode()
-    manifest_digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
-    index = json.dumps(
-        {
-            "schemaVersion": 2,
-            "manifests": [
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "digest": manifest_digest,
-                    "size": len(manifest),
-                    "platform": {"architecture": _oci_arch(), "os": "linux"},
-                    "annotations": {
-                        "io.containerd.image.name": image,
-                        "org.opencontainers.image.ref.name": image.rsplit(":", 1)[-1],
-                    },
-                }
-            ],
-        }
-    ).encode()
-    blobs = {
-        f"blobs/sha256/{d.split(':', 1)[1]}": data
-        for d, data in (
-            (layer_digest, layer),
-            (config_digest, config),
-            (manifest_digest, manifest),
-        )
-    }
-    files = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}', "index.json": index, **blobs}
-    with tarfile.open(dest, "w") as tar:
-        for dname in ("blobs", "blobs/sha256"):
-            info = tarfile.TarInfo(dname)
-            info.type = tarfile.DIRTYPE
-            info.mode = 0o755
-            tar.addfile(info)
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-
-
-# --------------------------------------------------------------------------- namespaces
-
-
-@dataclass(frozen=True)
-class Topology:
-    """The lab's host namespace and an outside one joined to it by a veth (TEST-NET-1)."""
-
-    host: Netns
-    outside: Netns
-    host_addr: str = TEST_NET_1[0]
-
-    @classmethod
-    def create(cls, lab: Lab) -> Topology:
-        host = lab.netns("h")
-        return cls(host, lab.outside(host))
-
-
-# --------------------------------------------------------------------------- sandbox
-
-
-def _mount_ns(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/mnt")
-    except OSError:
-        return None
-
-
-def processes_of(mount_ns: str) -> set[procs.Identity]:
-    """Processes in the mount namespace and all their descendants (containers live deeper)."""
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    return procs.with_descendants(pid for pid in pids if _mount_ns(pid) == mount_ns)
-
-
-def _overlay_anchor(target: Path) -> Path:
-    anchor = target
-    while not anchor.exists():
-        anchor = anchor.parent
-    return anchor
-
-
-class Sandbox:
-    """A private mount namespace inside `netns`, held by one process until stop()."""
-
-    def __init__(self, netns: Netns, workdir: Path, mounts: Mapping[str, Path]) -> None:
-        self.netns = netns
-        self.workdir = workdir
-        self.mounts = dict(mounts)
-        self.holder: subprocess.Popen[str] | None = None
-        self.mount_ns = ""
-        self.base_env = {"PATH": SANDBOX_PATH, "HOME": str(workdir), "LANG": "C.UTF-8"}
-        # Our plugin's own knobs (log level, log file, resident) reach it through the runtime.
-        self.base_env.update(
-            {
-                k: v
-                for k, v in os.environ.items()
-                if k.startswith("CNI_BRIDGE_") and k not in HARNESS_VARS
-            }
-        )
-
-    def _setup_script(self) -> str:
-        lines = [
-            "set -e",
-            "mount -t tmpfs -o mode=0755 cbd-run /run",
-            # A sysfs that shows the host netns' devices, cgroup mounts carried over on top.
-            "mkdir /run/.cbd-cgroup",
-            "mount --rbind /sys/fs/cgroup /run/.cbd-cgroup",
-            "mount -t sysfs cbd-sysfs /sys",
-            "mount --move /run/.cbd-cgroup /sys/fs/cgroup",
-            "rmdir /run/.cbd-cgroup",
-        ]
-        overlaid: set[Path] = set()
-        for n, (target, source) in enumerate(sorted(self.mounts.items())):
-            anchor = _overlay_anchor(Path(target))
-            if anchor != Path(target) and anchor not in overlaid:
-                # Room for a mount point that does not exist, with nothing written to the disk.
-                upper, work = self.workdir / f"ovl{n}" / "upper", self.workdir / f"ovl{n}" / "work"
-                upper.mkdir(parents=True)
-                work.mkdir(parents=True)
-                lines.append(
-                    f"mount -t overlay cbd-ovl -o lowerdir={anchor},upperdir={upper},"
-                    f"workdir={work} {anchor}"
-                )
-                overlaid.add(anchor)
-            lines.append(f"mkdir -p {shlex.quote(target)}")
-            lines.append(f"mount --bind {shlex.quote(str(source))} {shlex.quote(target)}")
-        lines += ["echo ready", "exec sleep infinity"]
-        return "\n".join(lines)
-
-    def start(self, timeout: float = 15) -> None:
-        script = self._setup_script()
-        self.holder = subprocess.Popen(
-            self.netns.command(*UNSHARE_MOUNT, "sh", "-c", script),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=self.base_env,
-            start_new_session=True,
-        )
-        assert self.holder.stdout is not None and self.holder.stderr is not None
-        ready, _, _ = select.select([self.holder.stdout], [], [], timeout)
-        line = self.holder.stdout.readline() if ready else ""
-        if line.strip() != "ready":
-            self.holder.kill()
-            self.holder.wait(5)
-            err = self.holder.stderr.read()
-            raise RuntimeError(f"sandbox set-up failed: {line!r} {err}")
-        ns = _mount_ns(self.holder.pid)
-        if ns is None or ns == _mount_ns(os.getpid()):
-            raise RuntimeError("sandbox holder is not in a mount namespace of its own")
-        self.mount_ns = ns
-
-    @property
-    def pid(self) -> int:
-        assert self.holder is not None
-        return self.holder.pid
-
-    def command(self, cmd: Sequence[str]) -> list[str]:
-        return ["nsenter", f"--target={self.pid}", "--mount", "--net", "--", *cmd]
-
-    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        return {**self.base_env, **(extra or {})}
-
-    def exec(
-        self,
-        cmd: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        check: bool = True,
-        timeout: float = 60,
-    ) -> subprocess.CompletedProcess[str]:
-        return run(self.command(cmd), env=self.env(env), check=check, timeout=timeout)
-
-    def popen(
-        self, cmd: Sequence[str], *, log: IO[str], env: Mapping[str, str] | None = None
-    ) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            self.command(cmd),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.env(env),
-            start_new_session=True,
-        )
-
-    def stop(self, timeout: float = 15) -> list[int]:
-        """Kill everything the sandbox started; returns the PIDs that would not die.
-
-        Victims accumulate across rounds: a container process whose parent (conmon, the shim)
-        died first is reparented out of the tree, but it was seen, so it is still killed.
-        """
-        if self.holder is None:
-            return []
-        victims: set[procs.Identity] = set()
-        holder = procs.identity(self.holder.pid)
-        if holder is not None:
-            victims.add(holder)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.mount_ns:
-                victims |= processes_of(self.mount_ns)
-            # Zombies (reaped by init in its own time) are done with: procs.alive says so.
-            victims = {v for v in victims if procs.alive(v)}
-            if not victims or time.monotonic() >= deadline:
-                return sorted(pid for pid, _ in victims)
-            procs.kill(victims, timeout=0.2)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.holder.wait(0.2)
-
-    def netns_pins(self) -> list[str]:
-        proc = self.exec(["ls", "-1", "/run/netns"], check=False)
-        return proc.stdout.split() if proc.returncode == 0 else []
 
 
 # --------------------------------------------------------------------------- CNI networks

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Scene
+from tests.e2e.images import write_oci_archive
 from tests.e2e.runtimes import (
     HOST_PORT,
     Containerd,
@@ -30,7 +31,6 @@ from tests.e2e.runtimes import (
     reference_masquerade_chain,
     reservations,
     without_reference_masquerade_leak,
-    write_oci_archive,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
