@@ -11,10 +11,11 @@ DESTDIR ?=
 # iproute2, iputils-ping, conntrack: tests observe kernel state; podman, containerd, runc,
 # busybox-static, containernetworking-plugins, iptables: real runtimes and the reference
 # plugins the tests and the benchmark compare with; time, hyperfine: the benchmark;
-# gcc, libc6-dev, binutils: the bundle's native launcher (build/launcher.c).
+# gcc, libc6-dev, binutils: the bundle's native launcher (build/launcher.c);
+# aardvark-dns: the name server of containerDNS networks (cni_bridge/dns/).
 APT_PACKAGES := nftables libnftables1 python3-nftables iproute2 iputils-ping conntrack \
 	containernetworking-plugins podman containerd runc busybox-static iptables util-linux \
-	procps python3-venv time hyperfine gcc libc6-dev binutils
+	procps python3-venv time hyperfine gcc libc6-dev binutils aardvark-dns
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 SOURCES := $(shell find cni_bridge -name '*.py') build/cni-bridge.spec build/build.sh \
 	build/rthook_multiprocessing_lazy.py build/launcher.c

@@ -28,6 +28,7 @@ from cni_bridge.domain import (
     NetworkName,
     Port,
     VlanId,
+    dns_name_problem,
     port_range_count,
 )
 from cni_bridge.errors import INVALID_CONFIG, CNIError
@@ -109,6 +110,36 @@ class DNSConf(_Model):
     domain: str = ""
     search: list[str] = Field(default_factory=list)
     options: list[str] = Field(default_factory=list)
+
+
+DEFAULT_DNS_DOMAIN = "dns.cni-bridge"
+
+
+class ContainerDNSConf(_Model):
+    """`containerDNS`: a name server for the network's containers on its gateway addresses."""
+
+    domain: str = DEFAULT_DNS_DOMAIN
+    # Where other names go; empty: the resolvers of /etc/resolv.conf as the plugin reads it.
+    upstream: list[IPAddress] = Field(default_factory=list)
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, v: str) -> str:
+        problem = dns_name_problem(v)
+        if problem is not None:
+            raise ValueError(f"domain {v!r} {problem}")
+        return v.lower()
+
+    @field_validator("upstream", mode="before")
+    @classmethod
+    def _upstream(cls, v: Any) -> list[IPAddress]:
+        if not isinstance(v, list):
+            raise ValueError("upstream must be a list of IP addresses")
+        out = [_address(x) for x in v]
+        for ip in out:
+            if ip.version == 6 and (ip.is_link_local or ip.scope_id is not None):
+                raise ValueError(f"upstream {ip}: link-local and scoped addresses are not usable")
+        return out
 
 
 class IPAMConf(_Model):
@@ -196,6 +227,13 @@ class RuntimeConf(_Model):
     ips: list[str] = Field(default_factory=list)
     mac: MacAddress | None = None
     ip_ranges: list[list[RangeConf]] = Field(default_factory=list, alias="ipRanges")
+    # podman's --network-alias: {"<network>": ["alias", ...]} (capability `aliases`).
+    aliases: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _aliases(cls, v: Any) -> Any:
+        return {} if v is None else v
 
     @field_validator("mac", mode="before")
     @classmethod
@@ -236,6 +274,8 @@ class NetConf(_Model):
     # Extension, Docker's and podman's --internal: no forwarding into or out of the bridge and
     # no masquerade; containers reach each other and the host's gateway address only.
     internal: bool = False
+    # Extension: a name server for the containers (aardvark-dns), see cni_bridge/dns/.
+    container_dns: ContainerDNSConf | None = Field(None, alias="containerDNS")
     dns: DNSConf = Field(default_factory=DNSConf)
     args: dict[str, Any] = Field(default_factory=dict)
     ipam: IPAMConf = Field(default_factory=IPAMConf)
@@ -247,6 +287,17 @@ class NetConf(_Model):
     @classmethod
     def _version(cls, v: str) -> str:
         return require_supported(v)
+
+    @field_validator("container_dns", mode="before")
+    @classmethod
+    def _container_dns(cls, v: Any) -> Any:
+        if v is None or v is False:
+            return None
+        if v is True:
+            return {}
+        if not isinstance(v, dict):
+            raise ValueError("containerDNS must be true, false or an object")
+        return v
 
     @field_validator("non_masquerade_cidrs", mode="before")
     @classmethod
@@ -274,6 +325,8 @@ class NetConf(_Model):
                 fams = {r.subnet.version for rs in sets for r in rs}
                 if route.dst.version not in fams:
                     raise ValueError(f"ipam.routes: {route.dst} has no range of its IP family")
+        if self.container_dns is not None and not self.gateway_mode:
+            raise ValueError("containerDNS needs isGateway: the name server listens on the gateway")
         if self.vlan and self.vlan_trunk:
             raise ValueError("vlan and vlanTrunk cannot both be set")
         if self.ipspoofchk and self.vlan_trunk:
@@ -290,6 +343,12 @@ class NetConf(_Model):
         if not self.capabilities.get("portMappings"):
             return []
         return list(self.runtime_config.port_mappings)
+
+    def dns_aliases(self) -> list[str]:
+        """The container's aliases on this network (capability `aliases`, podman's form)."""
+        if not self.capabilities.get("aliases"):
+            return []
+        return list(self.runtime_config.aliases.get(self.name, []))
 
     def effective_range_sets(self) -> list[tuple[Range, ...]]:
         if self.capabilities.get("ipRanges") and self.runtime_config.ip_ranges:

@@ -120,6 +120,24 @@ def network_name_problem(value: str) -> str | None:
     return None
 
 
+MAX_DNS_NAME = 253
+_DNS_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def dns_name_problem(value: str) -> str | None:
+    """A name the container DNS server answers for (a container name, an alias, a domain):
+    dot-separated labels of letters, digits, '-' and '_' (as container names may hold), each 1
+    to 63 long and not starting or ending with '-'; at most 253 in all."""
+    if not value or len(value) > MAX_DNS_NAME:
+        return f"must be 1 to {MAX_DNS_NAME} characters"
+    for label in value.lower().split("."):
+        if not 1 <= len(label) <= 63 or not set(label) <= _DNS_LABEL_CHARS:
+            return "must be dot-separated labels of 1-63 letters, digits, '-' or '_'"
+        if label[0] == "-" or label[-1] == "-":
+            return "must not have a label starting or ending with '-'"
+    return None
+
+
 def _mac_text(text: str) -> str:
     return text.strip().lower().replace("-", ":")
 

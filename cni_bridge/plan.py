@@ -10,10 +10,12 @@ attachment, so the effects never reach back into the config or the mutable recor
 from __future__ import annotations
 
 import ipaddress
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cni_bridge.config import NetConf, PortMappingConf
+from cni_bridge.dns.names import Entry, NetworkDNS, container_names, entry
 from cni_bridge.domain import InterfaceName, IPAddress, IPInterface, IPNetwork, MacAddress
 from cni_bridge.errors import INVALID_CONFIG, CNIError
 from cni_bridge.firewall.model import AttachmentFw, NetworkFw, PortMapping
@@ -21,6 +23,8 @@ from cni_bridge.protocol.cniargs import CniArgs, normalize_mac, parse_cni_args
 from cni_bridge.protocol.request import Request
 from cni_bridge.protocol.result import DNS, Interface, IPConfig, Result, Route
 from cni_bridge.state import attachment_tag, host_veth_name
+
+log = logging.getLogger(__name__)
 
 DEFAULT_V4 = ipaddress.ip_network("0.0.0.0/0")
 DEFAULT_V6 = ipaddress.ip_network("::/0")
@@ -40,6 +44,7 @@ class AddRequest:
     mac: MacAddress | None  # requested for the container end; None lets the kernel choose
     requested_ips: tuple[IPAddress, ...]
     port_mappings: tuple[PortMapping, ...]
+    dns_names: tuple[str, ...] = ()  # with containerDNS: the names it serves for the container
 
     @property
     def owner(self) -> str:
@@ -73,7 +78,25 @@ def parse_add(request: Request, conf: NetConf, sandbox: str) -> AddRequest:
         mac=requested_mac(conf, cni_args),
         requested_ips=tuple(requested_ips(conf, cni_args)),
         port_mappings=tuple(port_mapping(pm) for pm in conf.port_mappings()),
+        dns_names=tuple(dns_names(conf, request.container_id, cni_args)),
     )
+
+
+def dns_names(conf: NetConf, container_id: str, cni_args: CniArgs) -> list[str]:
+    if conf.container_dns is None:
+        return []
+    names, problems = container_names(
+        container_id,
+        cni_args.pod.get("K8S_POD_NAME", ""),
+        conf.dns_aliases(),
+        conf.container_dns.domain,
+    )
+    bad = [p for p in problems if p.startswith("aliases")]
+    if bad:
+        raise CNIError(INVALID_CONFIG, f"runtimeConfig.aliases of network {conf.name}: {bad[0]}")
+    for problem in problems:
+        log.warning("containerDNS: %s", problem)
+    return names
 
 
 def port_mapping(pm: PortMappingConf) -> PortMapping:
@@ -140,6 +163,8 @@ class AddPlan:
     bridge_addrs: tuple[IPInterface, ...]
     fw_net: NetworkFw
     fw_att: AttachmentFw
+    dns_net: NetworkDNS | None = None
+    dns_entry: Entry | None = None
 
     @property
     def families(self) -> set[int]:
@@ -163,9 +188,14 @@ class AddPlan:
         return [(r.dst, r.gw if r.gw is not None else gws.get(r.dst.version)) for r in self.routes]
 
 
-def build_plan(ask: AddRequest, conf: NetConf, ipam_result: Result) -> AddPlan:
+def build_plan(
+    ask: AddRequest,
+    conf: NetConf,
+    ipam_result: Result,
+    upstream: Sequence[IPAddress] = (),
+) -> AddPlan:
     """Gateways, routes and DNS for the container, following the reference bridge plugin,
-    and the firewall's inputs."""
+    and the firewall's inputs. `upstream`: where containerDNS forwards other names."""
     ips = [IPConfig(address=ip.address, gateway=ip.gateway, interface=2) for ip in ipam_result.ips]
     routes = list(ipam_result.routes)
     if conf.is_default_gateway:
@@ -201,6 +231,24 @@ def build_plan(ask: AddRequest, conf: NetConf, ipam_result: Result) -> AddPlan:
         )
     else:
         dns = ipam_result.dns
+    dns_net = dns_entry = None
+    if conf.container_dns is not None:
+        listen = tuple(a.ip for a in bridge_addrs)
+        if not listen:
+            raise CNIError(
+                INVALID_CONFIG,
+                f"containerDNS of network {conf.name} needs a gateway address on the bridge, "
+                "and IPAM gave none",
+            )
+        dns_net = NetworkDNS(conf.name, listen, tuple(upstream))
+        dns_entry = entry(ask.container_id, [str(ip.address) for ip in ips], ask.dns_names)
+        # The gateways answer; the domain is searched (the network's own `dns` adds to it).
+        dns = DNS(
+            nameservers=[str(a) for a in listen],
+            domain=c.domain,
+            search=list(dict.fromkeys([conf.container_dns.domain, *c.search])),
+            options=list(c.options),
+        )
     addresses = [ip.address for ip in ips]
     return AddPlan(
         ask=ask,
@@ -215,6 +263,8 @@ def build_plan(ask: AddRequest, conf: NetConf, ipam_result: Result) -> AddPlan:
             ips=[a.ip for a in addresses],
             port_mappings=list(ask.port_mappings),
         ),
+        dns_net=dns_net,
+        dns_entry=dns_entry,
     )
 
 

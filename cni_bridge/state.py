@@ -92,6 +92,8 @@ class Attachment:
     ips: list[str] = field(default_factory=list)
     port_mappings: list[dict[str, Any]] = field(default_factory=list)
     mac: str = ""
+    # The names containerDNS serves for it (dns/): withdrawn at DEL, rebuilt from records.
+    dns_names: list[str] = field(default_factory=list)
     result: dict[str, Any] | None = None
     # The process doing the ADD, so another ADD, DEL or GC can tell a crashed ADD (clean it up)
     # from one still running (leave it alone).

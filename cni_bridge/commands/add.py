@@ -17,10 +17,11 @@ The attachment record is written where crash safety needs it, and nowhere else:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from cni_bridge.background import Background
@@ -38,6 +39,7 @@ from cni_bridge.config import NetConf
 from cni_bridge.domain import IPAddress
 from cni_bridge.errors import (
     INTERFACE_EXISTS,
+    INVALID_CONFIG,
     INVALID_ENV,
     IO_FAILURE,
     TRY_AGAIN_LATER,
@@ -158,6 +160,7 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
     att.bridge = conf.bridge
     att.mac = ask.mac or ""
     att.port_mappings = mapping_records(ask.port_mappings)
+    att.dns_names = list(ask.dns_names)
     delegated = conf.ipam.type not in ("", "host-local")
 
     rollback = Rollback()
@@ -181,7 +184,7 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
             ipam_result = ipam_add(request, ask, conf, env, stores)
             att.ips = [str(ip.address) for ip in ipam_result.ips]
             stores.state.put(att)  # write 1: before any kernel change
-        plan = build_plan(ask, conf, ipam_result)
+        plan = build_plan(ask, conf, ipam_result, _dns_upstream(conf))
         deps.hook("firewall")
         # Not under the network lock: the transaction is atomic, the kernel refuses port
         # conflicts inside it, and the network's shared elements cannot be removed meanwhile,
@@ -202,6 +205,22 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
                 log.warning("firewall also failed: %s", fw_error)
         if fw_error is not None:
             raise fw_error
+
+        if plan.dns_net is not None and plan.dns_entry is not None:
+            deps.hook("dns")
+            # Registered first: a publish that fails half-way may have written the file.
+            rollback.push(
+                "dns",
+                lambda: _locked(
+                    stores, lambda: deps.dns.withdraw(conf.name, ask.container_id, att.ips)
+                ),
+            )
+            with stores.lock(), dns_errors():
+                deps.dns.publish(plan.dns_net, plan.dns_entry)
+            if conf.ipam.type == "host-local":
+                from cni_bridge import datadirs
+
+                datadirs.register(conf.ipam.data_dir)  # where a rebuild finds the records
 
         if conf.macspoofchk or conf.ipspoofchk:
             att.mac = result.interfaces[2].mac
@@ -312,6 +331,26 @@ def _datapath(conf: NetConf, deps: Deps, plan: AddPlan, rollback: Rollback) -> R
         ipv6=conf.ipv6_link_local or any(a.version == 6 for a in plan.container_addrs),
     )
     return render_result(plan, (bridge.name, bridge.mac), (host.name, host.mac), (cont.name, cont.mac, cont.mtu))
+
+
+def _dns_upstream(conf: NetConf) -> list[IPAddress]:
+    if conf.container_dns is None:
+        return []
+    from cni_bridge.dns.ops import upstream
+
+    return upstream(conf)
+
+
+@contextlib.contextmanager
+def dns_errors() -> Iterator[None]:
+    from cni_bridge.dns.aardvark import DNSServerError, DNSServerMissing
+
+    try:
+        yield
+    except DNSServerMissing as exc:
+        raise CNIError(INVALID_CONFIG, str(exc)) from None
+    except DNSServerError as exc:
+        raise CNIError(IO_FAILURE, f"containerDNS: {exc}") from None
 
 
 def network_snapshot(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cni_bridge.dns.ops import DnsOps
     from cni_bridge.firewall.ops import FirewallOps
     from cni_bridge.net.ops import NetOps
     from cni_bridge.ports.ops import HostPorts
@@ -23,6 +24,12 @@ KILL_AT_ENV = "CNI_BRIDGE_TEST_KILL_AT"
 
 def _no_hook(step: str) -> None:
     return None
+
+
+def _real_dns() -> DnsOps:
+    from cni_bridge.dns.ops import AardvarkOps
+
+    return AardvarkOps()
 
 
 def kill_hook(target: str) -> Callable[[str], None]:
@@ -39,8 +46,10 @@ class Deps:
     firewall_factory: Callable[[], FirewallOps]
     hook: Callable[[str], None] = _no_hook
     ports_factory: Callable[[], HostPorts] = field(default=lambda: _no_ports())
+    dns_factory: Callable[[], DnsOps] = _real_dns
     _net: Any = field(default=None, repr=False)
     _fw: Any = field(default=None, repr=False)
+    _dns: Any = field(default=None, repr=False)
 
     @property
     def net(self) -> NetOps:
@@ -59,6 +68,13 @@ class Deps:
     @property
     def ports(self) -> HostPorts:
         return self.ports_factory()
+
+    @property
+    def dns(self) -> DnsOps:
+        if self._dns is None:
+            self._dns = self.dns_factory()
+        dns: DnsOps = self._dns
+        return dns
 
     def close(self) -> None:
         if self._net is not None:

@@ -81,6 +81,8 @@ def teardown(
             fw_net, fw_att, last, thorough=not att.recorded
         ),
     )
+    if att.dns_names or conf.container_dns is not None:
+        step("dns", lambda: deps.dns.withdraw(att.network, att.container_id, att.ips))
     if conf.macspoofchk and att.mac:
         step("macspoofchk", lambda: deps.firewall.del_macspoof(att.host_veth, att.mac))
     if conf.ipspoofchk:

@@ -35,6 +35,7 @@ import sys
 import time
 from types import FrameType
 
+from cni_bridge.dns.agent import DnsDuty
 from cni_bridge.ports.supervisor import Supervisor
 from cni_bridge.resident import naming, policy
 from cni_bridge.resident.worker import (
@@ -130,6 +131,7 @@ class Server:
         poller.register(self.listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         next_check = time.monotonic() + IDENTITY_CHECK
+        dns = DnsDuty()  # the containerDNS server: rebuilt from the records, then watched
         log(f"serving (idle {self.idle:g}s)")
         while True:
             self._reap()
@@ -153,7 +155,8 @@ class Server:
                     log("the code on disk changed, leaving for a fresh resident")
                     self.stopping = True
                     continue
-            timeout = min(next_check - now, self.holder.due_in())
+            dns.tick(now)
+            timeout = min(next_check - now, self.holder.due_in(), dns.next - now)
             if not self.workers and self.idle > 0:
                 timeout = min(timeout, self.idle - (now - self.last_activity))
             for fd, _ in poller.poll(max(1, math.ceil(timeout * 1000))):

@@ -1,0 +1,124 @@
+"""containerDNS without root: names, the aardvark-dns file, and what ADD/DEL ask of it."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from cni_bridge.commands.deps import Deps
+from cni_bridge.dns.names import (
+    Entry,
+    NetworkDNS,
+    container_names,
+    entry,
+    parse_entries,
+    parse_listen,
+    render,
+    replaced,
+    resolvers,
+)
+from cni_bridge.errors import CNIError
+from tests.unit.test_commands import World, netns, world
+
+__all__ = ["netns", "world"]  # fixtures
+
+
+def test_names_bare_and_under_the_domain() -> None:
+    names, problems = container_names("ABCDEF0123456789", "DB", ["database"], "test.lan")
+    assert names == ["db", "db.test.lan", "database", "database.test.lan",
+                     "abcdef012345", "abcdef012345.test.lan"]
+    assert problems == []
+    names, problems = container_names("c1", "bad name", ["ok", "no,comma"], "")
+    assert names == ["ok", "c1"]
+    assert any("aliases" in p for p in problems) and any("bad name" in p for p in problems)
+
+
+def test_file_round_trip_and_replace() -> None:
+    net = NetworkDNS("n", (ipaddress.ip_address("10.0.0.1"), ipaddress.ip_address("fd00::1")),
+                     (ipaddress.ip_address("192.0.2.53"),))
+    a = entry("C1", ["10.0.0.2/24", "fd00::2/64"], ["a"])
+    b = entry("c2", ["10.0.0.3/24"], ["b"])
+    text = render(net, [a, b])
+    assert text.splitlines() == [
+        "10.0.0.1,fd00::1 192.0.2.53",
+        "c1 10.0.0.2 fd00::2 a",
+        "c2 10.0.0.3  b",  # aardvark-dns reads an empty column as "no IPv6"
+    ]
+    assert parse_entries(text) == [a, b]
+    assert [str(x) for x in parse_listen(text)] == ["10.0.0.1", "fd00::1"]
+    assert replaced([a, b], None, "c1", ["10.0.0.2/24"]) == [b]
+    # Another interface of the same container (other addresses) keeps its line.
+    assert replaced([a, b], None, "c2", ["10.0.0.9/24"]) == [a, b]
+
+
+def test_resolvers_skip_what_aardvark_cannot_parse() -> None:
+    text = "# c\nnameserver 192.0.2.1\nnameserver fe80::1%eth0\nnameserver x\nsearch a\nnameserver ::1\n"
+    assert [str(x) for x in resolvers(text)] == ["192.0.2.1", "::1"]
+
+
+class FakeDns:
+    def __init__(self) -> None:
+        self.files: dict[str, list[Entry]] = {}
+        self.fail = False
+
+    def publish(self, net: NetworkDNS, e: Entry) -> None:
+        self.files[net.name] = replaced(self.files.get(net.name, []), e, e.id, e.ips)
+        if self.fail:
+            raise RuntimeError("boom")
+
+    def withdraw(self, network: str, container_id: str, ips: Sequence[str]) -> None:
+        left = replaced(self.files.get(network, []), None, container_id, ips)
+        if left:
+            self.files[network] = left
+        else:
+            self.files.pop(network, None)
+
+
+def _dns_world(world: World) -> FakeDns:
+    fake = FakeDns()
+    orig = world.deps
+
+    def deps() -> Deps:
+        d = orig()
+        d.dns_factory = lambda: fake
+        return d
+
+    world.deps = deps  # type: ignore[method-assign]
+    return fake
+
+
+def test_add_publishes_and_del_withdraws(world: World) -> None:
+    fake = _dns_world(world)
+    conf: dict[str, Any] = {"containerDNS": {"domain": "x.lan", "upstream": ["192.0.2.53"]},
+            "capabilities": {"aliases": True}, "runtimeConfig": {"aliases": {"unit": ["al"]}}}
+    out = world.call("ADD", **conf)
+    assert out["dns"] == {"nameservers": ["10.50.0.1", "fd00:50::1"], "search": ["x.lan"]}
+    (e,) = fake.files["unit"]
+    assert e.names == ("al", "al.x.lan", "c1", "c1.x.lan") and e.v4 == ("10.50.0.2",)
+    (rec,) = world.records()
+    assert rec.dns_names == list(e.names)
+    world.call("DEL", **conf)
+    assert fake.files == {}
+
+
+def test_failed_publish_rolls_back(world: World) -> None:
+    fake = _dns_world(world)
+    fake.fail = True
+    with pytest.raises(RuntimeError):
+        world.call("ADD", containerDNS=True)
+    assert fake.files == {} and world.records() == []
+
+
+def test_bad_alias_and_no_gateway_are_config_errors(world: World) -> None:
+    _dns_world(world)
+    with pytest.raises(CNIError) as exc:
+        world.call("ADD", containerDNS=True, capabilities={"aliases": True},
+                   runtimeConfig={"aliases": {"unit": ["a b"]}})
+    assert exc.value.code == 7 and "aliases" in exc.value.msg
+    with pytest.raises(CNIError) as exc:
+        world.call("ADD", containerDNS=True, isGateway=False, isDefaultGateway=False)
+    assert exc.value.code == 7 and "isGateway" in exc.value.msg
+    assert world.records() == []
