@@ -40,10 +40,9 @@ def rs(subnet: str) -> RangeSet:
     return (Range(ip_network(subnet)),)
 
 
-def host_local(
-    command: str, data_dir: Path, subnets: list[str], cid: str, ifname: str = "eth0", args: str = ""
-) -> subprocess.CompletedProcess[bytes]:
-    conf = {
+def host_local_conf(data_dir: Path, subnets: list[str]) -> dict[str, Any]:
+    """A network config for the reference host-local: one range set per subnet."""
+    return {
         "cniVersion": "1.0.0",
         "name": NET,
         "type": "bridge",
@@ -53,6 +52,12 @@ def host_local(
             "ranges": [[{"subnet": s}] for s in subnets],
         },
     }
+
+
+def host_local(
+    command: str, data_dir: Path, subnets: list[str], cid: str, ifname: str = "eth0", args: str = ""
+) -> subprocess.CompletedProcess[bytes]:
+    conf = host_local_conf(data_dir, subnets)
     env = {
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": cid,
@@ -326,18 +331,7 @@ def test_lock_is_an_flock_on_the_lock_file_and_reentrant(tmp_path: Path) -> None
 @needs_reference
 def test_reference_waits_for_our_lock(tmp_path: Path) -> None:
     store = DiskStore(NET, str(tmp_path))
-    conf = json.dumps(
-        {
-            "cniVersion": "1.0.0",
-            "name": NET,
-            "type": "bridge",
-            "ipam": {
-                "type": "host-local",
-                "dataDir": str(tmp_path),
-                "ranges": [[{"subnet": "10.8.0.0/24"}]],
-            },
-        }
-    )
+    conf = json.dumps(host_local_conf(tmp_path, ["10.8.0.0/24"]))
     env = {
         "CNI_COMMAND": "ADD",
         "CNI_CONTAINERID": "ref",
@@ -388,16 +382,7 @@ def _run_concurrently(tmp_path: Path, ours: int, reference: int) -> list[list[st
         for i in range(ours)
     ]
     ref_procs = []
-    conf = {
-        "cniVersion": "1.0.0",
-        "name": NET,
-        "type": "bridge",
-        "ipam": {
-            "type": "host-local",
-            "dataDir": str(tmp_path),
-            "ranges": [[{"subnet": "10.20.0.0/26"}], [{"subnet": "fd00:20::/64"}]],
-        },
-    }
+    conf = host_local_conf(tmp_path, ["10.20.0.0/26", "fd00:20::/64"])
     conf_file = tmp_path / "conf.json"
     conf_file.write_text(json.dumps(conf))
     try:
