@@ -90,7 +90,8 @@ def main(argv: Sequence[str]) -> int:
         prog="cni-bridge sync",
         description="Make the host match the attachment records: our nftables table and its "
         "elements, accept rules in foreign forward chains, the 127.0.0.0/8 guard, bridges, "
-        "gateway addresses, sysctls, macspoofchk guards. Idempotent. Exit 0 when the host "
+        "gateway addresses, sysctls, macspoofchk guards, the containerDNS server and its "
+        "files. Idempotent. Exit 0 when the host "
         "matches the records afterwards (with --dry-run: already), 1 otherwise.",
     )
     parser.add_argument(
@@ -107,6 +108,12 @@ def main(argv: Sequence[str]) -> int:
         report = sync(data_dirs, deps, dry_run=args.dry_run, only=args.network)
     finally:
         deps.close()
+    if not args.dry_run:
+        # containerDNS: every network's aardvark-dns file from the records, the server
+        # started or reloaded (its own locks, taken after sync released the networks').
+        from cni_bridge.dns.rebuild import rebuild
+
+        report.errors += [f"containerDNS: {p}" for p in rebuild(data_dirs)]
     for line in report.unreadable:
         print(f"unreadable: {line}", file=sys.stderr)
     for line in report.stale:
