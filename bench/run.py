@@ -13,8 +13,8 @@ weighs on both alike. Scenarios, in this order (see bench/README section in the 
 first ADD with no agent running (the plugin starts it); ADD/DEL from a caller that keeps one
 mount namespace; the same with a fresh mount namespace per call; cold (CNI_BRIDGE_RESIDENT=0);
 20 parallel ADDs; the first ADD after the agent was started as the systemd unit starts it;
-ADD with many attachments present vs one; an ADD after `--quiet` seconds without any call with
-attachments present; the agent's PSS (agent + idle workers).
+an ADD after `--quiet` seconds without any call with an attachment present; ADD with many
+attachments present vs one; the agent's PSS (agent + idle workers).
 
 Everything (namespaces, IPAM dataDir, result cache, agents in our namespaces) is created by the
 run and removed at the end, also on failure, Ctrl-C or SIGTERM. The root namespace is never
@@ -198,9 +198,8 @@ class Bench:
             self.put(side, "parallel_add", side.parallel("ADD", atts))
             self.put(side, "parallel_del", side.parallel("DEL", atts))
 
-    def scale(self) -> list[Json]:
-        """ADD/DEL probes with k attachments present, for each k of --scale. Returns what it
-        left present (for the quiet-period scenario)."""
+    def scale(self) -> None:
+        """ADD/DEL probes with k attachments present, for each k of --scale."""
         present: dict[str, list[Json]] = {s.impl: [] for s in self.sides}
         probes = {s.impl: s.fresh(self.args.samples) for s in self.sides}
         for k in sorted(set(self.args.scale)):
@@ -225,12 +224,16 @@ class Bench:
                 slot[str(k)] = {"present": len(present[side.impl]),
                                 "add": report.summary(walls[side.impl, "ADD"]),
                                 "del": report.summary(walls[side.impl, "DEL"])}
-        return present["ours"]
 
-    def quiet(self, present: int) -> None:
-        """An ADD after --quiet seconds without any call, attachments present. Ours first, so
-        its quiet period is exactly the one asked; the reference has no state to lose."""
-        progress(f"quiet for {self.args.quiet:g} s ({present} attachments present per side)")
+    def quiet(self) -> None:
+        """An ADD after --quiet seconds without any call, with an attachment present (the agent
+        must stay for it). Ours first, so its quiet period is exactly the one asked; the
+        reference has no state to lose. Before the scale probes, so both sides have one
+        attachment present, not a thousand (the reference's ADD grows with them)."""
+        kept = {s.impl: s.fresh(1)[0] for s in self.sides}
+        for side in self.sides:
+            side.run("ADD", kept[side.impl])
+        progress(f"quiet for {self.args.quiet:g} s (an attachment present per side)")
         self.put(self.ours, "agent_before_quiet", _brief(agent.snapshot(self.ours.host)))
         time.sleep(self.args.quiet)
         self.put(self.ours, "agent_after_quiet", _brief(agent.snapshot(self.ours.host)))
@@ -239,6 +242,8 @@ class Bench:
             wall = side.run("ADD", att)
             side.run("DEL", att)
             self.put(side, "quiet_add_ms", round(wall * 1000, 2))
+        for side in self.sides:
+            side.run("DEL", kept[side.impl])
         self.put(self.ours, "quiet_s", self.args.quiet)
 
     def execute(self) -> Json:
@@ -256,8 +261,8 @@ class Bench:
         self.parallel()
         progress("first ADD after the agent's start by the unit's ExecStart")
         self.first_add_after_unit_start()
-        present = self.scale()
-        self.quiet(len(present))
+        self.quiet()
+        self.scale()
         self.put(self.ours, "agent_end", agent.snapshot(self.ours.host))
         return self.out
 

@@ -2,7 +2,7 @@
 callers from fresh mount namespaces and callers killed (SIGKILL) mid-request; what the agent
 holds at the start, middle and end.
 
-    python -m bench.soak --ours-bin dist/bin/cni-bridge [--cycles 3000] [--streams 2]
+    python -m bench.soak --ours-bin dist/bin/cni-bridge [--cycles 2000] [--streams 2]
                          [--fresh-every 4] [--kill-every 10] [--out bench/results/soak.json]
 
 Each stream owns a few container namespaces and runs cycles on them in turn: ADD, then DEL, of
@@ -199,7 +199,7 @@ def table(doc: Json) -> str:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0])
-    p.add_argument("--cycles", type=int, default=3000, help="ADD/DEL cycles (3000)")
+    p.add_argument("--cycles", type=int, default=2000, help="ADD/DEL cycles (2000)")
     p.add_argument("--streams", type=int, default=2, help="concurrent callers (2)")
     p.add_argument("--fresh-every", type=int, default=4,
                    help="every Nth call from a fresh mount namespace (4)")
