@@ -101,7 +101,7 @@ def main(
     if args:
         from cni_bridge.engine import setup_logging
 
-        setup_logging(env)
+        setup_logging(env, plugin=False)
         return operator_main(args, env)
     return plugin_main(env, stdin or sys.stdin.buffer, stdout or sys.stdout.buffer)
 

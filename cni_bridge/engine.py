@@ -34,28 +34,32 @@ def _reply_version(config: Mapping[str, Any]) -> str:
     return v if isinstance(v, str) and v in SUPPORTED_VERSIONS else CURRENT_VERSION
 
 
-def setup_logging(env: Mapping[str, str]) -> None:
-    """CNI_BRIDGE_LOG_LEVEL for both; unset, stderr gets WARNING and up (runtimes show a
-    plugin's stderr) and CNI_BRIDGE_LOG_FILE INFO and up: an operator who names a file wants
-    the line each ADD/DEL/GC writes there (commands/report.py)."""
+def setup_logging(env: Mapping[str, str], *, plugin: bool = True) -> None:
+    """CNI_BRIDGE_LOG_LEVEL for both handlers. Unset, a plugin exec sends WARNING and up to
+    stderr (runtimes show a plugin's stderr) and INFO and up to CNI_BRIDGE_LOG_FILE: an operator
+    who names a file wants the line each ADD/DEL/GC writes there (commands/report.py).
+    Operator commands (`plugin=False`) keep one level on the loggers only, so that those that
+    raise their own loggers to INFO (`kube`, `routes`) are heard on stderr."""
     name = env.get("CNI_BRIDGE_LOG_LEVEL", "").upper()
     level = logging.getLevelName(name) if name else None
     if not isinstance(level, int):  # getLevelName maps unknown names to strings
         level = None
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setLevel(level if level is not None else logging.WARNING)
+    if plugin:
+        stderr.setLevel(level if level is not None else logging.WARNING)
     handlers: list[logging.Handler] = [stderr]
     log_file = env.get("CNI_BRIDGE_LOG_FILE")
     if log_file:
         try:
             handlers.append(logging.FileHandler(log_file))
-            handlers[-1].setLevel(level if level is not None else logging.INFO)
+            if plugin:
+                handlers[-1].setLevel(level if level is not None else logging.INFO)
         except OSError as exc:
             sys.stderr.write(f"cni-bridge: cannot log to {log_file}: {exc}\n")
     # force: a resident worker inherits its parent's handlers but must follow its caller's env.
     logging.basicConfig(
         force=True,
-        level=min(h.level for h in handlers),
+        level=min(h.level for h in handlers) if plugin else (level or logging.WARNING),
         format="%(asctime)s cni-bridge[%(process)d] %(levelname)s %(name)s: %(message)s",
         handlers=handlers,
     )
