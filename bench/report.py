@@ -144,3 +144,27 @@ def document(args: argparse.Namespace, results: Json, error: str | None,
     doc: Json = {"meta": meta, "results": results, "error": error}
     doc["rows"] = rows(doc)
     return doc
+
+
+def markdown(doc: Json) -> str:
+    """The table of `table` as Markdown (for the README's Speed section)."""
+    lines = ["| p50, ms | reference | cni-bridge | ratio | target | met |",
+             "|---|---:|---:|---:|---:|:---:|"]
+    for row in rows(doc):
+        def cell(v: Any, digits: int = 1) -> str:
+            return "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+        target = "-" if row["target"] is None else f"≤ {row['target']}" + (
+            " MiB" if row.get("abs") else "")
+        met = {True: "yes", False: "**no**", None: ""}[row["met"]]
+        lines.append(f"| {row['label']} | {cell(row['reference'])} | {cell(row['ours'])} | "
+                     f"{cell(row['ratio'], 2)} | {target} | {met} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    with open(sys.argv[1]) as fh:
+        loaded = json.load(fh)
+    print(markdown(loaded) if "--markdown" in sys.argv else table(loaded))
