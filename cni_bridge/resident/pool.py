@@ -67,6 +67,18 @@ DEFAULT_POOL = 2
 DEFAULT_MAX_REQUESTS = 1000
 
 
+def _name_of(listener: socket.socket) -> tuple[str, tuple[int, int]] | None:
+    """The path a unix listener is bound to and that file's identity (None: no path)."""
+    path = listener.getsockname()
+    if not isinstance(path, str) or not path.startswith("/"):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return path, (st.st_dev, st.st_ino)
+
+
 class Pooled:
     """The parent's handle on a worker that may serve more than one request: the channel on
     which it is handed connections and on which it says it is free again."""
@@ -92,6 +104,7 @@ class Server:
         pool: int = DEFAULT_POOL,
         max_requests: int = DEFAULT_MAX_REQUESTS,
         holder: Supervisor | None = None,
+        check_interval: float = IDENTITY_CHECK,
     ) -> None:
         self.listener = listener
         self.engine = engine
@@ -102,6 +115,7 @@ class Server:
         self.hard_timeout = hard_timeout
         self.pool_size = pool
         self.max_requests = max_requests
+        self.check_interval = check_interval  # code on disk, socket name
         self.holder = holder or Supervisor(enabled=False)  # published ports (cni_bridge/ports)
         self.workers: dict[int, float] = {}  # pid -> start of the request it runs
         self.channels: dict[int, Pooled] = {}  # channel fd -> worker, busy or free
@@ -112,11 +126,13 @@ class Server:
         self._wake_r = self._wake_w = -1
         self._poller: select.poll | None = None
         self._preloaded: frozenset[str] = frozenset()
+        self._named: tuple[str, tuple[int, int]] | None = None
 
     def _request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
 
     def run(self) -> int:
+        self._named = _name_of(self.listener)
         self.listener.listen(BACKLOG)
         self.listener.setblocking(False)
         self.listening = True
@@ -130,7 +146,7 @@ class Server:
         poller = self._poller = select.poll()
         poller.register(self.listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
-        next_check = time.monotonic() + IDENTITY_CHECK
+        next_check = time.monotonic() + self.check_interval
         dns = DnsDuty()  # the containerDNS server: rebuilt from the records, then watched
         log(f"serving (idle {self.idle:g}s)")
         while True:
@@ -150,9 +166,13 @@ class Server:
                         break
                     self.last_activity = now  # look again after another idle period
             if now >= next_check:
-                next_check = now + IDENTITY_CHECK
+                next_check = now + self.check_interval
                 if naming.build_identity() != self.fingerprint:
                     log("the code on disk changed, leaving for a fresh resident")
+                    self.stopping = True
+                    continue
+                if not self._still_named():
+                    log("its socket was removed, leaving")
                     self.stopping = True
                     continue
             dns.tick(now)
@@ -169,6 +189,18 @@ class Server:
         self._stop_listening(poller)
         self.holder.stop()
         return 0
+
+    def _still_named(self) -> bool:
+        """Whether the socket's name still leads to it. Rootless podman removes the private /run
+        of a network namespace it tears down: callers can no longer reach this agent, and a new
+        one serves the next namespace."""
+        if self._named is None:
+            return True
+        try:
+            st = os.stat(self._named[0])
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._named[1]
 
     def _stop_listening(self, poller: select.poll) -> None:
         # Connections still queued are reset: their clients have not had READY, so they fall

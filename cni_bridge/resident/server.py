@@ -27,6 +27,7 @@ from cni_bridge.resident.pool import (
     DEFAULT_HARD_TIMEOUT,
     DEFAULT_MAX_WORKERS,
     DEFAULT_POOL,
+    IDENTITY_CHECK,
     Server,
 )
 from cni_bridge.resident.worker import Engine, log
@@ -116,6 +117,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="free workers kept for further requests; 0: a fresh fork for every request "
         "(default %(default)s)",
     )
+    # How often the parent looks at the code on disk and its socket's name (tests shorten it).
+    parser.add_argument(
+        "--check-interval", type=float, default=IDENTITY_CHECK, help=argparse.SUPPRESS
+    )
     # A started resident serves the identity its starter computed (and bound the name for).
     parser.add_argument("--identity", default="", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -174,6 +179,7 @@ def _serve(
         max_workers=args.max_workers,
         hard_timeout=args.hard_timeout,
         pool=args.pool,
+        check_interval=args.check_interval,
         # The ports the engine's records publish: held only for the engine, not a test handler.
         holder=Supervisor(enabled=args.handler == spawn.DEFAULT_HANDLER),
     )

@@ -902,6 +902,70 @@ def test_a_resident_that_cannot_load_the_engine_holds_the_name(env: Env) -> None
     assert residents_in(host) == [broken]
 
 
+def test_an_agent_whose_socket_is_removed_leaves(env: Env) -> None:
+    """Rootless podman removes the private /run of a network namespace it tears down: an agent
+    nobody can reach any more leaves instead of idling there."""
+    host = env.netns("host")
+    proc = env.start_server(host, "--check-interval", "0.2")
+    os.unlink(env.socket_path(host))
+    assert wait_until(lambda: proc.poll() is not None, timeout=20), env.server_log(host)
+    assert "its socket was removed, leaving" in env.server_log(host)
+
+
+USERNS_SCRIPT = r"""
+set -e
+mount -t tmpfs cbF /run  # rootless podman's calls get a private /run (under XDG_RUNTIME_DIR)
+"$PYTHON" -c "$CLIENT" "$FIRST"
+unshare -m --propagation private sh -c '
+    mkdir /run/only-here && mount -t tmpfs cbF /run/only-here &&
+    echo "seen by this caller" > /run/only-here/marker && exec "$PYTHON" -c "$CLIENT" "$LATER"'
+stat -c "%u %a" /run/cni-bridge
+"""
+
+
+def test_an_agent_started_in_the_callers_user_namespace_serves_its_later_calls(env: Env) -> None:
+    """As rootless podman calls: in a user namespace of their own, a network namespace owned by
+    it, a fresh mount namespace per call and a private /run. The first call starts an agent
+    there; a later call from another fresh mount namespace is served by it, and sees its own
+    files. The socket directory is root's alone as seen from that user namespace, on the
+    caller's private /run, so nobody outside it can squat or reach it. (The user namespace maps
+    root here: this machine's interpreter lives under /root. The built bundle was run under real
+    rootless podman as a throwaway user, see README.)"""
+    auto = {"mode": "auto", "idle": 30.0}
+    first, stdin1, rid1 = env.request("ADD")
+    later, stdin2, rid2 = env.request("ADD", read="/run/only-here/marker")
+    specs = []
+    for req_env, stdin, config in ((first, stdin1, auto), (later, stdin2, {"mode": "connect"})):
+        config = {"handler": HANDLER, "identity": env.identity, **config}
+        specs.append(json.dumps({"root": str(ROOT), "env": req_env, "stdin": stdin,
+                                 "config": config, "how": "try"}))  # fmt: skip
+    argv = ["unshare", "--user", "--map-root-user", "--net", "--mount", "--propagation", "private"]
+    environ = {"PATH": os.environ["PATH"], "PYTHON": sys.executable, "CLIENT": CLIENT_SCRIPT}
+    try:
+        done = subprocess.run(
+            [*argv, "sh", "-c", USERNS_SCRIPT],
+            env={**environ, "FIRST": specs[0], "LATER": specs[1]},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+        )
+        assert done.returncode == 0, done.stderr
+        one, two, dir_stat = done.stdout.splitlines()
+        assert json.loads(one) is not None and json.loads(two) is not None, done.stderr
+        assert json.loads(json.loads(two)[1])["read"] == "seen by this caller\n"
+        [call1], [call2] = env.calls(rid1), env.calls(rid2)
+        agent = call1["ppid"]
+        assert call2["ppid"] == agent  # the agent the first call started served the later one
+        assert call1["mnt_ino"] != call2["mnt_ino"]
+        assert os.stat(f"/proc/{agent}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
+        assert dir_stat == "0 700"  # root's alone, as seen in that user namespace
+    finally:
+        for call in env.calls():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(os.getpgid(call["ppid"]), signal.SIGKILL)
+
+
 # --- the exchange itself, on a socket pair (both ends in this process) ------------------------
 
 
