@@ -87,6 +87,8 @@ def warm() -> None:
     import cni_bridge.net.links
     import cni_bridge.net.netns
     import cni_bridge.net.sysctl
+    import cni_bridge.ports.check
+    import cni_bridge.ports.ops
 
     ctypes.CDLL("libnftables.so.1")
     # One validation of a full config exercises what pydantic-core builds lazily.

@@ -91,6 +91,7 @@ class Attachment:
     phase: str = PHASE_ADDING
     ips: list[str] = field(default_factory=list)
     port_mappings: list[dict[str, Any]] = field(default_factory=list)
+    runtime_holds_ports: bool = False  # podman's conmon holds them (cni_bridge/ports/model.py)
     mac: str = ""
     # The names containerDNS serves for it (dns/): withdrawn at DEL, rebuilt from records.
     dns_names: list[str] = field(default_factory=list)

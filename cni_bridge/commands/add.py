@@ -54,6 +54,7 @@ from cni_bridge.plan import (
     parse_resolv_conf,
     render_result,
 )
+from cni_bridge.ports.model import runtime_holds_ports
 from cni_bridge.protocol.request import Request
 from cni_bridge.protocol.result import DNS, Result, parse_result
 from cni_bridge.rollback import Rollback
@@ -152,14 +153,16 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
     # The record and the result name the namespace as the runtime does (not a resident
     # worker's descriptor path, which dies with the worker).
     ask = parse_add(request, conf, sandbox_path(request, env))
+    runtime_holds = runtime_holds_ports(request.args)
     if ask.port_mappings:  # before any change: a port a host program holds is refused
-        deps.ports.check(ask.port_mappings)
+        deps.ports.check(ask.port_mappings, runtime_holds)
     stores = NetworkStores(conf)
     att = Attachment.new(conf.name, ask.container_id, ask.ifname, ask.sandbox)
     att.netns_inode = netns_inode
     att.bridge = conf.bridge
     att.mac = ask.mac or ""
     att.port_mappings = mapping_records(ask.port_mappings)
+    att.runtime_holds_ports = runtime_holds
     att.dns_names = list(ask.dns_names)
     delegated = conf.ipam.type not in ("", "host-local")
 

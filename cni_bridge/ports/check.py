@@ -25,12 +25,15 @@ Holders = Callable[[HoldKey], list[tuple[int, str]]]
 
 def check(
     mappings: Iterable[PortMapping],
+    runtime_holds: bool = False,
     holders: Holders = lookup.holders_of,
     own_pid: Callable[[], int] = control.holder_pid,
 ) -> None:
-    """Raises CNIError(PORT_CONFLICT) naming the holder of the first port a host program holds."""
+    """Raises CNIError(PORT_CONFLICT) naming the holder of the first port a host program holds.
+    Sockets the runtime holds itself (model.bind_addresses) are its to check: podman's conmon
+    holds them already when `podman network reload` repeats the ADD."""
     ours: int | None = None
-    for key in keys_for(mappings):
+    for key in keys_for(mappings, runtime_holds):
         try:
             sockets.bind(key, listen=False).close()
             continue

@@ -15,6 +15,7 @@ import socket
 import struct
 from typing import Any
 
+from cni_bridge import datadirs
 from cni_bridge.resident.naming import agent_dir
 
 CHANGED_TIMEOUT = 2.0  # the holder answers in about a millisecond; a busy one is not waited for
@@ -79,8 +80,6 @@ def holder_pid() -> int:
 def changed(network_dir: str, tag: str) -> dict[str, Any] | None:
     """Tell the holder a record of `network_dir` changed; its answer once it holds what the
     records ask for, or None if no holder runs here."""
-    from cni_bridge import datadirs
-
     datadirs.register(os.path.dirname(os.path.abspath(network_dir)))
     return ask({"op": "changed", "dir": os.path.abspath(network_dir), "tag": tag})
 

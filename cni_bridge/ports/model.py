@@ -54,27 +54,35 @@ class Target:
 Wanted = dict[HoldKey, Target | None]
 
 
-def bind_addresses(pm: PortMapping) -> list[str]:
+def bind_addresses(pm: PortMapping, runtime_holds: bool = False) -> list[str]:
+    """Where the mapping's sockets are held. `runtime_holds`: the runtime holds the mapping's
+    own address itself (podman: conmon binds hostIP, or 0.0.0.0 without one, after ADD, and
+    fails if anything else holds it), so only the [::] socket of a mapping without hostIP is
+    left to us (podman leaves it: it is what serves [::1])."""
     if pm.host_ip is None:
-        return [ANY4, ANY6]
+        return [ANY6] if runtime_holds else [ANY4, ANY6]
+    if runtime_holds:
+        return []
     if pm.host_ip.is_unspecified:
         return [ANY4 if pm.host_ip.version == 4 else ANY6]
     return [str(pm.host_ip)]
 
 
-def keys_for(mappings: Iterable[PortMapping]) -> list[HoldKey]:
+def keys_for(mappings: Iterable[PortMapping], runtime_holds: bool = False) -> list[HoldKey]:
     """The sockets a list of port mappings calls for, in order, without repeats."""
     out: dict[HoldKey, None] = {}
     for pm in mappings:
         if pm.protocol not in HELD_PROTOCOLS:
             continue
-        for addr in bind_addresses(pm):
+        for addr in bind_addresses(pm, runtime_holds):
             for i in range(pm.count):
                 out[HoldKey(pm.protocol, addr, pm.host_port + i)] = None
     return list(out)
 
 
-def wanted_for(mappings: Iterable[PortMapping], ips: Iterable[str]) -> Wanted:
+def wanted_for(
+    mappings: Iterable[PortMapping], ips: Iterable[str], runtime_holds: bool = False
+) -> Wanted:
     """Held sockets with their relay targets: the container's first address of the socket's
     family, else its first of the other family (a [::] socket of an IPv4-only container relays
     to its IPv4 address); None when the container has no address (nothing to relay to)."""
@@ -89,7 +97,7 @@ def wanted_for(mappings: Iterable[PortMapping], ips: Iterable[str]) -> Wanted:
     for pm in mappings:
         if pm.protocol not in HELD_PROTOCOLS:
             continue
-        for addr in bind_addresses(pm):
+        for addr in bind_addresses(pm, runtime_holds):
             fam = 6 if ":" in addr else 4
             dest = first.get(fam) or first.get(10 - fam)
             for i in range(pm.count):
@@ -110,7 +118,22 @@ def wanted_from_record(data: Mapping[str, Any]) -> Wanted:
             mappings.append(mapping_from_dict(d))
         except (KeyError, TypeError, ValueError):
             continue
-    return wanted_for(mappings, [str(i) for i in ips] if isinstance(ips, list) else [])
+    addresses = [str(i) for i in ips] if isinstance(ips, list) else []
+    return wanted_for(mappings, addresses, data.get("runtime_holds_ports") is True)
+
+
+def runtime_holds_ports(cni_args: str) -> bool:
+    """Whether the runtime holds the published ports itself: podman does (conmon binds them
+    right after ADD), and podman is the runtime that sends K8S_POD_NAME alone of the K8S_POD_*
+    args ("Only K8S_POD_NAME is used by dnsname", containers/common libnetwork/cni), while CRI
+    runtimes always send K8S_POD_NAMESPACE too. Guessing podman wrongly only costs holding
+    IPv4 sockets; missing it would make podman's own bind fail."""
+    keys = {item.partition("=")[0] for item in cni_args.split(";")}
+    return "K8S_POD_NAME" in keys and not keys & {
+        "K8S_POD_NAMESPACE",
+        "K8S_POD_UID",
+        "K8S_POD_INFRA_CONTAINER_ID",
+    }
 
 
 @dataclass(frozen=True)

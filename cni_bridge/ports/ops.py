@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 class HostPorts(Protocol):
-    def check(self, mappings: Sequence[PortMapping]) -> None:
+    def check(self, mappings: Sequence[PortMapping], runtime_holds: bool) -> None:
         """Raises CNIError(PORT_CONFLICT) when a host program holds one of the ports."""
 
     def changed(self, network_dir: str, tag: str) -> None:
@@ -20,7 +20,7 @@ class HostPorts(Protocol):
 
 
 class NoHostPorts:
-    def check(self, mappings: Sequence[PortMapping]) -> None:
+    def check(self, mappings: Sequence[PortMapping], runtime_holds: bool) -> None:
         return None
 
     def changed(self, network_dir: str, tag: str) -> None:
@@ -28,10 +28,10 @@ class NoHostPorts:
 
 
 class RealHostPorts:
-    def check(self, mappings: Sequence[PortMapping]) -> None:
+    def check(self, mappings: Sequence[PortMapping], runtime_holds: bool) -> None:
         from cni_bridge.ports.check import check
 
-        check(mappings)
+        check(mappings, runtime_holds)
 
     def changed(self, network_dir: str, tag: str) -> None:
         from cni_bridge.ports import control

@@ -183,3 +183,31 @@ def test_held_again_after_the_agent_restarts_and_status_names_a_port_it_could_no
     unheld = status[0]["heldPorts"]["unheld"]
     assert [u["port"] for u in unheld] == [f"tcp/{HOST_PORT} on 0.0.0.0"], status
     assert f"pid {squatter}" in unheld[0]["reason"], status
+
+
+PODMAN_ARGS = {"CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=web"}
+
+
+def test_podman_holds_its_own_ports_we_hold_only_ipv6(lab: PluginLab) -> None:
+    """podman (recognised by its CNI_ARGS) has conmon bind the published port after ADD, and
+    fails if anything holds it: that socket is the runtime's; [::] and the [::1] relay stay ours."""
+    start_agent(lab)
+    c = lab.container()
+    net = conf(lab, dual=False)
+    code, out = lab.plugin("ADD", net, "pod1", c.path, extra=PODMAN_ARGS)
+    assert code == 0, out
+    assert bind_result(lab, "tcp", "::") == "EADDRINUSE"
+    # What conmon does next: listen on 0.0.0.0:<port>, and keep it while the container runs.
+    lab.server(lab.host, "tcp", HOST_PORT, host="0.0.0.0", reply="conmon")
+    lab.server(c, "tcp", 80)
+    assert lab.probe(lab.host, "tcp", "::1", HOST_PORT) == SUBNET4.replace("0/24", "1")
+    assert lab.probe(lab.host, "tcp", "127.0.0.1", HOST_PORT) == SUBNET4.replace("0/24", "1")
+    # `podman network reload`: DEL and ADD again while conmon holds the port.
+    lab.delete(net, "pod1", c.path)
+    code, out = lab.plugin("ADD", net, "pod1", c.path, extra=PODMAN_ARGS)
+    assert code == 0, out
+    assert bind_result(lab, "tcp", "::") == "EADDRINUSE"
+    # Any other runtime's ADD of a port a host program holds is still refused.
+    lab.delete(net, "pod1", c.path)
+    code, out = lab.plugin("ADD", net, "cri1", c.path)
+    assert code == 1 and out["code"] == 100 and "tcp/18080 on 0.0.0.0" in out["msg"], out

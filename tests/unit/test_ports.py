@@ -19,6 +19,7 @@ from cni_bridge.ports.model import (
     Target,
     keys_for,
     plan,
+    runtime_holds_ports,
     wanted_for,
     wanted_from_record,
 )
@@ -54,6 +55,19 @@ def test_host_ip_ranges_and_protocols() -> None:
     assert wanted[HoldKey("tcp", "::", 9001)] == Target(T4, 91)
     assert wanted_for(mappings, []) == dict.fromkeys(keys_for(mappings))
     assert str(HoldKey("tcp", "::", 9000)) == "tcp/9000 on [::]"
+
+
+def test_podman_holds_its_own_sockets_and_leaves_us_the_ipv6_one() -> None:
+    assert runtime_holds_ports("IgnoreUnknown=1;K8S_POD_NAME=web")
+    assert runtime_holds_ports("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.0.0.5")
+    cri = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_UID=u"
+    assert not runtime_holds_ports(cri)
+    assert not runtime_holds_ports("")
+    mappings = [port_map(8080, 80), port_map(53, 53, "udp", ip_address("10.1.1.1"))]
+    assert keys_for(mappings, runtime_holds=True) == [HoldKey("tcp", "::", 8080)]
+    record = {"ips": [f"{T4}/24"], "runtime_holds_ports": True,
+              "port_mappings": [{"hostPort": 8080, "containerPort": 80}]}
+    assert wanted_from_record(record) == {HoldKey("tcp", "::", 8080): Target(T4, 80)}
 
 
 def test_wanted_from_record_reads_what_records_keep() -> None:
@@ -132,6 +146,11 @@ def test_check_names_the_holder_and_lets_our_own_holder_be(
     assert err.value.code == PORT_CONFLICT
     assert "tcp/8080 on 0.0.0.0" in err.value.msg and "pid 77 (nginx)" in err.value.msg
     check.check(mappings, holders=lambda key: [(5, "python3")], own_pid=lambda: 5)
+    # podman's conmon holds 0.0.0.0 (a `network reload` repeats the ADD): its to check.
+    with pytest.raises(CNIError) as err:
+        check.check(mappings, runtime_holds=True, holders=lambda key: [(7, "conmon")],
+                    own_pid=lambda: 5)
+    assert "tcp/8080 on [::]" in err.value.msg
 
 
 def test_check_skips_a_family_the_host_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
