@@ -7,6 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CNI_BIN_DIR ?= /opt/cni/bin
 DESTDIR ?=
+MAN_DIR ?= /usr/local/share/man
 # nftables + libnftables1 + python3-nftables: the plugin's firewall (the binding is Debian's);
 # iproute2, iputils-ping, conntrack: tests observe kernel state; podman, containerd, runc,
 # busybox-static, containernetworking-plugins, iptables: real runtimes and the reference
@@ -21,7 +22,7 @@ SOURCES := $(shell find cni_bridge -name '*.py') build/cni-bridge.spec build/bui
 	build/rthook_multiprocessing_lazy.py build/launcher.c
 
 .PHONY: all deps sysdeps venv lint unit integration e2e smoke test build install uninstall \
-	demo bench bench-quick bench-soak clean
+	demo bench bench-quick bench-soak clean man
 
 all: build
 
@@ -74,9 +75,16 @@ build: dist/bin/cni-bridge
 
 install: build
 	DESTDIR=$(DESTDIR) CNI_BIN_DIR=$(CNI_BIN_DIR) build/install.sh
+	install -D -m 644 docs/cni-bridge.1 $(DESTDIR)$(MAN_DIR)/man1/cni-bridge.1
 
 uninstall:
 	DESTDIR=$(DESTDIR) CNI_BIN_DIR=$(CNI_BIN_DIR) build/install.sh --uninstall
+	rm -f $(DESTDIR)$(MAN_DIR)/man1/cni-bridge.1
+
+# The man page is generated from the commands' parsers (cni_bridge/manual.py) and committed;
+# tests/unit/test_manual.py fails when it no longer matches them.
+man: venv
+	$(PY) -m cni_bridge.manual > docs/cni-bridge.1
 
 integration: deps
 	$(PYTEST) tests/integration

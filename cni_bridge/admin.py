@@ -181,14 +181,33 @@ def main(argv: list[str]) -> int:
         from cni_bridge.converge.sync import main as sync_main
 
         return sync_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="cni-bridge")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    for name, fn in (("ls", cmd_ls), ("status", cmd_status), ("gc", cmd_gc)):
-        p = sub.add_parser(name)
-        p.add_argument("--network", default=None)
-        p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
-        p.add_argument("--json", action="store_true")
-        p.set_defaults(fn=fn)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     result: int = args.fn(args)
     return result
+
+
+_DESCRIPTIONS = {
+    "ls": "List the attachments the records hold: network, container, interface, addresses, "
+    "host veth, ports, alive or not (as the kernel tells).",
+    "status": "Each network's attachments and free addresses, and whether the firewall is "
+    "usable; exit 1 when something is wrong.",
+    "gc": "Remove the attachments whose container is gone (judged by the kernel: the veth's "
+    "peer, the recorded netns inode), as a runtime's CNI GC would.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Also the source of `cni-bridge --help` and the man page (cni_bridge/manual.py)."""
+    from cni_bridge.manual import Formatter
+
+    parser = argparse.ArgumentParser(prog="cni-bridge", formatter_class=Formatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for name, fn in (("ls", cmd_ls), ("status", cmd_status), ("gc", cmd_gc)):
+        p = sub.add_parser(name, description=_DESCRIPTIONS[name], formatter_class=Formatter)
+        p.add_argument("--network", default=None, help="only this network (default: all)")
+        p.add_argument(
+            "--data-dir", default=DEFAULT_DATA_DIR, help="host-local's data dir, with the records"
+        )
+        p.add_argument("--json", action="store_true", help="JSON output (ls and status)")
+        p.set_defaults(fn=fn)
+    return parser

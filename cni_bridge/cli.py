@@ -22,20 +22,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
     from typing import BinaryIO, NoReturn
 
-USAGE = """\
-cni-bridge: a CNI plugin (run by container runtimes with CNI_COMMAND set) and its operator tools.
-
-  cni-bridge client add|check|del <network> <netns>   run a network (conflist) like cnitool
-  cni-bridge client gc|status|version <network>
-  cni-bridge ls [--network N] [--data-dir D]          list attachments from the state
-  cni-bridge status [--data-dir D]                    networks, pools, firewall health
-  cni-bridge gc [--network N] [--data-dir D]          remove attachments whose netns is gone
-  cni-bridge sync [--data-dir D] [--dry-run]          make the host match the records again
-  cni-bridge serve                                    run the warm resident (normally automatic)
-  cni-bridge routes --peers FILE [--dry-run]          routes to other nodes' pod CIDRs (host-gw)
-  cni-bridge kube [--node-name N] [--kubeconfig F]    Kubernetes mode: conflist + routes from the API
-  cni-bridge --version
-"""
+RESIDENT_VERBS = frozenset({"ADD", "DEL", "CHECK", "STATUS", "GC"})
+RELAY_FAILED_VAR = "CNI_BRIDGE_RELAY_FAILED"
 
 
 def _read_stdin(stream: "BinaryIO") -> bytes:
@@ -109,7 +97,13 @@ def main(
 def operator_main(args: list[str], env: "Mapping[str, str]") -> int:
     cmd, rest = args[0], args[1:]
     if cmd in ("-h", "--help", "help"):
-        sys.stdout.write(USAGE)
+        from cni_bridge.manual import usage  # the manual: argparse and the commands' parsers
+
+        try:
+            sys.stdout.write(usage(rest[0] if cmd == "help" and rest else None))
+        except KeyError:
+            sys.stderr.write(f"unknown command {rest[0]!r}; `cni-bridge --help` lists them\n")
+            return 2
         return 0
     if cmd == "--version":
         from cni_bridge import __version__
@@ -136,7 +130,7 @@ def operator_main(args: list[str], env: "Mapping[str, str]") -> int:
         from cni_bridge.admin import main as admin_main
 
         return admin_main([cmd, *rest])
-    sys.stderr.write(f"unknown command {cmd!r}\n\n{USAGE}")
+    sys.stderr.write(f"unknown command {cmd!r}; `cni-bridge --help` lists them\n")
     return 2
 
 

@@ -86,22 +86,7 @@ def main(argv: Sequence[str]) -> int:
     from cni_bridge import datadirs
     from cni_bridge.commands.deps import real_deps
 
-    parser = argparse.ArgumentParser(
-        prog="cni-bridge sync",
-        description="Make the host match the attachment records: our nftables table and its "
-        "elements, accept rules in foreign forward chains, the 127.0.0.0/8 guard, bridges, "
-        "gateway addresses, sysctls, macspoofchk guards, the containerDNS server and its "
-        "files. Idempotent. Exit 0 when the host "
-        "matches the records afterwards (with --dry-run: already), 1 otherwise.",
-    )
-    parser.add_argument(
-        "--data-dir", action="append", default=None,
-        help="a data dir holding records (repeatable; default: /var/lib/cni/networks and "
-        "every data dir an ADD in this network namespace used)",
-    )  # fmt: skip
-    parser.add_argument("--network", default=None, help="only this network")
-    parser.add_argument("--dry-run", action="store_true", help="print the drift, change nothing")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     data_dirs = args.data_dir or datadirs.in_use()
     deps = real_deps({})
     try:
@@ -114,6 +99,33 @@ def main(argv: Sequence[str]) -> int:
         from cni_bridge.dns.rebuild import rebuild
 
         report.errors += [f"containerDNS: {p}" for p in rebuild(data_dirs)]
+    return _print(args, report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Also the source of `cni-bridge --help` and the man page (cni_bridge/manual.py)."""
+    from cni_bridge.manual import Formatter
+
+    parser = argparse.ArgumentParser(
+        prog="cni-bridge sync",
+        formatter_class=Formatter,
+        description="Make the host match the attachment records: our nftables table and its "
+        "elements, accept rules in foreign forward chains, the 127.0.0.0/8 guard, bridges, "
+        "gateway addresses, sysctls, macspoofchk guards, the containerDNS server and its "
+        "files. Idempotent. Exit 0 when the host "
+        "matches the records afterwards (with --dry-run: already), 1 otherwise.",
+    )
+    parser.add_argument(
+        "--data-dir", action="append", default=None,
+        help="a data dir holding records (repeatable; default: /var/lib/cni/networks and "
+        "every data dir an ADD in this network namespace used)",
+    )  # fmt: skip
+    parser.add_argument("--network", default=None, help="only this network (default: all)")
+    parser.add_argument("--dry-run", action="store_true", help="print the drift, change nothing")
+    return parser
+
+
+def _print(args: argparse.Namespace, report: Report) -> int:
     for line in report.unreadable:
         print(f"unreadable: {line}", file=sys.stderr)
     for line in report.stale:

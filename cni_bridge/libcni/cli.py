@@ -36,11 +36,14 @@ if TYPE_CHECKING:
 
 DEFAULT_NETCONF_DIR = "/etc/cni/net.d"
 _NEEDS_NETNS = ("add", "check", "del")
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     import argparse  # only the CLI pays for it
+
+    from cni_bridge.manual import Formatter
 
     p = argparse.ArgumentParser(
         prog="cni-bridge client",
+        formatter_class=Formatter,
         description="Run a CNI network configuration list against a network namespace "
         "(like cnitool).",
         epilog="environment: NETCONFPATH (default /etc/cni/net.d), CNI_PATH (default "
@@ -48,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         "CNI_CONTAINERID (default: a hash of the netns path, as cnitool), CNI_CACHE_DIR "
         "(default /var/lib/cni), CNI_CLIENT_TIMEOUT (seconds per plugin exec, default 60)",
     )
-    p.add_argument("command", choices=("add", "check", "del", "gc", "status", "version"))
+    p.add_argument(
+        "command",
+        choices=("add", "check", "del", "gc", "status", "version"),
+        help="the CNI verb to run through the list's plugins",
+    )
     p.add_argument("network", help="the name of a conflist (or single conf) in NETCONFPATH")
     p.add_argument("netns", nargs="?", default="", help="netns path, or a name in /run/netns")
     p.add_argument("-i", "--ifname", help="interface name (default $CNI_IFNAME, else eth0)")
@@ -152,7 +159,7 @@ def main(
     env = os.environ if environ is None else environ
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
-    parser = _parser()
+    parser = build_parser()
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     if args.command in _NEEDS_NETNS and not args.netns:
         parser.error(f"{args.command} needs a network namespace path")

@@ -279,27 +279,39 @@ def _cidrs(values: list[str]) -> tuple[Any, ...]:
         raise SystemExit(f"cni-bridge kube: --cluster-cidr: {exc}") from None
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Also the source of `cni-bridge --help` and the man page (cni_bridge/manual.py)."""
+    from cni_bridge.manual import Formatter
+
     p = argparse.ArgumentParser(
         prog="cni-bridge kube",
+        formatter_class=Formatter,
         description="write this node's network config from its spec.podCIDRs and keep routes "
         "to the other nodes' pod CIDRs (host-gw) in step with the API server",
     )
-    p.add_argument("--node-name", default=os.environ.get("NODE_NAME") or socket.gethostname())
+    p.add_argument("--node-name", default=None, help="default $NODE_NAME, else the host name")
     p.add_argument("--kubeconfig", default=None, help="default: in-cluster, else $KUBECONFIG")
-    p.add_argument("--cni-conf-dir", default="/etc/cni/net.d")
-    p.add_argument("--conf-name", default="10-cni-bridge.conflist")
-    p.add_argument("--network-name", default="cni-bridge")
-    p.add_argument("--bridge", default="cni0")
-    p.add_argument("--mtu", type=int, default=None)
+    p.add_argument("--cni-conf-dir", default="/etc/cni/net.d", help="where the conflist goes")
+    p.add_argument("--conf-name", default="10-cni-bridge.conflist", help="its file name")
+    p.add_argument("--network-name", default="cni-bridge", help="the network's name")
+    p.add_argument("--bridge", default="cni0", help="the bridge")
+    p.add_argument("--mtu", type=int, default=None, help="the MTU (default: the kernel's)")
     p.add_argument(
         "--cluster-cidr", action="append", default=[],
-        help="the cluster's pod CIDR (repeat per family): nonMasqueradeCIDRs of the network",
+        help="the cluster's pod CIDR (repeat per family): nonMasqueradeCIDRs of the network "
+        "(default: none)",
     )
-    p.add_argument("--template", default=None, help="a conflist whose cni-bridge entry is used")
+    p.add_argument("--template", default=None, help="a conflist whose cni-bridge entry is used "
+                   "(default: a plain one)")
     p.add_argument("--heal-every", type=float, default=60.0, help="seconds between route heals")
-    p.add_argument("--watch-timeout", type=int, default=300, help="server-side watch timeout")
-    args = p.parse_args(argv)
+    p.add_argument("--watch-timeout", type=int, default=300, help="server-side watch timeout, seconds")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.node_name is None:
+        args.node_name = os.environ.get("NODE_NAME") or socket.gethostname()
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("cni_bridge").setLevel(logging.INFO)  # every change is logged
     template = None

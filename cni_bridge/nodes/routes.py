@@ -30,14 +30,27 @@ def sync_routes(peers: Iterable[Peer], table: RouteTable, *, dry_run: bool = Fal
     return plan
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Also the source of `cni-bridge --help` and the man page (cni_bridge/manual.py)."""
+    from cni_bridge.manual import Formatter
+
     parser = argparse.ArgumentParser(
         prog="cni-bridge routes",
-        description="routes to the other nodes' pod CIDRs via their addresses (host-gw)",
+        description="Make this node's routes to the other nodes' pod CIDRs (via their "
+        "addresses, host-gw; route protocol 203) match the file, withdrawing those of peers "
+        "no longer listed. Exit 1 when a line was skipped, 2 when the file is unreadable.",
+        formatter_class=Formatter,
     )
-    parser.add_argument("--peers", required=True, help="lines `<node-ip> <pod-cidr> [...]`")
+    parser.add_argument(
+        "--peers", required=True, metavar="FILE",
+        help="lines `<node-ip> <pod-cidr> [<pod-cidr>...]`, # comments (required)",
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the changes only")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
     try:
         with open(args.peers, encoding="utf-8") as f:
             peers = parse_peers(f.read())

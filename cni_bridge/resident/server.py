@@ -87,15 +87,30 @@ def load_handler(spec: str) -> Engine:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.idle is None:
+        args.idle = policy.env_seconds(os.environ, policy.IDLE_VAR, policy.DEFAULT_IDLE)
+    if not (args.idle >= 0 and args.hard_timeout >= 0 and args.max_workers > 0 and args.pool >= 0):
+        parser.error("--idle, --hard-timeout and --pool must be >= 0, --max-workers > 0")
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Also the source of `cni-bridge --help` and the man page (cni_bridge/manual.py)."""
+    from cni_bridge.manual import Formatter
+
     parser = argparse.ArgumentParser(
-        prog="cni-bridge serve", description="Serve CNI requests from a warm resident process."
+        prog="cni-bridge serve",
+        description="Serve CNI requests from a warm resident process.",
+        formatter_class=Formatter,
     )
-    default_idle = policy.env_seconds(os.environ, policy.IDLE_VAR, policy.DEFAULT_IDLE)
     parser.add_argument(
         "--idle",
         type=float,
-        default=default_idle,
-        help="leave after this many idle seconds; 0: never (default %(default)s)",
+        default=None,
+        help="leave after this many idle seconds when no attachment of ours exists in this "
+        f"network namespace; 0: never (default ${policy.IDLE_VAR}, else {policy.DEFAULT_IDLE:g})",
     )
     parser.add_argument("--handler", default=spawn.DEFAULT_HANDLER, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -108,14 +123,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--hard-timeout",
         type=float,
         default=DEFAULT_HARD_TIMEOUT,
-        help="kill a worker running longer than this; 0: never",
+        help="kill a worker running longer than this many seconds; 0: never",
     )
     parser.add_argument(
         "--pool",
         type=int,
         default=DEFAULT_POOL,
-        help="free workers kept for further requests; 0: a fresh fork for every request "
-        "(default %(default)s)",
+        help="free workers kept for further requests; 0: a fresh fork for every request",
     )
     # How often the parent looks at the code on disk and its socket's name (tests shorten it).
     parser.add_argument(
@@ -127,13 +141,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--retry-after",
         type=float,
         default=DEFAULT_RETRY_AFTER,
-        help="after a failed start, hold the name this long so callers do not "
+        help="after a failed start, hold the name this many seconds so callers do not "
         "restart it on every call",
     )
-    args = parser.parse_args(argv)
-    if not (args.idle >= 0 and args.hard_timeout >= 0 and args.max_workers > 0 and args.pool >= 0):
-        parser.error("--idle, --hard-timeout and --pool must be >= 0, --max-workers > 0")
-    return args
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
