@@ -1,9 +1,14 @@
 """The data directories in use: where the agent's duties find every network's records.
 
 host-local's default (domain.DEFAULT_DATA_DIR) always; a network with its own `ipam.dataDir`
-is registered by its ADD as a file AGENT_DIR/data-dirs/<sha256 of the path, 16 hex> holding the
-path (root's directory alone, tmpfs: forgotten at reboot, when no attachment survives either).
-One file per directory, made once: no lock, no rewrite of a shared file.
+is registered by its ADD as a file AGENT_DIR/data-dirs/<netns inode>-<sha256 of the path, 16 hex>
+holding the path (root's directory alone, tmpfs: forgotten at reboot, when no attachment survives
+either). One file per directory and network namespace, made once: no lock, no rewrite of a
+shared file.
+
+Per network namespace, like the agent's socket: /run is shared by every network namespace of
+the host, and an agent (its sync, held ports, DNS) must act only on the networks whose ADD ran
+in its own namespace, never rebuild another namespace's bridges or hold its ports here.
 """
 
 from __future__ import annotations
@@ -31,11 +36,16 @@ def _registry(create: bool) -> str:
     return path
 
 
+def _netns_prefix() -> str:
+    return f"{os.stat('/proc/self/ns/net').st_ino}-"
+
+
 def register(data_dir: str) -> None:
     data_dir = os.path.abspath(data_dir)
     if data_dir == DEFAULT_DATA_DIR:
         return
-    name = hashlib.sha256(data_dir.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    digest = hashlib.sha256(data_dir.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    name = _netns_prefix() + digest
     reg = _registry(create=False)
     if reg and os.path.exists(os.path.join(reg, name)):
         return
@@ -53,8 +63,10 @@ def register(data_dir: str) -> None:
 
 
 def in_use() -> list[str]:
-    """Every data directory to look in (those gone for a while are dropped)."""
+    """Every data directory an ADD in this network namespace used (those gone for a while
+    are dropped)."""
     dirs = {DEFAULT_DATA_DIR}
+    mine = _netns_prefix()
     reg = _registry(create=False)
     try:
         names = os.listdir(reg) if reg else []
@@ -68,10 +80,12 @@ def in_use() -> list[str]:
         try:
             with open(path) as f:
                 data_dir = f.read()
-            if os.path.isdir(data_dir):
+            if not os.path.isdir(data_dir):
+                # Any namespace's entry may go once its directory has: nobody can need it.
+                if now - os.stat(path).st_mtime > FORGET_AFTER:
+                    os.unlink(path)
+            elif name.startswith(mine):
                 dirs.add(data_dir)
-            elif now - os.stat(path).st_mtime > FORGET_AFTER:
-                os.unlink(path)
         except OSError:
             continue
     return sorted(dirs)
