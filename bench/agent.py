@@ -49,16 +49,28 @@ def group(host: Netns) -> list[int]:
     return sorted(pid for pid, _ in procs.with_descendants(agents(host)))
 
 
+def _rollup(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                out[key] = int(rest.split()[0])
+    except OSError:
+        pass
+    return out
+
+
 def pss_kib(pid: int) -> int | None:
     """Proportional set size: a shared page counts 1/n in each of its n sharers, so the sum over
     the agent and its workers is what they cost together (RSS would count shared pages n times)."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+    return _rollup(pid).get("Pss")
+
+
+def rss_kib(pid: int) -> int | None:
+    """All the process's resident pages, shared or not: unlike PSS or private pages it does not
+    move when a worker that shares its pages comes or goes, so it shows the agent's own growth."""
+    return _rollup(pid).get("Rss")
 
 
 def _status_field(pid: int, key: str) -> int | None:
@@ -106,10 +118,11 @@ def snapshot(host: Netns) -> Json:
         namespaces.update(t for t in targets if t.split(":", 1)[0] in _NS_KINDS)
         t = _status_field(pid, "Threads") or 0
         p = pss_kib(pid) or 0
+        r = rss_kib(pid) or 0
         threads += t
         pss += p
         per_pid[str(pid)] = {"role": "agent" if pid in tops else "descendant", "fds": len(targets),
-                             "threads": t, "pss_kib": p}
+                             "threads": t, "pss_kib": p, "rss_kib": r}
     return {
         "agents": len(tops),
         "processes": len(pids),
@@ -117,6 +130,7 @@ def snapshot(host: Netns) -> Json:
         "fds": len(fds),
         "fd_kinds": _kinds(fds),
         "pss_kib": pss,
+        "agent_rss_kib": sum(v["rss_kib"] for v in per_pid.values() if v["role"] == "agent"),
         "namespaces": len(namespaces),
         "namespace_ids": sorted(namespaces),
         "per_pid": per_pid,

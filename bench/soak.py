@@ -171,15 +171,18 @@ class Soak:
 
 def _line(s: Json) -> str:
     return (f"agent pids {s['agent_pids']}: {s['processes']} processes, {s['threads']} threads, "
-            f"{s['fds']} fds {s['fd_kinds']}, PSS {s['pss_kib'] / 1024:.1f} MiB, "
+            f"{s['fds']} fds {s['fd_kinds']}, PSS {s['pss_kib'] / 1024:.1f} MiB (the agent's "
+            f"RSS {s['agent_rss_kib'] / 1024:.1f} MiB), "
             f"{s['namespaces']} namespaces")
 
 
 def table(doc: Json) -> str:
     snaps = doc["results"].get("snapshots", {})
-    keys = [("processes", 1), ("threads", 1), ("fds", 1), ("pss_kib", 1024), ("namespaces", 1)]
-    lines = [f"{'':12}{'cycles':>8}" + "".join(f"{k if k != 'pss_kib' else 'PSS MiB':>12}"
-                                               for k, _ in keys) + "  agent pid"]
+    keys = [("processes", 1), ("threads", 1), ("fds", 1), ("pss_kib", 1024),
+            ("agent_rss_kib", 1024), ("namespaces", 1)]
+    names = {"pss_kib": "PSS MiB", "agent_rss_kib": "agent RSS"}
+    lines = [f"{'':12}{'cycles':>8}" + "".join(f"{names.get(k, k):>12}" for k, _ in keys)
+             + "  agent pid"]
     for label in ("start", "middle", "end"):
         s = snaps.get(label)
         if s:
