@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from cni_bridge.errors import PORT_CONFLICT, CNIError
 from cni_bridge.firewall.model import PortMapping
@@ -23,16 +23,25 @@ log = logging.getLogger(__name__)
 Holders = Callable[[HoldKey], list[tuple[int, str]]]
 
 
+def _held_by_our_holder() -> Collection[str]:
+    answer = control.status()
+    held = answer.get("held") if answer else None
+    return {str(k) for k in held} if isinstance(held, list) else set()
+
+
 def check(
     mappings: Iterable[PortMapping],
     runtime_holds: bool = False,
     holders: Holders = lookup.holders_of,
-    own_pid: Callable[[], int] = control.holder_pid,
+    ours: Callable[[], Collection[str]] = _held_by_our_holder,
 ) -> None:
     """Raises CNIError(PORT_CONFLICT) naming the holder of the first port a host program holds.
-    Sockets the runtime holds itself (model.bind_addresses) are its to check: podman's conmon
-    holds them already when `podman network reload` repeats the ADD."""
-    ours: int | None = None
+    A socket our holder holds on the very key is not a conflict (nothing else can hold it
+    beside it); `ours` is asked only on a conflict, and the holder's answer spares the scan of
+    every process's descriptors. Sockets the runtime holds itself (model.bind_addresses) are
+    its to check: podman's conmon holds them already when `podman network reload` repeats
+    the ADD."""
+    held: Collection[str] | None = None
     for key in keys_for(mappings, runtime_holds):
         try:
             sockets.bind(key, listen=False).close()
@@ -42,14 +51,14 @@ def check(
                 # No IPv6 on this host, an address the kernel refuses: nothing can hold it.
                 log.info("not checking %s: %s", key, exc.strerror)
                 continue
-        found = holders(key)
-        if ours is None:
-            ours = own_pid()
-        if ours and found and all(pid == ours for pid, _ in found):
+        if held is None:
+            held = ours()
+        if str(key) in held:
             continue
         raise CNIError(
             PORT_CONFLICT,
-            f"host port {key} is already held by a host program: {lookup.describe(found)}",
+            f"host port {key} is already held by a host program: "
+            f"{lookup.describe(holders(key))}",
             "a process on the host listens on (or is bound to) the published port; stop it or "
             "publish another host port",
         )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import struct
 from typing import Any
 
 from cni_bridge import datadirs
@@ -60,21 +59,6 @@ def ask(message: dict[str, Any], timeout: float = CHANGED_TIMEOUT) -> dict[str, 
     finally:
         sock.close()
     return answer if isinstance(answer, dict) else None
-
-
-def holder_pid() -> int:
-    """The holder's pid (the kernel's peer credentials), 0 if none listens."""
-    sock = _connect(CHANGED_TIMEOUT)
-    if sock is None:
-        return 0
-    try:
-        cred = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
-        pid: int = struct.unpack("iII", cred)[0]
-        return pid
-    except OSError:
-        return 0
-    finally:
-        sock.close()
 
 
 def changed(network_dir: str, tag: str) -> dict[str, Any] | None:

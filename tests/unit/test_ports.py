@@ -142,15 +142,16 @@ def test_check_names_the_holder_and_lets_our_own_holder_be(
     monkeypatch.setattr(sockets, "bind", _busy)
     mappings = [port_map(8080, 80)]
     with pytest.raises(CNIError) as err:
-        check.check(mappings, holders=lambda key: [(77, "nginx")], own_pid=lambda: 5)
+        check.check(mappings, holders=lambda key: [(77, "nginx")], ours=set)
     assert err.value.code == PORT_CONFLICT
     assert "tcp/8080 on 0.0.0.0" in err.value.msg and "pid 77 (nginx)" in err.value.msg
-    check.check(mappings, holders=lambda key: [(5, "python3")], own_pid=lambda: 5)
+    ours = {"tcp/8080 on 0.0.0.0", "tcp/8080 on [::]"}
+    check.check(mappings, holders=lambda key: [], ours=lambda: ours)
     # podman's conmon holds 0.0.0.0 (a `network reload` repeats the ADD): its to check.
     with pytest.raises(CNIError) as err:
-        check.check(mappings, runtime_holds=True, holders=lambda key: [(7, "conmon")],
-                    own_pid=lambda: 5)
+        check.check(mappings, runtime_holds=True, holders=lambda key: [(7, "x")], ours=set)
     assert "tcp/8080 on [::]" in err.value.msg
+    check.check(mappings, runtime_holds=True, holders=lambda key: [], ours=lambda: ours)
 
 
 def test_check_skips_a_family_the_host_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -164,7 +165,7 @@ def test_check_skips_a_family_the_host_lacks(monkeypatch: pytest.MonkeyPatch) ->
         return Sock()
 
     monkeypatch.setattr(sockets, "bind", bind)
-    check.check([port_map(8080, 80)], holders=lambda key: [], own_pid=lambda: 0)
+    check.check([port_map(8080, 80)], holders=lambda key: [], ours=set)
 
 
 def test_status_report() -> None:
