@@ -10,13 +10,21 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cni_bridge.config import NetConf, load_netconf
 from cni_bridge.domain import DEFAULT_DATA_DIR
 from cni_bridge.errors import CNIError
-from cni_bridge.state import Attachment, StateStore
+from cni_bridge.state import (
+    HOST_VETH_PREFIX,
+    Attachment,
+    StateStore,
+    Unusable,
+    attachment_tag,
+    stand_in,
+    unusable_files,
+)
 
 
 def networks(data_dir: str, only: str | None) -> Iterator[tuple[str, StateStore]]:
@@ -44,6 +52,38 @@ def _row(att: Attachment, alive: bool) -> dict[str, Any]:
     }
 
 
+def _unusable_row(network: str, u: Unusable, alive: bool) -> dict[str, Any]:
+    """A file that is not a usable record: set aside (kept for the operator) or to be set
+    aside by the network's next DEL or GC. Same columns as an attachment's row, plus the file."""
+    return {
+        "network": network,
+        "containerID": "",
+        "ifname": "",
+        "addresses": [],
+        "hostVeth": HOST_VETH_PREFIX + u.tag if u.tag else "",
+        "bridge": "",
+        "ports": [],
+        "phase": "unreadable" if u.reason else "set-aside",
+        "netns": "",
+        "netnsAlive": alive,
+        "file": u.path,
+        "problem": u.reason,
+    }
+
+
+def unusable(data_dir: str, only: str | None) -> list[tuple[str, Unusable]]:
+    """(network, file) for every record or reservation file that cannot be used."""
+    out = []
+    for name, st in networks(data_dir, only):
+        net_dir = os.path.dirname(st.dir)
+        out += [(name, u) for u in unusable_files(net_dir)]
+        from cni_bridge.ipam.disk import DiskStore
+
+        out += [(name, Unusable(p, "reservation with no readable owner"))
+                for p in DiskStore(name, data_dir).unreadable()]
+    return out
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     from cni_bridge.commands.deps import real_deps
     from cni_bridge.liveness import Liveness
@@ -56,6 +96,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
             for _, st in networks(args.data_dir, args.network)
             for a in st.all()
         ]
+        rows += [
+            _unusable_row(net, u, bool(u.tag) and live.alive(stand_in(net, u.tag)))
+            for net, u in unusable(args.data_dir, args.network)
+        ]
     finally:
         deps.close()
     if args.json:
@@ -63,6 +107,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return 0
     print(f"{'NETWORK':<16} {'CONTAINER':<14} {'IF':<6} {'ADDRESSES':<34} {'VETH':<16} {'PORTS':<24} STATE")
     for r in rows:
+        if "file" in r:
+            what = f"{r['phase']}: {r['file']}" + (f" ({r['problem']})" if r["problem"] else "")
+            print(f"{r['network']:<16} {'?':<14} {'?':<6} {'?':<34} {r['hostVeth'] or '-':<16} "
+                  f"{'?':<24} {what}")
+            continue
         state = r["phase"] if r["netnsAlive"] else f"{r['phase']} (netns gone)"
         print(
             f"{r['network']:<16} {r['containerID'][:14]:<14} {r['ifname']:<6} "
@@ -101,6 +150,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "attachments": len(atts),
                 "stale": sum(1 for a in atts if not live.alive(a)),
             }
+            bad = [u.path for _, u in unusable(args.data_dir, name)]
+            if bad:
+                entry["unusableFiles"] = bad
             if conf is not None:
                 fatal, limited = problems(conf, deps)
                 entry.update(bridge=conf.bridge, fatal=fatal, limited=limited)
@@ -118,6 +170,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             deps.close()
         if conf is not None:
             worst = max(worst, 2 if entry["fatal"] else 1 if entry["limited"] else 0)
+        if entry.get("unusableFiles"):
+            worst = max(worst, 1)
         out.append(entry)
     if args.json:
         print(json.dumps(out, indent=2))
@@ -133,6 +187,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
             held = e["heldPorts"]
             print(f"  published ports: held by pid {held['holderPid']}" if held["agent"] else f"  {held['note']}")
+            for path in e.get("unusableFiles", []):
+                print(f"{e['network']}: unusable file (see `cni-bridge ls`): {path}")
     return worst
 
 
@@ -152,21 +208,29 @@ def cmd_gc(args: argparse.Namespace) -> int:
         deps = real_deps({})
         live = Liveness(deps.net)
 
+        def alive_tag(tag: str, net: str = name, live: Liveness = live) -> bool:
+            return live.alive(stand_in(net, tag))
+
         def valid(
-            stores: NetworkStores, stale: list[Attachment] = stale, live: Liveness = live
+            stores: NetworkStores, stale: list[Attachment] = stale, live: Liveness = live,
+            alive_tag: Callable[[str], bool] = alive_tag,
         ) -> set[tuple[str, str]]:
             # Decided under the network's lock: an ADD recorded a moment ago counts.
-            atts = stores.state.all()
+            atts, bad = stores.state.scan()
             stale.extend(a for a in atts if not a.add_in_progress() and not live.alive(a))
             dead = {a.key for a in stale}
+            # An unreadable record's attachment is judged by its veth: its reservations (found
+            # by the tag their owner derives) go with it when that is gone.
+            dead_tags = {b.tag for b in bad if b.tag and not alive_tag(b.tag)}
             # Reservations no record of ours describes belong to another plugin sharing the
             # directory: a manual GC removes only what it knows is dead.
-            owners = set(stores.ipam.reservations().values())
+            owners = {o for o in stores.ipam.reservations().values()
+                      if attachment_tag(stores.state.network, *o) not in dead_tags}
             return ({a.key for a in atts} | owners) - dead
 
         try:
             env = {"CNI_PATH": os.environ.get("CNI_PATH", "")}
-            errors = collect(conf, valid, deps, env, b"")
+            errors = collect(conf, valid, deps, env, b"", alive_tag)
         finally:
             deps.close()
         print(f"{name}: removed {len(stale)} attachment(s) whose netns is gone")

@@ -9,6 +9,7 @@ Standard library only: the libcni client imports it.
 from __future__ import annotations
 
 import os
+import time
 
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -46,3 +47,25 @@ def remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         return
+
+
+SET_ASIDE_MARK = ".set-aside-"
+
+
+def set_aside(path: str, when: float) -> str:
+    """Rename a file (or a directory) that cannot be trusted out of the way, in its own
+    directory, so it is kept for an operator and never read as what it was meant to be:
+    `<name>.set-aside-<UTC time>` (a counter follows when that name is taken). Returns the
+    new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+    base = f"{path}{SET_ASIDE_MARK}{stamp}"
+    target, n = base, 0
+    while os.path.lexists(target):
+        n += 1
+        target = f"{base}.{n}"
+    os.rename(path, target)
+    return target
+
+
+def is_set_aside(name: str) -> bool:
+    return SET_ASIDE_MARK in name

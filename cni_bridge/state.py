@@ -10,14 +10,19 @@ leaves half a record. Standard library only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
+import ipaddress
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from cni_bridge import atomic
+
+log = logging.getLogger(__name__)
 
 STATE_DIR = ".cni-bridge"
 RECORD_VERSION = 1
@@ -145,6 +150,140 @@ class Attachment:
 
 _FIELDS = tuple(f.name for f in fields(Attachment))
 
+
+# --------------------------------------------------------------------- reading a record
+
+
+class BadRecord(Exception):
+    """A file in a record's place that is not a record we can act on."""
+
+    def __init__(self, path: str, reason: str, tag: str = "") -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+        self.tag = tag  # the attachment's tag, from the file's name ("" for the directory)
+
+
+_STR_FIELDS = ("netns", "bridge", "host_veth", "tag", "boot_id", "phase", "mac", "pid_start")
+_INT_FIELDS = ("netns_inode", "pid")
+_PORT_INTS = ("hostPort", "containerPort", "hostPortEnd")
+_PORT_STRS = ("protocol", "hostIP")
+
+
+def _json_kind(value: object) -> str:
+    kinds = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return kinds.get(type(value), "number")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _shape_problem(raw: dict[str, Any]) -> str:
+    """Why `raw` is not a record's JSON (\"\" when it is one): every field this version acts
+    on has its type, so DEL and GC never act on a value of the wrong kind."""
+    for name in ("network", "container_id", "ifname"):
+        if not isinstance(raw.get(name), str) or not raw[name]:
+            return f"{name} missing or not a non-empty string"
+    for name in _STR_FIELDS:
+        if name in raw and not isinstance(raw[name], str):
+            return f"{name} is a {_json_kind(raw[name])}, not a string"
+    for name in _INT_FIELDS:
+        if name in raw and (not _is_int(raw[name]) or raw[name] < 0):
+            return f"{name} is not a non-negative integer"
+    if "created" in raw and (isinstance(raw["created"], bool)
+                             or not isinstance(raw["created"], (int, float))):
+        return "created is not a number"
+    if "version" in raw and not _is_int(raw["version"]):
+        return "version is not an integer"
+    if raw.get("phase", PHASE_ADDING) not in (PHASE_ADDING, PHASE_READY):
+        return f"unknown phase {raw['phase']!r}"
+    if "recorded" in raw and not isinstance(raw["recorded"], bool):
+        return "recorded is not a boolean"
+    if "result" in raw and raw["result"] is not None and not isinstance(raw["result"], dict):
+        return "result is not an object"
+    ips = raw.get("ips", [])
+    if not isinstance(ips, list) or not all(isinstance(ip, str) for ip in ips):
+        return "ips is not a list of strings"
+    for ip in ips:
+        try:
+            ipaddress.ip_interface(ip)
+        except ValueError:
+            return f"ips holds {ip!r}, not an address"
+    names = raw.get("dns_names", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return "dns_names is not a list of strings"
+    pms = raw.get("port_mappings", [])
+    if not isinstance(pms, list) or not all(isinstance(pm, dict) for pm in pms):
+        return "port_mappings is not a list of objects"
+    for pm in pms:
+        if not all(_is_int(pm.get(k)) for k in ("hostPort", "containerPort")):
+            return "a port mapping lacks integer hostPort and containerPort"
+        if any(k in pm and not _is_int(pm[k]) for k in _PORT_INTS):
+            return "a port mapping holds a port that is not an integer"
+        if any(k in pm and not isinstance(pm[k], str) for k in _PORT_STRS):
+            return "a port mapping's protocol or hostIP is not a string"
+    return ""
+
+
+def parse_record(data: bytes, network: str, tag: str, path: str = "") -> Attachment:
+    """The attachment a record's bytes describe, or BadRecord saying why they do not: not
+    JSON, not an object, a field of the wrong type, or names that do not lead to this file
+    (which would let a record name a link that is not ours for DEL to delete)."""
+    where = path or f"{tag}.json"
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:  # UnicodeDecodeError is one
+        raise BadRecord(where, f"not JSON ({exc})" if data.strip() else "empty", tag) from None
+    if not isinstance(raw, dict):
+        raise BadRecord(where, f"a JSON {_json_kind(raw)}, not an object", tag)
+    problem = _shape_problem(raw)
+    if problem:
+        raise BadRecord(where, problem, tag)
+    derived = attachment_tag(raw["network"], raw["container_id"], raw["ifname"])
+    if raw["network"] != network or derived != tag:
+        raise BadRecord(where, "it describes another attachment than its file name says", tag)
+    for name, value in (("tag", derived), ("host_veth", HOST_VETH_PREFIX + derived)):
+        if raw.get(name, value) != value:
+            raise BadRecord(where, f"its {name} is not the one its names derive", tag)
+    return Attachment.from_json(raw)
+
+
+def stand_in(network: str, tag: str) -> Attachment:
+    """An attachment known only by its tag (its record unreadable, its names lost): what the
+    tag derives (host veth, nftables elements, macspoofchk guard) is all it can be found by."""
+    return Attachment(
+        network=network, container_id="", ifname="", tag=tag,
+        host_veth=HOST_VETH_PREFIX + tag, recorded=False,
+    )
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """A file an operator should look at: set aside already, or to be set aside by the next
+    DEL or GC of the network."""
+
+    path: str
+    reason: str  # "" for a file set aside earlier (its warning said why)
+    tag: str = ""  # the attachment's, for a record
+
+
+def unusable_files(network_dir: str) -> list[Unusable]:
+    """The network's records that cannot be read and the files set aside earlier (records,
+    reservation files, a state directory that was a file): what `ls` and `status` name."""
+    out = [Unusable(b.path, b.reason, b.tag) for b in StateStore(network_dir).scan()[1]]
+    for where in (network_dir, os.path.join(network_dir, STATE_DIR)):
+        try:
+            names = sorted(os.listdir(where))
+        except OSError:
+            continue
+        for name in names:
+            if atomic.is_set_aside(name):
+                original = name[: name.index(atomic.SET_ASIDE_MARK)]
+                tag = original[: -len(".json")] if where != network_dir else ""
+                out.append(Unusable(os.path.join(where, name), "", tag))
+    return out
+
 NETWORK_FILE = "network.conf"
 
 
@@ -165,6 +304,8 @@ class StateStore:
 
     def __init__(self, network_dir: str) -> None:
         self.dir = os.path.join(network_dir, STATE_DIR)
+        # host-local's layout: the network's directory is named after it.
+        self.network = os.path.basename(os.path.normpath(network_dir))
 
     def save_network(self, config: dict[str, Any]) -> None:
         """The network's config as of its latest ADD, so operator commands (ls, status, gc)
@@ -192,23 +333,81 @@ class StateStore:
         return os.path.join(self.dir, tag + ".json")
 
     def get(self, network: str, container_id: str, ifname: str) -> Attachment | None:
-        path = self._path(attachment_tag(network, container_id, ifname))
+        """The record of the attachment; None when there is none. A record that cannot be
+        trusted is set aside (the caller holds the lock) and a stand-in is returned that knows
+        only what the names derive: `recorded` is False, so its owner searches for what it
+        made instead of believing a list."""
+        tag = attachment_tag(network, container_id, ifname)
         try:
-            with open(path, "rb") as f:
-                data = json.load(f)
+            return self._load(tag)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
-            # A record we cannot read is still a record of something we made: DEL removes what
-            # the deterministic names let it find, and drops the unreadable file. Its boot is
-            # unknown (a power loss can leave it empty), so it must not claim to be this one's:
-            # reboot reclaim then goes by the reservation's age.
-            att = Attachment.new(network, container_id, ifname, "")
-            att.boot_id = ""
-            att.pid, att.pid_start = 0, ""
-            att.recorded = False
-            return att
-        return Attachment.from_json(data)
+        except BadRecord as exc:
+            self.set_aside(exc)
+        # Its boot is unknown (a power loss can leave it empty), so it must not claim to be
+        # this one's: reboot reclaim then goes by the reservation's age.
+        att = Attachment.new(network, container_id, ifname, "")
+        att.boot_id = ""
+        att.pid, att.pid_start = 0, ""
+        att.recorded = False
+        return att
+
+    def _load(self, tag: str) -> Attachment:
+        """Raises FileNotFoundError when there is no record, BadRecord when it is not one."""
+        path = self._path(tag)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ENOTDIR:  # the state directory itself is a file
+                raise BadRecord(self.dir, "not a directory") from None
+            raise BadRecord(path, exc.strerror or str(exc), tag) from None
+        return parse_record(data, self.network, tag, path)
+
+    def scan(self) -> tuple[list[Attachment], list[BadRecord]]:
+        """Every record, and every file in the records' place that is not one (set-aside
+        files are not listed: see set_aside_files). Reads only; needs no lock."""
+        good: list[Attachment] = []
+        bad: list[BadRecord] = []
+        try:
+            names = sorted(os.listdir(self.dir))
+        except FileNotFoundError:
+            return good, bad
+        except OSError as exc:
+            return good, [BadRecord(self.dir, exc.strerror or str(exc))]
+        for name in names:
+            if name == NETWORK_FILE or atomic.is_set_aside(name):
+                continue
+            if not name.endswith(".json"):
+                if name.endswith(".tmp") and not _writer_alive(name):
+                    # Left by a writer killed between write and rename: never a valid record.
+                    # (A live writer's is about to be renamed; callers need not hold the lock.)
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(self.dir, name))
+                continue
+            try:
+                good.append(self._load(name[: -len(".json")]))
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            except BadRecord as exc:
+                bad.append(exc)
+        return good, bad
+
+    def set_aside(self, bad: BadRecord) -> str:
+        """Move a bad record (or the whole state directory, when that is not a directory) out
+        of the way, kept for the operator; the caller holds the lock. Returns its new path."""
+        try:
+            new = atomic.set_aside(bad.path, time.time())
+        except FileNotFoundError:
+            return ""  # set aside meanwhile by another holder of a stale view
+        log.warning(
+            "attachment record %s is unusable (%s): set aside as %s; what it described is "
+            "removed by what the names derive (see `cni-bridge ls`)",
+            bad.path, bad.reason, new,
+        )
+        return new
 
     def put(self, att: Attachment) -> None:
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
@@ -226,29 +425,10 @@ class StateStore:
                     name = entry.name
                     if name.endswith(".json") and name != tag + ".json":
                         return True
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             pass
         return False
 
     def all(self) -> list[Attachment]:
-        out: list[Attachment] = []
-        try:
-            names = sorted(os.listdir(self.dir))
-        except FileNotFoundError:
-            return out
-        for name in names:
-            if name == NETWORK_FILE:
-                continue
-            if not name.endswith(".json"):
-                if name.endswith(".tmp") and not _writer_alive(name):
-                    # Left by a writer killed between write and rename: never a valid record.
-                    # (A live writer's is about to be renamed; callers need not hold the lock.)
-                    with contextlib.suppress(OSError):
-                        os.unlink(os.path.join(self.dir, name))
-                continue
-            try:
-                with open(os.path.join(self.dir, name), "rb") as f:
-                    out.append(Attachment.from_json(json.load(f)))
-            except (OSError, ValueError, TypeError):
-                continue
-        return out
+        """The readable records (the others: scan)."""
+        return self.scan()[0]

@@ -21,13 +21,14 @@ import contextlib
 import logging
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from cni_bridge.background import Background
 from cni_bridge.commands import report
 from cni_bridge.commands.common import (
     NetworkStores,
+    bridge_mark,
     guarded_addresses,
     last_in_network,
     mapping_records,
@@ -197,8 +198,20 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
         # ADD's ~10 overlap. Its undo is registered only once it is known to have happened.
         fw_job = Background(lambda: deps.firewall.add_attachment(plan.fw_net, plan.fw_att))
         datapath_done = False
+
+        def if_last(undo: Callable[[], object]) -> Callable[[], None]:
+            # What the network shares (its bridge, the gateway addresses) goes with the ADD
+            # that made it only when no other attachment has come meanwhile; decided under
+            # the lock, where every other ADD of the network has written its record first.
+            def run() -> None:
+                with stores.lock():
+                    if last_in_network(stores, att):
+                        undo()
+
+            return run
+
         try:
-            result = _datapath(conf, deps, plan, rollback)
+            result = _datapath(conf, deps, plan, rollback, if_last)
             datapath_done = True
         finally:
             fw_error = fw_job.join()
@@ -293,12 +306,24 @@ def _clear_previous(
         )
 
 
-def _datapath(conf: NetConf, deps: Deps, plan: AddPlan, rollback: Rollback) -> Result:
+def _datapath(
+    conf: NetConf,
+    deps: Deps,
+    plan: AddPlan,
+    rollback: Rollback,
+    if_last: Callable[[Callable[[], object]], Callable[[], None]],
+) -> Result:
     net, ask = deps.net, plan.ask
     deps.hook("bridge")
-    bridge = net.ensure_bridge(conf.bridge, conf.mtu, bool(conf.vlan or conf.vlan_trunk))
+    mark = bridge_mark(conf.name)
+    bridge = net.ensure_bridge(conf.bridge, conf.mtu, bool(conf.vlan or conf.vlan_trunk), mark)
+    if bridge.created:
+        rollback.push("bridge", if_last(lambda: net.remove_bridge(conf.bridge, mark)))
     if plan.bridge_addrs:
-        net.ensure_bridge_addrs(conf.bridge, list(plan.bridge_addrs), conf.force_address)
+        added = net.ensure_bridge_addrs(conf.bridge, list(plan.bridge_addrs), conf.force_address)
+        if added and not bridge.created:  # on a bridge of ours they go with it
+            rollback.push("gateway addresses",
+                          if_last(lambda: net.del_bridge_addrs(conf.bridge, added)))
     fams = plan.families
     if fams:
         net.set_forwarding(4 in fams, 6 in fams)

@@ -16,6 +16,7 @@ from cni_bridge.errors import (
     INTERFACE_EXISTS,
     INVALID_CONFIG,
     INVALID_ENV,
+    IO_FAILURE,
     NETWORK_FAILURE,
     PERMISSION_DENIED,
     TRY_AGAIN_LATER,
@@ -36,8 +37,9 @@ ORIGINAL_NETNS_ENV = "CNI_BRIDGE_ORIGINAL_NETNS"
 class NetworkStores:
     """The IPAM reservations and attachment records of one network, under one flock."""
 
-    def __init__(self, conf: NetConf) -> None:
-        self.ipam = DiskStore(conf.name, conf.ipam.data_dir)
+    def __init__(self, conf: NetConf, *, teardown: bool = False) -> None:
+        # teardown: DEL and GC, which bad state must never block (see DiskStore).
+        self.ipam = DiskStore(conf.name, conf.ipam.data_dir, teardown=teardown)
         self.state = StateStore(self.ipam.dir)
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
@@ -57,6 +59,7 @@ def sandbox_path(request: Request, env: Mapping[str, str]) -> str:
 def mapped_errors() -> Iterator[None]:
     """Turns the lower layers' exceptions into CNI errors with codes (once, at one place)."""
     from cni_bridge.ipam.allocator import IPAMConflict, IPAMError, IPAMExhausted
+    from cni_bridge.ipam.disk import StoreUnusable
     from cni_bridge.net.ops import (
         AddressConflict,
         LinkExists,
@@ -64,6 +67,7 @@ def mapped_errors() -> Iterator[None]:
         NetError,
         NetnsUnavailable,
         NotABridge,
+        SubnetInUse,
     )
 
     try:
@@ -78,13 +82,15 @@ def mapped_errors() -> Iterator[None]:
         raise CNIError(ADDRESS_CONFLICT, str(exc)) from None
     except IPAMError as exc:
         raise CNIError(INVALID_CONFIG, str(exc)) from None
+    except StoreUnusable as exc:
+        raise CNIError(IO_FAILURE, str(exc)) from None
     except NetnsUnavailable as exc:
         raise CNIError(INVALID_ENV, f"CNI_NETNS: {exc.msg}") from None
     except LinkExists as exc:
         raise CNIError(INTERFACE_EXISTS, exc.msg) from None
     except LinkNotReady as exc:
         raise CNIError(TRY_AGAIN_LATER, exc.msg) from None
-    except (NotABridge, AddressConflict) as exc:
+    except (NotABridge, AddressConflict, SubnetInUse) as exc:
         raise CNIError(INVALID_CONFIG, exc.msg) from None
     except NetError as exc:
         raise CNIError(NETWORK_FAILURE, exc.msg) from None
@@ -121,6 +127,12 @@ def mapping_records(mappings: Iterable[PortMapping]) -> list[dict[str, Any]]:
     return [mapping_to_dict(pm) for pm in mappings]
 
 
+def bridge_mark(network: str) -> str:
+    """The alias of a bridge cni-bridge created for `network`: only such a bridge is ever
+    deleted, with the network's last attachment (an operator's own bridge is left alone)."""
+    return f"cni-bridge network {network}"
+
+
 def last_in_network(stores: NetworkStores, att: Attachment) -> bool:
     """No other attachment of the network exists: its shared firewall elements may go.
 
@@ -133,4 +145,5 @@ def last_in_network(stores: NetworkStores, att: Attachment) -> bool:
         return False
     if stores.state.has_other(att.tag):
         return False
-    return not stores.ipam.has_other_owner((att.container_id, att.ifname))
+    mine = {ipaddress.ip_interface(ip).ip for ip in att.ips}
+    return not stores.ipam.has_other_owner((att.container_id, att.ifname), mine)

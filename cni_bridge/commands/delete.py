@@ -34,7 +34,7 @@ def delete(
     deps: Deps,
     removed: list[str] | None = None,
 ) -> list[str]:
-    stores = NetworkStores(conf)
+    stores = NetworkStores(conf, teardown=True)
     if not os.path.isdir(stores.ipam.dir):
         # Nothing was ever reserved or recorded for this network here: do not create its
         # directory just to lock it. The deterministic names still find a stray veth or rules.
@@ -42,7 +42,9 @@ def delete(
         return teardown(conf, stores, att, deps, env, request.stdin, request.netns, removed)
     with stores.lock():
         recorded = stores.state.get(conf.name, request.container_id, request.ifname)
-        if recorded is None:
+        if recorded is None or not recorded.recorded:
+            # No record, or one set aside as unusable: the request, the deterministic names
+            # and the reservations that name this attachment are what there is.
             ips = [
                 str(ipaddress.ip_interface(ip))
                 for ip in stores.ipam.get_by_id(request.container_id, request.ifname)

@@ -11,14 +11,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from cni_bridge.commands import report
-from cni_bridge.commands.common import NetworkStores
+from cni_bridge.commands.common import NetworkStores, bridge_mark
 from cni_bridge.commands.deps import Deps
 from cni_bridge.commands.teardown import teardown
 from cni_bridge.config import NetConf
+from cni_bridge.domain import DomainError, InterfaceName
 from cni_bridge.errors import CLEANUP_FAILED, INVALID_CONFIG, CNIError
 from cni_bridge.plan import network_fw, network_subnets
 from cni_bridge.protocol.request import Request
-from cni_bridge.state import HOST_VETH_PREFIX, attachment_tag, host_veth_name
+from cni_bridge.state import HOST_VETH_PREFIX, attachment_tag, stand_in
 
 VALID_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
@@ -52,18 +53,28 @@ def _is_valid(valid: set[tuple[str, str]], cid: str, ifname: str) -> bool:
     return (cid, ifname) in valid or (not ifname and any(c == cid for c, _ in valid))
 
 
+def _link_exists(deps: Deps, name: str) -> bool:
+    try:
+        return deps.net.link_exists(InterfaceName(name))
+    except DomainError:  # a name no link can have
+        return False
+
+
 def collect(
     conf: NetConf,
     valid: set[tuple[str, str]] | Callable[[NetworkStores], set[tuple[str, str]]],
     deps: Deps,
     env: Mapping[str, str],
     stdin: bytes,
+    alive_tag: Callable[[str], bool] | None = None,
 ) -> list[str]:
     """`valid` may be a function of the stores, evaluated under the network's lock, so that
-    what is judged valid and what is removed are decided on the same state."""
+    what is judged valid and what is removed are decided on the same state. `alive_tag` keeps
+    an attachment known only by the tag of its unreadable record (a manual GC judges it by its
+    veth); without it, such an attachment stays only if the runtime's list names it."""
     import os
 
-    stores = NetworkStores(conf)
+    stores = NetworkStores(conf, teardown=True)
     errors: list[str] = []
     if not os.path.isdir(stores.ipam.dir):
         return errors
@@ -74,10 +85,19 @@ def collect(
     with stores.lock():
         if callable(valid):
             valid = valid(stores)
+        records, bad = stores.state.scan()
         # An ADD still running was started after the runtime drew up its list: never ours to
         # remove (a crashed one is: its process is gone).
-        valid = valid | {a.key for a in stores.state.all() if a.add_in_progress()}
-        for att in stores.state.all():
+        valid = valid | {a.key for a in records if a.add_in_progress()}
+        valid_tags = {attachment_tag(conf.name, cid, ifname) for cid, ifname in valid}
+        for rec in bad:
+            # Set aside whatever it was: it is kept for the operator and never read again.
+            stores.state.set_aside(rec)
+            if rec.tag and rec.tag not in valid_tags and not (alive_tag and alive_tag(rec.tag)):
+                errors.extend(teardown(conf, stores, stand_in(conf.name, rec.tag), deps, env, stdin))
+            elif rec.tag:
+                valid_tags.add(rec.tag)
+        for att in records:
             if not _is_valid(valid, att.container_id, att.ifname):
                 what = gone.setdefault(report.owner(att.network, att.container_id, att.ifname), [])
                 errors.extend(teardown(conf, stores, att, deps, env, stdin, removed=what))
@@ -89,7 +109,7 @@ def collect(
                         released.append(str(ip))
                     except OSError as exc:
                         errors.append(f"release {ip}: {exc}")
-        keep = {host_veth_name(conf.name, cid, ifname) for cid, ifname in valid}
+        keep = {HOST_VETH_PREFIX + tag for tag in valid_tags}
         try:
             ports = deps.net.bridge_ports(conf.bridge)
         except Exception as exc:
@@ -102,18 +122,26 @@ def collect(
                         strays.append(port)
                 except Exception as exc:
                     errors.append(f"delete {port}: {exc}")
+        try:
+            # Guards of host veths that are gone guard nothing (whoever's they were: the ADD
+            # that makes a guard makes its veth first, and a DEL removes the guard first).
+            errors.extend(deps.firewall.gc_macspoof(lambda p: _link_exists(deps, p)))
+        except Exception as exc:
+            errors.append(f"macspoofchk: {exc}")
         remaining = stores.state.all()
         fw_net = network_fw(conf, network_subnets(conf))
         # The runtime's list counts even without a record of ours (lost, unreadable): like
         # its veth above, a valid attachment keeps its elements, and the network its rules.
-        keep_tags = {a.tag for a in remaining} | {
-            attachment_tag(conf.name, cid, ifname) for cid, ifname in valid
-        }
+        keep_tags = {a.tag for a in remaining} | valid_tags
         try:
             # With nothing kept, this also removes the network's own rules and elements.
             errors.extend(deps.firewall.gc(fw_net, keep_tags))
         except Exception as exc:
             errors.append(f"firewall: {exc}")
+        if not keep_tags and not remaining and not stores.ipam.reservations():
+            try:  # nothing of the network is left: nor is the bridge made for it
+                deps.net.remove_bridge(conf.bridge, bridge_mark(conf.name))
+            except Exception as exc:
+                errors.append(f"bridge {conf.bridge}: {exc}")
     report.collected(conf.name, gone, released, strays, errors)
     return errors
-

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from cni_bridge.commands import report
 from cni_bridge.commands.common import (
     NetworkStores,
+    bridge_mark,
     guarded_addresses,
     last_in_network,
     record_fw,
@@ -22,6 +23,7 @@ from cni_bridge.commands.common import (
 from cni_bridge.commands.deps import Deps
 from cni_bridge.config import NetConf
 from cni_bridge.domain import InterfaceName
+from cni_bridge.ipam.store import UNREADABLE
 from cni_bridge.state import Attachment
 
 log = logging.getLogger(__name__)
@@ -30,14 +32,17 @@ log = logging.getLogger(__name__)
 def release_ipam(
     conf: NetConf, stores: NetworkStores, att: Attachment, env: Mapping[str, str], stdin: bytes
 ) -> None:
+    if not att.container_id:
+        return  # known by its tag alone: GC releases what no valid attachment owns
     if conf.ipam.type == "host-local":
         owner = (att.container_id, att.ifname)
         if att.recorded and att.ips:
-            # The record names the addresses: release those (if still ours) rather than read
-            # every reservation file as release_by_id must.
+            # The record names the addresses: release those (if still ours, or if their file
+            # became unreadable: the record says whose they are) rather than read every
+            # reservation file as release_by_id must.
             for text in att.ips:
                 ip = ipaddress.ip_interface(text).ip
-                if stores.ipam.owner(ip) in (owner, (owner[0], "")):
+                if stores.ipam.owner(ip) in (owner, (owner[0], ""), UNREADABLE):
                     stores.ipam.release(ip)
         else:
             stores.ipam.release_by_id(*owner)
@@ -83,8 +88,11 @@ def teardown(
     )
     if att.dns_names or conf.container_dns is not None:
         step("dns", lambda: deps.dns.withdraw(att.network, att.container_id, att.ips))
-    if conf.macspoofchk and att.mac:
-        step("macspoofchk", lambda: deps.firewall.del_macspoof(att.host_veth, att.mac))
+    if (conf.macspoofchk and att.mac) or not att.recorded:
+        # Without a record the MAC is unknown (and whether the guard was on): the guard's
+        # elements are found by the port, whose name the tag derives.
+        mac = att.mac if att.recorded else ""
+        step("macspoofchk", lambda: deps.firewall.del_macspoof(att.host_veth, mac))
     if conf.ipspoofchk:
         # Without a record (or its MAC) the addresses are not all known: by port instead.
         thorough = not att.recorded or not att.mac
@@ -100,6 +108,10 @@ def teardown(
     )
     if netns and os.path.exists(netns):
         step("container interface", lambda: deps.net.delete_container_link(netns, InterfaceName(att.ifname)))
+    if last:
+        # The network's last attachment: the bridge cni-bridge made for it goes (its gateway
+        # addresses and connected routes with it), so the subnet is free on the host again.
+        step("bridge", lambda: deps.net.remove_bridge(conf.bridge, bridge_mark(conf.name)))
     if conf.ipam.type != "host-local" or os.path.isdir(stores.ipam.dir):
         step("ipam", lambda: release_ipam(conf, stores, att, env, stdin))
     if not errors:

@@ -96,3 +96,34 @@ def delete(port: str, mac: str) -> list[Json]:
     for elem in (ports, allowed):
         cmds += [{"add": {"element": elem}}, {"delete": {"element": elem}}]
     return cmds
+
+
+def guarded(listing: list[Json]) -> tuple[set[str], list[tuple[str, str]]]:
+    """(guarded ports, allowed (port, MAC) pairs) in a `list table bridge cni_bridge`."""
+    ports: set[str] = set()
+    allowed: list[tuple[str, str]] = []
+    for obj in listing:
+        s = obj.get("set")
+        if not s or s.get("family") != FAMILY or s.get("table") != TABLE:
+            continue
+        for el in s.get("elem", []):
+            if isinstance(el, dict) and "elem" in el:  # an element with a comment or timeout
+                el = el["elem"]["val"]
+            if s.get("name") == PORTS and isinstance(el, str):
+                ports.add(el)
+            elif s.get("name") == ALLOWED and isinstance(el, dict) and "concat" in el:
+                port, mac = el["concat"]
+                allowed.append((str(port), str(mac)))
+    return ports, allowed
+
+
+def delete_ports(ports: set[str], allowed: list[tuple[str, str]]) -> list[Json]:
+    """Unguard `ports` and delete the `allowed` pairs: elements just listed, so plain deletes
+    (the transaction fails if one went meanwhile, and the caller reads again)."""
+    cmds: list[Json] = [
+        {"delete": {"element": _obj(name=ALLOWED, elem=[{"concat": [port, mac]}])}}
+        for port, mac in allowed
+    ]
+    if ports:
+        cmds.append({"delete": {"element": _obj(name=PORTS, elem=sorted(ports))}})
+    return cmds

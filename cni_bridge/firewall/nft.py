@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -293,8 +293,50 @@ class Firewall:
     def del_macspoof(self, port: str, mac: str) -> None:
         from cni_bridge.firewall import macspoof
 
-        if self._has_macspoof_table():  # else there is nothing to remove, and nothing to create
+        if not self._has_macspoof_table():  # nothing to remove, and nothing to create
+            return
+        if mac:
             self.apply(macspoof.delete(port, mac), f"macspoofchk removal of {port}")
+            return
+        for attempt in (1, 2):  # the MAC is unknown: read what the port allows
+            guarded, allowed = self._macspoof_listing()
+            mine = [(p, m) for p, m in allowed if p == port]
+            try:
+                self.apply(macspoof.delete_ports({port} & guarded, mine),
+                           f"macspoofchk removal of {port}")
+                return
+            except NftablesError:
+                if attempt == 2:  # else changed meanwhile: read again
+                    raise
+
+    def _macspoof_listing(self) -> tuple[set[str], list[tuple[str, str]]]:
+        from cni_bridge.firewall import macspoof
+
+        try:
+            table = {"table": {"family": macspoof.FAMILY, "name": macspoof.TABLE}}
+            return macspoof.guarded(self._list("listing the macspoofchk table", table))
+        except NftablesError as exc:
+            if "No such file or directory" in exc.error:
+                return set(), []
+            raise
+
+    def gc_macspoof(self, port_exists: Callable[[str], bool]) -> list[str]:
+        from cni_bridge.firewall import macspoof
+
+        try:
+            if not self._has_macspoof_table():
+                return []
+            guarded, allowed = self._macspoof_listing()
+        except NftablesError as exc:
+            return [f"{exc.msg}: {exc.details}"]
+        gone = {p for p in guarded | {p for p, _ in allowed} if not port_exists(p)}
+        stale = [(p, m) for p, m in allowed if p in gone]
+        try:
+            self.apply(macspoof.delete_ports(gone & guarded, stale),
+                       "GC of macspoofchk guards")
+        except NftablesError as exc:
+            return [f"{exc.msg}: {exc.details}"]
+        return []
 
     def _has_macspoof_table(self) -> bool:
         from cni_bridge.firewall import macspoof

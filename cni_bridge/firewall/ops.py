@@ -7,7 +7,7 @@ transaction or a read; none of them changes links, addresses or routes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from cni_bridge.firewall.layout import Json
@@ -46,7 +46,12 @@ class FirewallOps(Protocol):
         ...
 
     def del_macspoof(self, port: str, mac: str) -> None:
-        """Idempotent: a guard already gone is fine."""
+        """Idempotent: a guard already gone is fine. With `mac` "" (a record lost or
+        unreadable), every MAC allowed through `port` goes with it."""
+        ...
+
+    def gc_macspoof(self, port_exists: Callable[[str], bool]) -> list[str]:
+        """Remove the guards of host veths that no longer exist; the failures."""
         ...
 
     def add_ipspoof(

@@ -9,17 +9,20 @@ Both plugins can share one directory: they take the same flock and read each oth
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
+import logging
 import os
-from collections.abc import Iterator
+import stat
+import time
+from collections.abc import Collection, Iterator
 from ipaddress import ip_address
 
 from cni_bridge import atomic
 from cni_bridge.domain import DEFAULT_DATA_DIR, IPAddress
-from cni_bridge.ipam.store import Owner, ReentrantLock
+from cni_bridge.ipam.store import UNREADABLE, Owner, ReentrantLock
 
+log = logging.getLogger(__name__)
 LAST_IP_PREFIX = "last_reserved_ip."
 LOCK_NAME = "lock"
 LINE_BREAK = "\r\n"
@@ -45,10 +48,29 @@ def _check_field(what: str, value: str) -> None:
 
 
 def parse_owner(data: bytes) -> Owner:
-    """Owner of a reservation file; host-local trims surrounding whitespace before matching."""
-    text = data.decode("utf-8", errors="replace").strip()
+    """Owner of a reservation file; host-local trims surrounding whitespace before matching.
+    UNREADABLE for anything host-local cannot have written (not text, empty, a stray line
+    break or control character): no attachment can be matched with it."""
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return UNREADABLE
     container_id, sep, ifname = text.partition(LINE_BREAK)
-    return (container_id.strip(), ifname.strip()) if sep else (text, "")
+    owner = (container_id.strip(), ifname.strip()) if sep else (text, "")
+    try:
+        _check_field("container ID", owner[0])
+        if sep:
+            _check_field("interface name", owner[1])
+    except ValueError:
+        return UNREADABLE
+    if not all(c.isprintable() for c in owner[0] + owner[1]):
+        return UNREADABLE
+    return owner
+
+
+class StoreUnusable(Exception):
+    """The store's directory or its lock file is not what it must be (a directory where the
+    lock file belongs, a file where the directory belongs): nothing can be locked safely."""
 
 
 def format_owner(container_id: str, ifname: str) -> bytes:
@@ -58,19 +80,43 @@ def format_owner(container_id: str, ifname: str) -> bytes:
 class DiskStore:
     """Store over <data_dir>/<network>; see the module docstring for the layout."""
 
-    def __init__(self, network: str, data_dir: str = DEFAULT_DATA_DIR) -> None:
+    def __init__(
+        self, network: str, data_dir: str = DEFAULT_DATA_DIR, *, teardown: bool = False
+    ) -> None:
         check_path_component("network name", network)
         self.network = network
         # An empty dataDir means the default, as in host-local.
         self.dir = os.path.join(data_dir or DEFAULT_DATA_DIR, network)
+        # DEL and GC must never be blocked by bad state: with a directory in the lock file's
+        # place they lock that directory instead (see _flock).
+        self.teardown = teardown
         self._lock_fd: int | None = None
         self.lock = ReentrantLock(acquire=self._flock, release=self._unflock)
 
     # -- locking ---------------------------------------------------------------------------
 
     def _flock(self) -> None:
-        os.makedirs(self.dir, mode=0o755, exist_ok=True)
-        fd = os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
+        try:
+            os.makedirs(self.dir, mode=0o755, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise StoreUnusable(
+                f"IPAM store {self.dir!r} is not a directory: move it away to use network "
+                f"{self.network!r}"
+            ) from None
+        path = os.path.join(self.dir, LOCK_NAME)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o600)
+        except IsADirectoryError:
+            if not self.teardown:
+                raise StoreUnusable(
+                    f"{path!r} is a directory where the lock file of the IPAM store belongs "
+                    "(host-local and cni-bridge lock it for every change): remove it"
+                ) from None
+            # Every one of our DELs and GCs locks the same directory (flock works on one), and
+            # no ADD, ours or host-local's, gets past the directory: still one at a time.
+            log.warning("%s is a directory, not a lock file: locking the directory; remove it "
+                        "so that ADD works again", path)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
         try:
             # Blocking; the kernel drops it if we die, so no stale-lock recovery is needed.
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -104,6 +150,9 @@ class DiskStore:
             if exc.errno == errno.ELOOP:  # a symlink planted in the store is not ours to read
                 return None
             raise
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            return b""  # a directory in a file's place: read as garbage
         with os.fdopen(fd, "rb") as f:
             return f.read()
 
@@ -127,7 +176,11 @@ class DiskStore:
                 except ValueError:
                     continue
                 # Only the canonical spelling is ours: release() rebuilds the name from ip.
-                if str(ip) == entry.name and entry.is_file(follow_symlinks=False):
+                # A directory there holds the address as surely as a file does (reserve()
+                # cannot take it): listed, with an unreadable owner.
+                if str(ip) == entry.name and (
+                    entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)
+                ):
                     yield ip, entry.path
 
     def _owners(self) -> Iterator[tuple[IPAddress, Owner]]:
@@ -177,9 +230,19 @@ class DiskStore:
             return None  # only a round-robin hint; host-local ignores a bad one too
 
     def release(self, ip: IPAddress) -> None:
+        """Forget the reservation. A file whose owner cannot be read (garbage, a directory)
+        is set aside instead of deleted: kept for the operator, named in a warning."""
         self.lock.require("release")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._ip_path(ip))
+        path = self._ip_path(ip)
+        try:
+            if os.path.isdir(path) or self.owner(ip) == UNREADABLE:
+                new = atomic.set_aside(path, time.time())
+                log.warning("reservation file %s has no readable owner: set aside as %s, "
+                            "so %s is free again", path, new, ip)
+                return
+            os.unlink(path)
+        except FileNotFoundError:
+            return
 
     def release_by_id(self, container_id: str, ifname: str) -> list[IPAddress]:
         self.lock.require("release_by_id")
@@ -202,18 +265,26 @@ class DiskStore:
             if owner in ((container_id, ifname), (container_id, ""))
         ]
 
-    def has_other_owner(self, owner: Owner) -> bool:
+    def has_other_owner(self, owner: Owner, exclude: Collection[IPAddress] = ()) -> bool:
         """Whether any reservation belongs to someone else; stops at the first one found, so
-        it costs a few reads, not one per reservation."""
+        it costs a few reads, not one per reservation. `exclude`: addresses the caller knows
+        are the owner's (its record names them) even if their files became unreadable."""
         for ip, _ in self._entries():
+            if ip in exclude:
+                continue
             found = self.owner(ip)
             if found is not None and found not in (owner, (owner[0], "")):
                 return True
         return False
 
     def owner(self, ip: IPAddress) -> Owner | None:
+        """None when the address is free; UNREADABLE when its file holds no owner."""
         data = self._read(self._ip_path(ip))
         return None if data is None else parse_owner(data)
+
+    def unreadable(self) -> list[str]:
+        """Paths of the reservation files that hold no readable owner."""
+        return [self._ip_path(ip) for ip, owner in self._owners() if owner == UNREADABLE]
 
     def reservations(self) -> dict[IPAddress, Owner]:
         return dict(self._owners())

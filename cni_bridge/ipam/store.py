@@ -19,6 +19,11 @@ Owner = tuple[str, str]
 """(container ID, interface name); the interface name is "" in files written by old
 host-local versions that stored only the container ID."""
 
+UNREADABLE: Owner = ("", "")
+"""The owner of a reservation whose file holds garbage: it matches no attachment (container IDs
+are never empty), so the address stays taken until DEL of the attachment whose record names it,
+or a GC, releases it."""
+
 
 class Store(Protocol):
     def lock(self) -> AbstractContextManager[None]:

@@ -33,8 +33,9 @@ from cni_bridge.net.ops import (
     NetOps,
     NotABridge,
     Route,
+    SubnetInUse,
 )
-from cni_bridge.net.plans import plan_bridge_addrs, vlan_entries
+from cni_bridge.net.plans import plan_bridge_addrs, subnet_holder, vlan_entries
 from cni_bridge.net.rtmsg import (
     BR_STATE_DISABLED,
     DEVCONF_ACCEPT_RA,
@@ -96,7 +97,9 @@ class NetlinkOps:
 
     # bridge
 
-    def ensure_bridge(self, name: InterfaceName, mtu: int | None, vlan_filtering: bool) -> LinkInfo:
+    def ensure_bridge(
+        self, name: InterfaceName, mtu: int | None, vlan_filtering: bool, mark: str = ""
+    ) -> LinkInfo:
         rt = self._rt()
         link = get_link(rt, name=name)
         created = False
@@ -107,6 +110,10 @@ class NetlinkOps:
                 raise NetError(f"bridge {name} vanished while being set up")
         if link.kind != "bridge":
             raise NotABridge(name, link.kind)
+        if created and mark:
+            # The kernel takes no alias in the creating message: set right after. Only a
+            # bridge carrying it is ever deleted by us (remove_bridge).
+            rtnl.set_alias(rt, link.index, name, mark)
         # A bridge takes the lowest MAC of its ports unless its own was set explicitly.
         mac = link.mac if created or not _mac_is_pinned(name) else None
         new_mtu = mtu if mtu and mtu != link.mtu else None
@@ -120,20 +127,60 @@ class NetlinkOps:
         if inet6_conf(link, DEVCONF_ACCEPT_RA) not in (0, None):
             sysctl.write(f"net/ipv6/conf/{name}/accept_ra", "0", missing_ok=True)
         self._bridges[name] = link
-        return LinkInfo(name, link.index, link.mac, mtu or link.mtu)
+        return LinkInfo(name, link.index, link.mac, mtu or link.mtu, created=created)
 
-    def ensure_bridge_addrs(self, name: InterfaceName, addrs: Sequence[IPInterface], force: bool) -> None:
+    def ensure_bridge_addrs(
+        self, name: InterfaceName, addrs: Sequence[IPInterface], force: bool
+    ) -> list[IPInterface]:
         rt = self._rt()
         link = self._bridges.get(name) or get_link(rt, name=name)
         if link is None:
             raise LinkNotFound(name, None)
         existing = [a.iface for a in dump_addrs(rt, link.index)]
         remove, add = plan_bridge_addrs(name, existing, addrs, force)
+        # Only an address about to be added is checked (the first ADD of a network, or after
+        # its last DEL): the host's whole address and route lists are not read on every ADD.
+        for iface in add:
+            self._check_subnet_free(rt, link.index, name, iface)
         for iface in remove:
             rtnl.del_addr(rt, link.index, iface, name)
         for iface in add:
             # NODAD: the gateway address must answer at once, not after ~1 s of DAD.
             rtnl.add_addr(rt, link.index, iface, name, nodad=True)
+        return add
+
+    def _check_subnet_free(
+        self, rt: NetlinkSocket, index: int, bridge: str, iface: IPInterface
+    ) -> None:
+        family = AF_INET if iface.version == 4 else AF_INET6
+        names = {link.index: link.name for link in rtnl.dump_links(rt)}
+        addrs = [(names.get(i, str(i)), a) for i, a in rtnl.host_addrs(rt, family) if i != index]
+        routes = [
+            (names.get(e.oif, "") if e.oif else "", *e.route)
+            for e in rtnl.host_routes(rt, family)
+            if e.oif != index
+        ]
+        holder = subnet_holder(iface, addrs, routes)
+        if holder is not None:
+            raise SubnetInUse(bridge, iface, holder)
+
+    def del_bridge_addrs(self, name: InterfaceName, addrs: Sequence[IPInterface]) -> None:
+        rt = self._rt()
+        link = get_link(rt, name=name)
+        if link is None:
+            return
+        for iface in addrs:
+            rtnl.del_addr(rt, link.index, iface, name)
+
+    def remove_bridge(self, name: InterfaceName, mark: str) -> bool:
+        rt = self._rt()
+        link = get_link(rt, name=name)
+        if link is None or link.kind != "bridge" or not mark or link.alias != mark:
+            return False
+        if rtnl.dump_links(rt, master=link.index):
+            return False  # a port of someone else's (or a concurrent ADD's) is on it
+        self._bridges.pop(name, None)
+        return rtnl.delete_link(rt, name)
 
     # veth
 

@@ -82,6 +82,17 @@ class AddressConflict(NetError):
         self.existing = existing
 
 
+class SubnetInUse(NetError):
+    """A gateway address's subnet overlaps an address or route the host has elsewhere."""
+
+    def __init__(self, bridge: str, wanted: IPInterface, holder: str) -> None:
+        super().__init__(
+            f"subnet {wanted.network} (gateway {wanted.ip} on {bridge}) is already in use on "
+            f"this host: {holder}"
+        )
+        self.holder = holder
+
+
 class LinkNotReady(NetError):
     """The link did not come up, or IPv6 duplicate address detection did not finish, in time."""
 
@@ -95,6 +106,7 @@ class LinkInfo:
     index: int
     mac: str  # lower-case, colon separated
     mtu: int
+    created: bool = False  # ensure_bridge made it (rather than found it)
 
 
 @dataclass(frozen=True)
@@ -136,20 +148,36 @@ class ContainerView:
 
 @runtime_checkable
 class NetOps(Protocol):
-    def ensure_bridge(self, name: InterfaceName, mtu: int | None, vlan_filtering: bool) -> LinkInfo:
+    def ensure_bridge(
+        self, name: InterfaceName, mtu: int | None, vlan_filtering: bool, mark: str = ""
+    ) -> LinkInfo:
         """Create the bridge or reuse an existing one; set MTU, bring it up, pin its MAC.
+        A bridge it creates carries `mark` as its alias (see remove_bridge).
 
         Raises NotABridge when `name` exists with another kind. Safe against a concurrent
-        creator. The caller undoes a creation with delete_link(name).
+        creator. The caller undoes a creation with remove_bridge(name, mark).
         """
         ...
 
-    def ensure_bridge_addrs(self, name: InterfaceName, addrs: Sequence[IPInterface], force: bool) -> None:
-        """Add gateway addresses to the bridge (present ones are fine).
+    def ensure_bridge_addrs(
+        self, name: InterfaceName, addrs: Sequence[IPInterface], force: bool
+    ) -> list[IPInterface]:
+        """Add gateway addresses to the bridge (present ones are fine); returns those added.
 
         Another IPv4 address, or an overlapping IPv6 one, raises AddressConflict unless `force`,
-        which removes it. Addresses in `addrs` never conflict with each other.
+        which removes it. Addresses in `addrs` never conflict with each other. An address to
+        add whose subnet overlaps an address or route of another link raises SubnetInUse
+        naming it, before anything is added.
         """
+        ...
+
+    def del_bridge_addrs(self, name: InterfaceName, addrs: Sequence[IPInterface]) -> None:
+        """Remove addresses from the bridge (absent ones, or no bridge, are fine)."""
+        ...
+
+    def remove_bridge(self, name: InterfaceName, mark: str) -> bool:
+        """Delete the bridge if it carries `mark` (ensure_bridge made it) and has no port;
+        False when it was left (not ours, still in use, or gone)."""
         ...
 
     def create_veth(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from cni_bridge.domain import VlanId
-from cni_bridge.net.ops import AddressConflict, IPInterface
+from cni_bridge.net.ops import AddressConflict, IPAddress, IPInterface, IPNetwork
 from cni_bridge.net.rtmsg import (
     BRIDGE_VLAN_INFO_PVID,
     BRIDGE_VLAN_INFO_RANGE_BEGIN,
@@ -42,6 +42,32 @@ def plan_bridge_addrs(
         if want not in existing and want not in add:
             add.append(want)
     return remove, add
+
+
+def subnet_holder(
+    wanted: IPInterface,
+    addrs: Sequence[tuple[str, IPInterface]],
+    routes: Sequence[tuple[str, IPNetwork, IPAddress | None]],
+) -> str | None:
+    """What else on the host holds `wanted`'s subnet, in words, or None.
+
+    `addrs` are (link, address) and `routes` (link, destination, gateway) of the main table,
+    both without the bridge's own. As Docker checks a new network: any address whose subnet
+    overlaps, any route whose destination does, except the default route and IPv6 link-local
+    ones (every link has fe80::/64)."""
+    net = wanted.network
+    for link, iface in addrs:
+        if iface.version == net.version and not iface.is_link_local and (
+            iface.network.overlaps(net)
+        ):
+            return f"address {iface} on {link}"
+    for link, dst, gw in routes:
+        if dst.version != net.version or dst.prefixlen == 0 or dst.is_link_local:
+            continue
+        if dst.overlaps(net):
+            via = f" via {gw}" if gw is not None else ""
+            return f"route {dst}{via} dev {link or '?'}"
+    return None
 
 
 def vlan_entries(vlan: VlanId | None, trunk: Sequence[VlanId] | None) -> list[tuple[int, int]]:

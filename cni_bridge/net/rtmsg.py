@@ -54,6 +54,7 @@ BRIDGE_VLAN_INFO_RANGE_END = 0x10
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
 IFLA_PROTINFO, IFLA_OPERSTATE, IFLA_LINKINFO = 12, 16, 18
 IFLA_AF_SPEC, IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_LINK_NETNSID = 26, 28, 29, 37
+IFLA_IFALIAS = 20
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 VETH_INFO_PEER = 1
 IFLA_BRPORT_STATE, IFLA_BRPORT_MODE, IFLA_BRPORT_ISOLATED = 1, 4, 33
@@ -186,6 +187,11 @@ ARP_NOTIFY = attr(AF_INET, attr(IFLA_INET_CONF, attr_u32(IPV4_DEVCONF_ARP_NOTIFY
 NO_LINK_LOCAL = attr(AF_INET6, attr(IFLA_INET6_ADDR_GEN_MODE, bytes([IN6_ADDR_GEN_MODE_NONE])))
 
 
+def alias_msg(index: int, alias: str) -> bytes:
+    """RTM_SETLINK of the link's alias (`ip link set X alias Y`)."""
+    return _ifinfo(index) + attr_str(IFLA_IFALIAS, alias)
+
+
 def af_spec_msg(index: int, *blocks: bytes) -> bytes:
     """RTM_SETLINK of per-family settings (ARP_NOTIFY, NO_LINK_LOCAL)."""
     return _ifinfo(index) + attr(IFLA_AF_SPEC, b"".join(blocks))
@@ -209,6 +215,7 @@ class Link:
     af_spec: bytes | None = None  # IFLA_AF_SPEC, parsed on demand (see inet_conf)
     # Present when the link's peer (a veth's other end) is in another namespace.
     link_netnsid: int | None = None
+    alias: str = ""
 
     @property
     def up(self) -> bool:
@@ -251,6 +258,7 @@ def parse_link(payload: bytes) -> Link:
         vlan_filtering=bool(_flag(bridge, IFLA_BR_VLAN_FILTERING)) if bridge is not None else None,
         af_spec=attrs.get(IFLA_AF_SPEC),
         link_netnsid=as_s32(attrs.get(IFLA_LINK_NETNSID)),
+        alias=as_str(attrs.get(IFLA_IFALIAS)) or "",
     )
 
 
@@ -309,6 +317,11 @@ def dump_addrs_msg(index: int) -> bytes:
     return IFADDR.pack(0, 0, 0, 0, index)
 
 
+def dump_family_addrs_msg(family: int) -> bytes:
+    """RTM_GETADDR dump of every link's addresses of one family."""
+    return IFADDR.pack(family, 0, 0, 0, 0)
+
+
 def addr_index(payload: bytes) -> int:
     return int(IFADDR.unpack_from(payload)[4])
 
@@ -345,6 +358,11 @@ def route_msg(index: int, dst: IPNetwork, gateway: IPAddress | None) -> bytes:
 def dump_routes_msg(family: int, index: int) -> bytes:
     """RTM_GETROUTE dump of the main table's routes through the link (filtered by the kernel)."""
     return RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0) + attr_u32(RTA_OIF, index)
+
+
+def dump_table_msg(family: int) -> bytes:
+    """RTM_GETROUTE dump of the main table, every link (filtered here if the kernel does not)."""
+    return RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0)
 
 
 @dataclass(frozen=True)

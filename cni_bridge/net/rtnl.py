@@ -230,3 +230,33 @@ def dump_routes(rt: NetlinkSocket, index: int) -> list[Route]:
             ):
                 routes.append(entry.route)
     return routes
+
+
+def set_alias(rt: NetlinkSocket, index: int, name: str, alias: str) -> None:
+    try:
+        rt.request(rtmsg.RTM_SETLINK, rtmsg.alias_msg(index, alias))
+    except NetlinkError as exc:
+        raise fail(f"marking {name}", exc) from None
+
+
+def host_addrs(rt: NetlinkSocket, family: int) -> list[tuple[int, IPInterface]]:
+    """(link index, address) of every address of the family on the host."""
+    try:
+        replies = rt.dump(rtmsg.RTM_GETADDR, rtmsg.dump_family_addrs_msg(family))
+    except NetlinkError as exc:
+        if exc.errno == errno.EAFNOSUPPORT:
+            return []
+        raise fail("listing addresses", exc) from None
+    return [(rtmsg.addr_index(r), rtmsg.parse_addr(r).iface) for r in replies]
+
+
+def host_routes(rt: NetlinkSocket, family: int) -> list[rtmsg.RouteEntry]:
+    """The main table's unicast routes of the family, every link."""
+    try:
+        replies = rt.dump(rtmsg.RTM_GETROUTE, rtmsg.dump_table_msg(family))
+    except NetlinkError as exc:
+        if exc.errno == errno.EAFNOSUPPORT:
+            return []
+        raise fail("listing routes", exc) from None
+    entries = (rtmsg.parse_route(r) for r in replies)
+    return [e for e in entries if e.type == rtmsg.RTN_UNICAST and e.table == rtmsg.RT_TABLE_MAIN]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,16 +37,29 @@ class FakeNet:
         if name == self.fail_at:
             raise Boom(f"injected failure in {name}")
 
-    def ensure_bridge(self, name: str, mtu: int | None, vlan_filtering: bool) -> LinkInfo:
+    def ensure_bridge(self, name: str, mtu: int | None, vlan_filtering: bool, mark: str = "") -> LinkInfo:
         self._call("ensure_bridge")
-        self.links.setdefault(name, {"kind": "bridge", "index": len(self.links) + 1, "addrs": []})
-        return LinkInfo(name, self.links[name]["index"], "0a:00:00:00:00:01", mtu or 1500)
+        created = name not in self.links
+        self.links.setdefault(name, {"kind": "bridge", "index": len(self.links) + 1, "addrs": [],
+                                     "alias": mark})
+        return LinkInfo(name, self.links[name]["index"], "0a:00:00:00:00:01", mtu or 1500, created)
 
-    def ensure_bridge_addrs(self, name: str, addrs: Sequence[Any], force: bool) -> None:
+    def ensure_bridge_addrs(self, name: str, addrs: Sequence[Any], force: bool) -> list[Any]:
         self._call("ensure_bridge_addrs")
-        for a in addrs:
-            if a not in self.links[name]["addrs"]:
-                self.links[name]["addrs"].append(a)
+        added = [a for a in addrs if a not in self.links[name]["addrs"]]
+        self.links[name]["addrs"].extend(added)
+        return added
+
+    def del_bridge_addrs(self, name: str, addrs: Sequence[Any]) -> None:
+        if name in self.links:
+            self.links[name]["addrs"] = [a for a in self.links[name]["addrs"] if a not in addrs]
+
+    def remove_bridge(self, name: str, mark: str) -> bool:
+        link = self.links.get(name)
+        if link is None or not mark or link.get("alias") != mark or self.bridge_ports(name):
+            return False
+        del self.links[name]
+        return True
 
     def create_veth(self, netns_path: str, ifname: str, host_name: str, bridge: str, **kw: Any) -> tuple[LinkInfo, LinkInfo]:
         self._call("create_veth")
@@ -182,7 +195,13 @@ class FakeFirewall:
 
     def del_macspoof(self, port: str, mac: str) -> None:
         self.calls.append("del_macspoof")
-        self.spoofchk.pop(port, None)
+        if not mac or self.spoofchk.get(port) == mac:
+            self.spoofchk.pop(port, None)
+
+    def gc_macspoof(self, port_exists: Callable[[str], bool]) -> list[str]:
+        for port in [p for p in self.spoofchk if not port_exists(p)]:
+            del self.spoofchk[port]
+        return []
 
     def add_ipspoof(
         self, net: NetworkFw, att: AttachmentFw, port: str, addrs: Sequence[IPAddress]

@@ -208,7 +208,6 @@ def test_foreign_files_are_ignored(tmp_path: Path) -> None:
     (d / "README").write_text("c1\r\neth0")
     (d / "FD00::5").write_text("c1\r\neth0")  # not the canonical spelling host-local writes
     os.symlink("/etc/hostname", d / "10.0.0.77")
-    (d / "10.0.0.78").mkdir()
     assert store.get_by_id("c1", "eth0") == [a("10.0.0.2")]
     assert list(store.reservations()) == [a("10.0.0.2")]
     assert store.owner(a("10.0.0.77")) is None
@@ -435,3 +434,73 @@ def test_thirty_processes_get_distinct_addresses(tmp_path: Path) -> None:
 def test_concurrent_with_the_reference(tmp_path: Path) -> None:
     results = _run_concurrently(tmp_path, ours=12, reference=12)
     _check_distinct(tmp_path, results, 24)
+
+
+# ---------------------------------------------------------------- garbage in the store (#14.4)
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff\xfe\x00junk", b"a\r\nb\r\nc",
+                                  b"../etc\r\neth0", b"c1\r\neth\x07", b"   \n"])
+def test_garbage_owner_is_unreadable(data: bytes) -> None:
+    from cni_bridge.ipam.store import UNREADABLE
+
+    assert parse_owner(data) == UNREADABLE
+
+
+def test_host_local_owners_still_parse() -> None:
+    assert parse_owner(b"c1\r\neth0") == ("c1", "eth0")
+    assert parse_owner(b"  c1\r\neth0\n") == ("c1", "eth0")
+    assert parse_owner(b"c1") == ("c1", "")
+
+
+def test_a_garbage_or_directory_reservation_is_set_aside_on_release(tmp_path: Path) -> None:
+    from cni_bridge.ipam.store import UNREADABLE
+
+    store = DiskStore(NET, str(tmp_path))
+    d = tmp_path / NET
+    d.mkdir()
+    (d / "10.0.0.5").write_bytes(b"\x00\x01garbage")
+    (d / "10.0.0.6").mkdir()
+    assert store.reservations() == {a("10.0.0.5"): UNREADABLE, a("10.0.0.6"): UNREADABLE}
+    assert sorted(store.unreadable()) == [str(d / "10.0.0.5"), str(d / "10.0.0.6")]
+    with store.lock():
+        store.release(a("10.0.0.5"))
+        store.release(a("10.0.0.6"))
+    assert store.reservations() == {}
+    kept = sorted(p.name for p in d.iterdir() if ".set-aside-" in p.name)
+    assert [k.split(".set-aside-")[0] for k in kept] == ["10.0.0.5", "10.0.0.6"]
+    # Both addresses can be handed out again.
+    with store.lock():
+        assert store.reserve("c1", "eth0", a("10.0.0.5"), "0")
+        assert store.reserve("c1", "eth0", a("10.0.0.6"), "0")
+
+
+def test_a_directory_in_the_lock_files_place(tmp_path: Path) -> None:
+    from cni_bridge.ipam.disk import StoreUnusable
+
+    (tmp_path / NET / "lock").mkdir(parents=True)
+    with pytest.raises(StoreUnusable, match="is a directory where the lock file"), \
+            DiskStore(NET, str(tmp_path)).lock():
+        pass
+    # Teardown locks the directory instead, and excludes another teardown meanwhile.
+    first = DiskStore(NET, str(tmp_path), teardown=True)
+    with first.lock():
+        probe = subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(f"""
+                import fcntl, os
+                fd = os.open({str(tmp_path / NET / "lock")!r}, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    print("held")
+            """)], capture_output=True, text=True, check=True)
+        assert probe.stdout.strip() == "held"
+
+
+def test_a_file_where_the_store_directory_belongs(tmp_path: Path) -> None:
+    from cni_bridge.ipam.disk import StoreUnusable
+
+    (tmp_path / NET).write_text("not a directory")
+    with pytest.raises(StoreUnusable, match="is not a directory"), \
+            DiskStore(NET, str(tmp_path), teardown=True).lock():
+        pass
