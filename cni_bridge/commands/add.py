@@ -189,6 +189,9 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
             att.ips = [str(ip.address) for ip in ipam_result.ips]
             stores.state.put(att)  # write 1: before any kernel change
         plan = build_plan(ask, conf, ipam_result, _dns_upstream(conf))
+        if plan.bridge_addrs:
+            # Before the firewall and the datapath change anything: a refusal leaves nothing.
+            deps.net.check_subnets_free(conf.bridge, list(plan.bridge_addrs))
         deps.hook("firewall")
         # Not under the network lock: the transaction is atomic, the kernel refuses port
         # conflicts inside it, and the network's shared elements cannot be removed meanwhile,

@@ -138,16 +138,23 @@ class NetlinkOps:
             raise LinkNotFound(name, None)
         existing = [a.iface for a in dump_addrs(rt, link.index)]
         remove, add = plan_bridge_addrs(name, existing, addrs, force)
-        # Only an address about to be added is checked (the first ADD of a network, or after
-        # its last DEL): the host's whole address and route lists are not read on every ADD.
-        for iface in add:
-            self._check_subnet_free(rt, link.index, name, iface)
         for iface in remove:
             rtnl.del_addr(rt, link.index, iface, name)
         for iface in add:
             # NODAD: the gateway address must answer at once, not after ~1 s of DAD.
             rtnl.add_addr(rt, link.index, iface, name, nodad=True)
         return add
+
+    def check_subnets_free(self, bridge: InterfaceName, addrs: Sequence[IPInterface]) -> None:
+        rt = self._rt()
+        link = get_link(rt, name=bridge)
+        index = link.index if link is not None else 0
+        have = {a.iface for a in dump_addrs(rt, index)} if link is not None else set()
+        # Only an address still to be added is checked (the first ADD of a network, or after
+        # its last DEL): the host's whole address and route lists are not read on every ADD.
+        for iface in addrs:
+            if iface not in have:
+                self._check_subnet_free(rt, index, bridge, iface)
 
     def _check_subnet_free(
         self, rt: NetlinkSocket, index: int, bridge: str, iface: IPInterface

@@ -165,10 +165,13 @@ class NetOps(Protocol):
         """Add gateway addresses to the bridge (present ones are fine); returns those added.
 
         Another IPv4 address, or an overlapping IPv6 one, raises AddressConflict unless `force`,
-        which removes it. Addresses in `addrs` never conflict with each other. An address to
-        add whose subnet overlaps an address or route of another link raises SubnetInUse
-        naming it, before anything is added.
+        which removes it. Addresses in `addrs` never conflict with each other.
         """
+        ...
+
+    def check_subnets_free(self, bridge: InterfaceName, addrs: Sequence[IPInterface]) -> None:
+        """Raises SubnetInUse naming the holder when an address the bridge does not hold yet
+        has a subnet that overlaps an address or main-table route of another link."""
         ...
 
     def del_bridge_addrs(self, name: InterfaceName, addrs: Sequence[IPInterface]) -> None:

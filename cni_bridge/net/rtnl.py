@@ -255,7 +255,8 @@ def host_routes(rt: NetlinkSocket, family: int) -> list[rtmsg.RouteEntry]:
     try:
         replies = rt.dump(rtmsg.RTM_GETROUTE, rtmsg.dump_table_msg(family))
     except NetlinkError as exc:
-        if exc.errno == errno.EAFNOSUPPORT:
+        # ENOENT: a strict dump of a table the family does not have yet (no route at all).
+        if exc.errno in (errno.EAFNOSUPPORT, errno.ENOENT):
             return []
         raise fail("listing routes", exc) from None
     entries = (rtmsg.parse_route(r) for r in replies)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cni_bridge.state import host_veth_name
-from tests.lab import ping
+from tests.lab import nft, ping, probe
 from tests.lab.plugin import ROOT, PluginLab, in_host, plugin_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.plugin]
@@ -106,3 +106,115 @@ def test_gc_keeps_a_live_namespace_by_its_inode_when_its_veth_is_gone(flab: Plug
     assert f"{net}: removed 1 attachment(s)" in proc.stdout
     assert [r["container_id"] for r in records(flab, net)] == ["a"]
     assert flab.reservations(net) == ["10.66.0.2"]
+
+
+# ---------------------------------------------------------------- 5. no leftovers
+
+
+def _strip_counters(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_counters(v) for k, v in value.items() if k not in ("counter", "handle")}
+    if isinstance(value, list):
+        return [_strip_counters(v) for v in value]
+    return value
+
+
+def host_state(lab: PluginLab) -> dict[str, Any]:
+    """What an ADD could leave on the host: links, addresses, routes, the whole ruleset."""
+    h = lab.host
+    return {
+        "links": sorted(h.links()),
+        "addrs": sorted(f"{d['ifname']} {a['local']}/{a['prefixlen']}"
+                        for d in h.ip_json("addr", "show") for a in d.get("addr_info", [])),
+        "routes": sorted(json.dumps(r, sort_keys=True)
+                         for fam in ("-4", "-6") for r in h.ip_json(fam, "route", "show")),
+        "ruleset": _strip_counters(nft.ruleset(h)),
+    }
+
+
+def published(lab: PluginLab, name: str, bridge: str, subnet: str, port: int) -> dict[str, Any]:
+    return lab.conf(
+        name=name, bridge=bridge, cniVersion="1.1.0", capabilities={"portMappings": True},
+        runtimeConfig={"portMappings": [{"hostPort": port, "containerPort": 80, "protocol": "tcp"}]},
+        ipam={"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": str(lab.data_dir)},
+    )
+
+
+def test_refused_and_failed_adds_leave_nothing(flab: PluginLab) -> None:
+    flab.outside(flab.host)
+    tag = flab.tag
+    a = published(flab, f"a{tag}", f"cba{tag}", "10.66.0.0/24", 18100)
+    flab.add(a, "a1", flab.container())
+    before = host_state(flab)
+
+    # Refused: its subnet is the live network a's (the holder is named).
+    c = flab.container()
+    same_subnet = published(flab, f"b{tag}", f"cbb{tag}", "10.66.0.0/24", 18101)
+    code, out = flab.plugin("ADD", same_subnet, "b1", c.path)
+    assert code == 1 and out["code"] == 7, out
+    assert f"address 10.66.0.1/24 on cba{tag}" in out["msg"], out
+    assert host_state(flab) == before
+    assert c.links() == ["lo"]
+    assert flab.reservations(f"b{tag}") == []
+
+    # Failed after the bridge, its address and the veth were made: the host port is a's.
+    port_taken = published(flab, f"b{tag}", f"cbb{tag}", "10.67.0.0/24", 18100)
+    code, out = flab.plugin("ADD", port_taken, "b1", c.path)
+    assert code == 1 and out["code"] == 100, out
+    assert host_state(flab) == before
+    assert c.links() == ["lo"]
+    assert flab.reservations(f"b{tag}") == []
+
+
+def test_a_foreign_holder_of_the_subnet_is_named_and_nothing_is_left(flab: PluginLab) -> None:
+    """podman's cni-podman1 on 10.89.0.0/24, and a route to a wider range via another link."""
+    flab.outside(flab.host)
+    h = flab.host
+    h.ip_batch(["link add cni-podman1 type bridge", "link set cni-podman1 up",
+                "addr add 10.89.0.1/24 dev cni-podman1",
+                "route add 10.90.0.0/16 via 192.0.2.2"])
+    before = host_state(flab)
+    c = flab.container()
+    for subnet, holder in (("10.89.0.0/24", "address 10.89.0.1/24 on cni-podman1"),
+                           ("10.90.7.0/24", "route 10.90.0.0/16 via 192.0.2.2 dev up")):
+        conf = published(flab, f"n{flab.tag}", f"cbn{flab.tag}", subnet, 18102)
+        code, out = flab.plugin("ADD", conf, "c1", c.path)
+        assert code == 1 and out["code"] == 7, out
+        assert holder in out["msg"] and subnet in out["msg"], out
+        assert host_state(flab) == before
+        assert c.links() == ["lo"]
+
+
+def test_last_del_frees_the_subnet_for_another_network_on_another_bridge(flab: PluginLab
+                                                                         ) -> None:
+    out_ns = flab.outside(flab.host)
+    tag = flab.tag
+    first = published(flab, f"a{tag}", f"cba{tag}", "10.66.0.0/24", 18103)
+    c1 = flab.container()
+    flab.add(first, "c1", c1)
+    alias = flab.host.ip_json("-d", "link", "show", f"cba{tag}")[0].get("ifalias")
+    assert alias == f"cni-bridge network a{tag}"
+    flab.delete(first, "c1", c1.path)
+    # The bridge the plugin made went with the last attachment, and its address and route.
+    assert f"cba{tag}" not in flab.host.links()
+    assert [r["dst"] for r in flab.host.ip_json("route", "show")
+            if r["dst"].startswith("10.66.")] == []
+
+    second = published(flab, f"b{tag}", f"cbb{tag}", "10.66.0.0/24", 18103)
+    c2 = flab.container()
+    result = flab.add(second, "c2", c2)
+    assert result["ips"][0]["address"] == "10.66.0.2/24"
+    flab.server(c2, "tcp", 80, reply="hello")
+    assert probe(out_ns, "tcp", "192.0.2.1", 18103, timeout=5) == "hello"
+    assert [r["dev"] for r in flab.host.ip_json("route", "show")
+            if r["dst"] == "10.66.0.0/24"] == [f"cbb{tag}"]
+
+
+def test_a_bridge_the_operator_made_stays_after_the_last_del(flab: PluginLab) -> None:
+    bridge = f"cbo{flab.tag}"
+    flab.host.ip_batch([f"link add {bridge} type bridge", f"link set {bridge} up"])
+    conf = flab.conf(bridge=bridge)
+    c = flab.container()
+    flab.add(conf, "c1", c)
+    flab.delete(conf, "c1", c.path)
+    assert bridge in flab.host.links()

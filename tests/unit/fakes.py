@@ -50,6 +50,9 @@ class FakeNet:
         self.links[name]["addrs"].extend(added)
         return added
 
+    def check_subnets_free(self, bridge: str, addrs: Sequence[Any]) -> None:
+        self._call("check_subnets_free")
+
     def del_bridge_addrs(self, name: str, addrs: Sequence[Any]) -> None:
         if name in self.links:
             self.links[name]["addrs"] = [a for a in self.links[name]["addrs"] if a not in addrs]
