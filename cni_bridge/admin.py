@@ -7,6 +7,7 @@ and no config files: each network's config is saved with its records at ADD.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -158,11 +159,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 entry.update(bridge=conf.bridge, fatal=fatal, limited=limited)
                 entry["foreignDropChains"] = [str(c) for c in deps.firewall.foreign_forward_drop()]
                 from cni_bridge.ipam.allocator import free_count
-                from cni_bridge.ipam.disk import DiskStore
+                from cni_bridge.ipam.disk import DiskStore, StoreUnusable
 
                 sets = conf.effective_range_sets()
                 if conf.ipam.type == "host-local":
-                    entry["free"] = free_count(DiskStore(name, args.data_dir), sets)
+                    with contextlib.suppress(StoreUnusable):  # problems() named it
+                        entry["free"] = free_count(DiskStore(name, args.data_dir), sets)
             entry["heldPorts"] = report.held_ports(name, holder)
             if conf is not None:
                 entry["limited"] += report.problems(entry["heldPorts"])

@@ -414,7 +414,7 @@ class StateStore:
         _atomic_write(self._path(att.tag), json.dumps(att.to_json(), sort_keys=True).encode())
 
     def remove(self, att: Attachment) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             os.unlink(self._path(att.tag))
 
     def has_other(self, tag: str) -> bool:

@@ -31,7 +31,14 @@ def problems(conf: NetConf, deps: Deps) -> tuple[list[str], list[str]]:
             sets = conf.effective_range_sets()
             stores = NetworkStores(conf)
             if os.path.isdir(stores.ipam.dir):
-                for rs, free in zip(sets, free_count(stores.ipam, sets), strict=True):
+                from cni_bridge.ipam.disk import StoreUnusable
+
+                try:
+                    counts = free_count(stores.ipam, sets)
+                except StoreUnusable as exc:  # ADD would fail on it (code 5)
+                    fatal.append(str(exc))
+                    counts = []
+                for rs, free in zip(sets, counts, strict=False):
                     if free <= 0:
                         fatal.append(f"no IP addresses available in range set {range_set_str(rs)}")
     fw_problem = deps.firewall.status()

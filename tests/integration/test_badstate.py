@@ -252,9 +252,24 @@ def test_a_directory_where_the_lock_file_belongs(blab: PluginLab) -> None:
     assert code == 1 and out["code"] == 5, (out, err)
     assert str(lock) in out["msg"] and "directory" in out["msg"]
     assert blab.host.links() == before and c.links() == ["lo"]
+    status = cli(blab, "status")
+    assert status.returncode == 2 and str(lock) in status.stdout, status.stdout
     code, out, err = call(blab, "DEL", conf, "a", nss["a"].path)
     assert code == 0, (out, err)
     assert str(lock) in err
     code, out, err = call(blab, "GC", {**conf, "cni.dev/valid-attachments": []})
     assert code == 0, (out, err)
     assert_nothing_left(blab, net, ["a", "b"])
+
+
+def test_a_file_where_the_network_directory_belongs(blab: PluginLab) -> None:
+    conf = conf_of(blab)
+    net = conf["name"]
+    blab.data_dir.mkdir()
+    (blab.data_dir / net).write_text("not a directory")
+    c = blab.container()
+    code, out, err = call(blab, "ADD", conf, "a", c.path)
+    assert code == 1 and out["code"] == 5 and "is not a directory" in out["msg"], (out, err)
+    assert c.links() == ["lo"] and conf["bridge"] not in blab.host.links()
+    code, out, err = call(blab, "DEL", conf, "a", c.path)
+    assert code == 0, (out, err)
