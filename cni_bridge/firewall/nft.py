@@ -364,9 +364,10 @@ class Firewall:
 
         if not self._has_bridge_chain(ipspoof.CHAIN):
             return  # nothing to remove, and nothing to create
-        cmds = ipspoof.delete(port, addrs)
-        if thorough:
-            cmds += ipspoof.delete_elements(ipspoof.of_port(self._ipspoof_sets(), port))
+        if thorough:  # what the kernel holds for the port, read (a key deleted twice fails)
+            cmds = ipspoof.delete_elements(ipspoof.of_port(self._ipspoof_sets(), port))
+        else:
+            cmds = ipspoof.delete(port, addrs)
         self.apply(cmds, f"ipspoofchk removal of {port}")
 
     def check_ipspoof(self, port: str, addrs: Sequence[IPAddress]) -> list[str]:

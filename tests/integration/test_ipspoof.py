@@ -184,3 +184,20 @@ def test_check_notices_a_removed_element_and_gc_removes_the_dead(lab: PluginLab)
     code, out = lab.plugin("GC", {**conf, "cni.dev/valid-attachments": []})
     assert code == 0, out
     assert _elements(lab) == {name: [] for name in SETS}
+
+
+def test_del_without_a_record_still_removes_the_elements(lab: PluginLab) -> None:
+    conf = _conf(lab)
+    c1, c2 = lab.container(), lab.container()
+    r1 = lab.add(conf, "lost", c1)
+    r2 = lab.add(conf, "kept", c2)
+    records = list((lab.data_dir / conf["name"] / ".cni-bridge").glob("*.json"))
+    assert len(records) == 2
+    port1, port2 = r1["interfaces"][1]["name"], r2["interfaces"][1]["name"]
+    (lost,) = [r for r in records if json.loads(r.read_text())["container_id"] == "lost"]
+    lost.unlink()  # the record (and with it the MAC the link-local derives from) is gone
+    lab.delete(conf, "lost", c1.path)
+    left = _ports_named(lab)
+    assert port1 not in left and port2 in left
+    lab.delete(conf, "kept", c2.path)
+    assert _elements(lab) == {name: [] for name in SETS}
