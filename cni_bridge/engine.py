@@ -35,11 +35,11 @@ def _reply_version(config: Mapping[str, Any]) -> str:
 
 
 def setup_logging(env: Mapping[str, str], *, plugin: bool = True) -> None:
-    """CNI_BRIDGE_LOG_LEVEL for both handlers. Unset, a plugin exec sends WARNING and up to
-    stderr (runtimes show a plugin's stderr) and INFO and up to CNI_BRIDGE_LOG_FILE: an operator
-    who names a file wants the line each ADD/DEL/GC writes there (commands/report.py).
-    Operator commands (`plugin=False`) keep one level on the loggers only, so that those that
-    raise their own loggers to INFO (`kube`, `routes`) are heard on stderr."""
+    """CNI_BRIDGE_LOG_LEVEL for everything. Unset: CNI_BRIDGE_LOG_FILE gets INFO and up (an
+    operator who names a file wants the line each ADD/DEL/GC/sync writes, commands/report.py),
+    and stderr WARNING and up for a plugin exec (runtimes show a plugin's stderr). Operator
+    commands (`plugin=False`) leave stderr unlevelled, so that those that raise their own
+    loggers to INFO (`kube`, `routes`) are heard there."""
     name = env.get("CNI_BRIDGE_LOG_LEVEL", "").upper()
     level = logging.getLevelName(name) if name else None
     if not isinstance(level, int):  # getLevelName maps unknown names to strings
@@ -52,14 +52,15 @@ def setup_logging(env: Mapping[str, str], *, plugin: bool = True) -> None:
     if log_file:
         try:
             handlers.append(logging.FileHandler(log_file))
-            if plugin:
-                handlers[-1].setLevel(level if level is not None else logging.INFO)
+            handlers[-1].setLevel(level if level is not None else logging.INFO)
         except OSError as exc:
             sys.stderr.write(f"cni-bridge: cannot log to {log_file}: {exc}\n")
+    if level is None:
+        level = logging.INFO if len(handlers) > 1 else logging.WARNING
     # force: a resident worker inherits its parent's handlers but must follow its caller's env.
     logging.basicConfig(
         force=True,
-        level=min(h.level for h in handlers) if plugin else (level or logging.WARNING),
+        level=level,
         format="%(asctime)s cni-bridge[%(process)d] %(levelname)s %(name)s: %(message)s",
         handlers=handlers,
     )

@@ -1,4 +1,4 @@
-"""The one INFO line each ADD, DEL and GC writes: what it created or removed.
+"""The one INFO line each ADD, DEL, GC and sync writes: what it created, removed or healed.
 
 To the handlers engine.setup_logging configures (stderr and CNI_BRIDGE_LOG_FILE), never to
 stdout, which carries only the CNI answer. One line per verb, so a log file reads as a history of
@@ -106,3 +106,18 @@ def collected(
     what = "; ".join(parts) if parts else "nothing"
     tail = f" ({len(errors)} failure(s))" if errors else ""
     log.info("GC %s: removed %s%s", network, what, tail)
+
+
+def synced(healed: Sequence[str], errors: Sequence[str], remaining: Sequence[str]) -> None:
+    """A sync (`cni-bridge sync`, the agent after a ruleset change): every drift it healed, in
+    one line; a sync that found nothing to do says so at DEBUG only (the agent runs it often)."""
+    if not (healed or errors or remaining):
+        log.debug("SYNC: nothing to heal")
+        return
+    what = "; ".join(healed) if healed else "nothing"
+    tail = (
+        f" ({len(errors)} failure(s), {len(remaining)} difference(s) left)"
+        if errors or remaining
+        else ""
+    )
+    log.info("SYNC: healed %s%s", what, tail)

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from cni_bridge.commands import report as verb_report
 from cni_bridge.commands.deps import Deps
 from cni_bridge.converge import desired as desired_mod
 from cni_bridge.converge.apply import apply
@@ -77,8 +78,8 @@ def sync(
             _, p = look(data_dirs, deps, only)
         _, after = look(data_dirs, deps, only)
         report.remaining = after.drift
-    for line in report.healed:
-        log.info("sync healed: %s", line)
+        if not dry_run:
+            verb_report.synced(report.healed, report.errors, report.remaining)
     return report
 
 

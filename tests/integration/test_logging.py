@@ -71,3 +71,21 @@ def test_info_on_stderr_leaves_stdout_the_cni_answer(lab: PluginLab) -> None:
     proc = subprocess.run(in_host(lab.host, env, plugin_command()), input=json.dumps(conf),
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == "", proc.stderr
+
+
+def test_sync_writes_one_line_naming_what_it_healed(lab: PluginLab) -> None:
+    log = lab.tmp / "cni-bridge.log"
+    conf = lab.conf()
+    c1 = lab.container()
+    lab.add(conf, "synced", c1)
+    lab.host.exec("nft", "flush", "ruleset")  # a firewall reload
+    env = {"CNI_BRIDGE_LOG_FILE": str(log)}
+    done = lab.cli("sync", "--data-dir", str(lab.data_dir), env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (line,) = _lines(log, "SYNC:")
+    assert line.split(" SYNC: healed ", 1)[1]  # names what it healed
+    healed = [x.removeprefix("healed: ") for x in done.stdout.splitlines() if x.startswith("healed: ")]
+    assert healed and all(h in line for h in healed)
+    # nothing left to heal: no INFO line (the agent syncs after every ruleset change)
+    done = lab.cli("sync", "--data-dir", str(lab.data_dir), env=env)
+    assert done.returncode == 0 and len(_lines(log, "SYNC:")) == 1
