@@ -142,7 +142,17 @@ def network_fw(conf: NetConf, subnets: Sequence[IPNetwork]) -> NetworkFw:
         isolate=conf.isolation,
         non_masq=list(conf.non_masquerade_cidrs),
         internal=conf.internal,
+        dns_gateways=dns_gateways(conf),
     )
+
+
+def dns_gateways(conf: NetConf) -> list[IPAddress]:
+    """Where a containerDNS network's name server listens, from the config alone (so every
+    verb and sync agree): the gateways of its host-local ranges. A delegated IPAM plugin's are
+    known only from its answers: such a network has no guard (firewall layout dns4/dns6)."""
+    if conf.container_dns is None or not conf.gateway_mode:
+        return []
+    return list(dict.fromkeys(r.gateway for rs in conf.effective_range_sets() for r in rs))
 
 
 def network_subnets(conf: NetConf, addresses: Sequence[IPInterface] = ()) -> list[IPNetwork]:

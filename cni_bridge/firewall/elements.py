@@ -19,6 +19,8 @@ from typing import Any
 from cni_bridge.firewall.layout import (
     BRIDGE_SELF,
     BRIDGES,
+    DNS_ADDR,
+    DNS_GW,
     INTERNAL,
     INTERVAL_SETS,
     ISOLATED,
@@ -123,6 +125,11 @@ def network_keys(net: NetworkFw, strict: bool) -> dict[str, list[Any]]:
         keys[SAME[fam]] = [
             {"concat": [prefix(a), prefix(b)]} for a, b in itertools.product(subnets, subnets)
         ]
+    for fam in (4, 6):
+        gateways = sorted({str(g) for g in net.dns_gateways if g.version == fam})
+        if gateways:
+            keys[DNS_ADDR[fam]] = list(gateways)
+            keys[DNS_GW[fam]] = [{"concat": [br, g]} for g in gateways]
     return keys
 
 
@@ -153,5 +160,7 @@ def network_missing(
 def describe(set_name: str, key: Any) -> str:
     """A network's element for humans: "bridge cni0", "subnet 10.88.0.0/16"."""
     value = canon(key, set_name in INTERVAL_SETS)
+    if set_name in (*DNS_ADDR.values(), *DNS_GW.values()):
+        return f"name server {net_str(value)}"
     kind = "bridge" if set_name in (BRIDGES, ISOLATED, STRICT, INTERNAL, BRIDGE_SELF) else "subnet"
     return f"{kind} {net_str(value)}"

@@ -50,6 +50,8 @@ INTERNAL = "internal"  # ifname: bridges of internal networks (no way in or out 
 MASQ = {4: "masq4", 6: "masq6"}  # subnets of networks with ipMasq
 SAME = {4: "same4", 6: "same6"}  # (subnet, subnet) pairs of one network
 NOMASQ = {4: "nomasq4", 6: "nomasq6"}  # (subnet, nonMasqueradeCIDRs entry) pairs
+DNS_ADDR = {4: "dnsaddr4", 6: "dnsaddr6"}  # gateways of containerDNS networks (name servers)
+DNS_GW = {4: "dns4", 6: "dns6"}  # (bridge, gateway) of containerDNS networks
 PORTS = "ports"  # nfproto . l4proto . port -> attachment id, or the marker (see claims.py)
 
 
@@ -77,6 +79,8 @@ NETWORK_SETS = (
     *MASQ.values(),
     *SAME.values(),
     *NOMASQ.values(),
+    *DNS_ADDR.values(),
+    *DNS_GW.values(),
 )
 PUB_MAPS = tuple(name for pm in PUB.values() for name in (pm.addr, pm.port))
 ATTACHMENT_SETS = (*PUB_MAPS, PORTS)
@@ -94,6 +98,8 @@ def _set_decls() -> dict[str, Json]:
         decls[MASQ[fam]] = {"type": addr, "flags": ["interval"]}
         decls[SAME[fam]] = {"type": [addr, addr], "flags": ["interval"]}
         decls[NOMASQ[fam]] = {"type": [addr, addr], "flags": ["interval"]}
+        decls[DNS_ADDR[fam]] = {"type": addr}
+        decls[DNS_GW[fam]] = {"type": ["ifname", addr]}
         for specific in (False, True):
             key: list[str] = [addr] if specific else []
             key += ["inet_proto", "inet_service"]
@@ -198,6 +204,24 @@ def _dnat_comment(fam: int, specific: bool) -> str:
     return f"{LAYOUT} dnat{fam}{'-hostip' if specific else ''}{' not ::1' if fam == 6 else ''}"
 
 
+def _dns_rule(fam: int) -> tuple[str, tuple[Json, ...]]:
+    # aardvark-dns answers a query from any container with the names of the network whose
+    # gateway received it: only the network's own bridge may ask its name server.
+    l3 = _L3[fam]
+    return (
+        f"{LAYOUT} dns{fam}: a network's name server answers its own bridge only",
+        (
+            match(meta("iifname"), f"@{BRIDGES}"),
+            match(meta("l4proto"), {"set": ["udp", "tcp"]}),
+            match(_DPORT, 53),
+            match(_pl(l3, "daddr"), f"@{DNS_ADDR[fam]}"),
+            match({"concat": [meta("iifname"), _pl(l3, "daddr")]}, f"@{DNS_GW[fam]}", "!="),
+            _COUNTER,
+            _DROP,
+        ),
+    )
+
+
 _JUMP_PUBLISH = (
     f"{LAYOUT} publish: port mappings to local addresses",
     (
@@ -237,6 +261,7 @@ STATIC_CHAINS: tuple[Chain, ...] = (
         ),
     ),
     Chain("prerouting", "nat", "prerouting", -100, (_JUMP_PUBLISH,)),
+    Chain("input", "filter", "input", 0, (_dns_rule(4), _dns_rule(6))),
     Chain("output", "nat", "output", -100, (_JUMP_PUBLISH,)),
     Chain(
         "postrouting",

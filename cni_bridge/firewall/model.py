@@ -52,6 +52,7 @@ class NetworkFw:
     isolate: bool = True
     non_masq: list[IPNetwork] = field(default_factory=list)  # destinations ipMasq leaves alone
     internal: bool = False  # no forwarding into or out of the bridge, no masquerade
+    dns_gateways: list[IPAddress] = field(default_factory=list)  # containerDNS listens there
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.lab import TEST_NET_1, Netns
+from tests.lab.nft import counter
 from tests.lab.plugin import ROOT, PluginLab
 
 pytestmark = [pytest.mark.integration, pytest.mark.plugin]
@@ -152,6 +153,10 @@ def test_names_are_per_network_and_rebuilt_from_records(dns_lab: PluginLab) -> N
     # A container on b does not see a's names through its own server, nor a's through b's.
     assert lookup(b1, "alpha1", "10.67.0.1") is None
     assert lookup(a1, "beta1", "10.66.0.1") is None
+    # Nor by asking a's name server directly (aardvark-dns would answer with a's names):
+    # only a's own bridge may ask it.
+    assert lookup(b1, "alpha1", "10.66.0.1") is None
+    assert counter(lab.host, "cni_bridge", "input", "v1 dns4") > 0
     # A reboot or a crash: the server and its directory gone. The records bring both back.
     key = _key(lab)
     pid = _server_pid(lab, key)
