@@ -5,6 +5,7 @@
 - lookup.py: who holds a port, from /proc/net/{tcp,tcp6,udp,udp6} and /proc/*/fd.
 - check.py: ADD's check that no host program holds a published port (in the plugin).
 - control.py: the holder's control socket, as the plugin and `status` reach it.
+- records.py: the desired state, from the attachment records, indexed by socket.
 - holder.py, proxy.py: the holder process (an asyncio loop the agent forks) and its relays.
 - supervisor.py: the agent's side: start the holder, restart it, stop it.
 

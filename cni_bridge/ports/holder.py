@@ -1,9 +1,8 @@
 """The holder: one process per host network namespace, forked and supervised by the agent,
 that holds a socket on every published host port and relays what reaches it (proxy.py).
 
-The records are the desired state: every attachment record (phase ready) under the data
-directories in use (datadirs.py) whose host veth is in this namespace. They are read in full
-at start and every RESCAN seconds, and one record at a time when an ADD or DEL says it changed
+The records are the desired state (records.py). They are read in full at start and every
+RESCAN seconds, and one record at a time when an ADD or DEL says it changed
 (control.py): the answer goes back once the sockets match, so a port is held when ADD returns.
 A port it could not hold (a host program got there first) is retried every RETRY seconds and
 reported by `status`.
@@ -29,30 +28,19 @@ import socket
 import struct
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from cni_bridge import datadirs
 from cni_bridge.ports import control, lookup, sockets
-from cni_bridge.ports.model import (
-    HoldKey,
-    Target,
-    Wanted,
-    first_owner,
-    plan,
-    wanted_from_record,
-)
+from cni_bridge.ports.model import HoldKey, Target, plan
 from cni_bridge.ports.proxy import TcpRelay, UdpRelay
-from cni_bridge.state import NETWORK_FILE, PHASE_READY, STATE_DIR
+from cni_bridge.ports.records import Owner, Records
 
 RESCAN = 30.0
 RETRY = 2.0
 PR_SET_PDEATHSIG = 1
-MAX_RECORD = 1 << 20
 # Families a host may lack (IPv6 disabled): nothing can bind there, so nothing is to hold.
 _NOT_HERE = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
-
-Owner = tuple[str, str]  # (network dir, record tag)
 
 
 def _log(message: str) -> None:
@@ -85,106 +73,21 @@ class Held:
 
 
 class Holder:
-    def __init__(self, data_dirs: Callable[[], list[str]] = datadirs.in_use) -> None:
-        self.data_dirs = data_dirs
-        self.told: set[str] = set()  # data dirs ADDs named (in case the registry lost one)
-        self.records: dict[Owner, Wanted] = {}
-        self.wanting: dict[HoldKey, set[Owner]] = {}  # the records' index by socket
-        self.labels: dict[Owner, str] = {}
+    def __init__(self, records: Records | None = None) -> None:
+        self.want = records or Records()
         self.held: dict[HoldKey, Held] = {}
         self.failed: dict[HoldKey, str] = {}
         self.absent: set[HoldKey] = set()  # a family this host does not have
 
-    # ------------------------------------------------------------------ the records
-
-    def _read(self, path: str, names: Callable[[str], bool]) -> tuple[Wanted, str]:
-        try:
-            with open(path, "rb") as f:
-                data = json.loads(f.read(MAX_RECORD))
-        except (OSError, ValueError):
-            return {}, ""
-        if not isinstance(data, dict) or data.get("phase") != PHASE_READY:
-            return {}, ""
-        veth = data.get("host_veth")
-        if not isinstance(veth, str) or not names(veth):
-            return {}, ""  # another namespace's attachment, or one whose container is gone
-        label = f"{data.get('network')}/{data.get('container_id')}/{data.get('ifname')}"
-        return wanted_from_record(data), label
-
-    def scan_all(self) -> None:
-        present = {name for _, name in socket.if_nameindex()}
-        records: dict[Owner, Wanted] = {}
-        labels: dict[Owner, str] = {}
-        for data_dir in sorted(set(self.data_dirs()) | self.told):
-            try:
-                networks = os.listdir(data_dir)
-            except OSError:
-                continue
-            for net in networks:
-                net_dir = os.path.join(data_dir, net)
-                state_dir = os.path.join(net_dir, STATE_DIR)
-                try:
-                    names = os.listdir(state_dir)
-                except OSError:
-                    continue
-                for name in names:
-                    if not name.endswith(".json") or name == NETWORK_FILE:
-                        continue
-                    wanted, label = self._read(os.path.join(state_dir, name), present.__contains__)
-                    if wanted:
-                        owner = (net_dir, name[: -len(".json")])
-                        records[owner], labels[owner] = wanted, label
-        self.records, self.labels = records, labels
-        self.wanting = {}
-        for owner, wanted in records.items():
-            for key in wanted:
-                self.wanting.setdefault(key, set()).add(owner)
-
-    def _set(self, owner: Owner, wanted: Wanted, label: str) -> list[HoldKey]:
-        """One record's sockets replaced; the keys whose wanted state may have changed."""
-        old = self.records.pop(owner, {})
-        self.labels.pop(owner, None)
-        for key in old:
-            owners = self.wanting.get(key, set())
-            owners.discard(owner)
-            if not owners:
-                self.wanting.pop(key, None)
-        if wanted:
-            self.records[owner], self.labels[owner] = wanted, label
-            for key in wanted:
-                self.wanting.setdefault(key, set()).add(owner)
-        return [*old, *(k for k in wanted if k not in old)]
-
-    def read_one(self, net_dir: str, tag: str) -> list[HoldKey]:
-        def exists(veth: str) -> bool:
-            try:
-                socket.if_nametoindex(veth)
-            except OSError:
-                return False
-            return True
-
-        self.told.add(os.path.dirname(net_dir))
-        wanted, label = self._read(os.path.join(net_dir, STATE_DIR, tag + ".json"), exists)
-        return self._set((net_dir, tag), wanted, label)
-
     # ------------------------------------------------------------------ the sockets
-
-    def _wanted(self, keys: Iterable[HoldKey]) -> Wanted:
-        """The wanted sockets among `keys`, each with its first owner's target."""
-        out: Wanted = {}
-        for key in keys:
-            owners = self.wanting.get(key)
-            if owners:
-                out[key] = self.records[first_owner(owners)][key]
-        return out
 
     async def apply(self, keys: Iterable[HoldKey] | None = None) -> None:
         """Bring the sockets among `keys` (None: all) to what the records want."""
         everything = keys is None
         if keys is None:
-            keys = set(self.wanting) | set(self.held) | set(self.failed)
+            keys = set(self.want.wanting) | set(self.held) | set(self.failed)
         keys = set(keys)
-        wanted = self._wanted(keys)
+        wanted = self.want.wanted(keys)
         todo = plan(wanted, {k: self.held[k].target for k in keys if k in self.held})
         for key in todo.close:
             self.held.pop(key).close()
@@ -243,24 +146,18 @@ class Holder:
 
     # ------------------------------------------------------------------ answers
 
-    def _owner_of(self, key: HoldKey) -> str:
-        for owner, wanted in sorted(self.records.items()):
-            if key in wanted:
-                return self.labels.get(owner, "")
-        return ""
-
     def status(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
             "held": [str(k) for k in sorted(self.held)],
             "failed": [
-                {"port": str(k), "reason": why, "attachment": self._owner_of(k)}
+                {"port": str(k), "reason": why, "attachment": self.want.owner_of(k)}
                 for k, why in sorted(self.failed.items())
             ],
         }
 
     def answer_changed(self, owner: Owner) -> dict[str, Any]:
-        mine = self.records.get(owner, {})
+        mine = self.want.records.get(owner, {})
         return {
             "held": [str(k) for k in sorted(mine) if k in self.held],
             "failed": {str(k): self.failed[k] for k in sorted(mine) if k in self.failed},
@@ -275,7 +172,7 @@ class Holder:
             net_dir, tag = message.get("dir"), message.get("tag")
             if not isinstance(net_dir, str) or not isinstance(tag, str) or "/" in tag:
                 return {"error": "bad changed message"}
-            await self.apply(self.read_one(os.path.abspath(net_dir), tag))
+            await self.apply(self.want.read_one(os.path.abspath(net_dir), tag))
             return self.answer_changed((os.path.abspath(net_dir), tag))
         return {"error": "unknown op"}
 
@@ -315,7 +212,7 @@ async def _run(holder: Holder, listener: socket.socket) -> None:
         while not stop.is_set():
             now = time.monotonic()
             if now >= next_scan:
-                holder.scan_all()
+                holder.want.scan_all()
                 next_scan = now + RESCAN
                 await holder.apply()
             elif holder.failed:

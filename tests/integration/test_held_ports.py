@@ -211,3 +211,16 @@ def test_podman_holds_its_own_ports_we_hold_only_ipv6(lab: PluginLab) -> None:
     lab.delete(net, "pod1", c.path)
     code, out = lab.plugin("ADD", net, "cri1", c.path)
     assert code == 1 and out["code"] == 100 and "tcp/18080 on 0.0.0.0" in out["msg"], out
+
+
+def test_a_holder_that_dies_is_replaced_and_holds_again(lab: PluginLab) -> None:
+    start_agent(lab)
+    c = lab.container()
+    lab.add(conf(lab, dual=False), "held6", c)
+    first = holder_status(lab)["pid"]
+    os.kill(first, signal.SIGKILL)
+    assert wait_for(lambda: (holder_status(lab) or {}).get("pid") not in (None, first), 10), (
+        agent_log(lab)
+    )
+    assert wait_for(lambda: bind_result(lab, "tcp", "0.0.0.0") == "EADDRINUSE", timeout=10)
+    assert holder_status(lab)["failed"] == []

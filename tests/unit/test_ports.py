@@ -4,16 +4,17 @@ check with a fake bind, the status report and the supervisor's restarts."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 from ipaddress import ip_address
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
 from cni_bridge.errors import PORT_CONFLICT, CNIError
 from cni_bridge.ports import check, lookup, report, sockets
-from cni_bridge.ports.holder import Holder
 from cni_bridge.ports.model import (
     HoldKey,
     Target,
@@ -23,6 +24,7 @@ from cni_bridge.ports.model import (
     wanted_for,
     wanted_from_record,
 )
+from cni_bridge.ports.records import Records
 from cni_bridge.ports.supervisor import Supervisor
 from tests.firewall_json import port_map
 
@@ -90,16 +92,16 @@ def test_plan() -> None:
 
 
 def test_holder_indexes_records_by_socket() -> None:
-    h = Holder(data_dirs=list)
+    h = Records(data_dirs=list)
     a, b = HoldKey("tcp", "0.0.0.0", 1), HoldKey("tcp", "::", 1)
-    assert h._set(("n", "y"), {a: Target(T4, 1), b: None}, "net/y/eth0") == [a, b]
-    assert h._set(("n", "x"), {a: Target(T6, 1)}, "net/x/eth0") == [a]
+    assert h.replace(("n", "y"), {a: Target(T4, 1), b: None}, "net/y/eth0") == [a, b]
+    assert h.replace(("n", "x"), {a: Target(T6, 1)}, "net/x/eth0") == [a]
     # Two records wanting one socket (one of them stale): the first sorted owner's target.
-    assert h._wanted([a, b]) == {a: Target(T6, 1), b: None}
-    assert h._set(("n", "x"), {}, "") == [a]
-    assert h._wanted([a, b]) == {a: Target(T4, 1), b: None}
-    h._set(("n", "y"), {}, "")
-    assert h.wanting == {} and h.records == {} and h._wanted([a, b]) == {}
+    assert h.wanted([a, b]) == {a: Target(T6, 1), b: None}
+    assert h.replace(("n", "x"), {}, "") == [a]
+    assert h.wanted([a, b]) == {a: Target(T4, 1), b: None}
+    h.replace(("n", "y"), {}, "")
+    assert h.wanting == {} and h.records == {} and h.wanted([a, b]) == {}
 
 
 PROC_TCP = """\
@@ -205,3 +207,31 @@ def test_supervisor_restarts_a_holder_that_ends_but_not_at_once() -> None:
     sup.stop()
     assert sup.pid == 0 and sup.due_in() == float("inf")
     assert Supervisor(_exit_at_once, enabled=False).due_in() == float("inf")
+
+
+def _record(path: Path, tag: str, veth: str, phase: str = "ready", port: int = 80) -> None:
+    (path / ".cni-bridge").mkdir(parents=True, exist_ok=True)
+    data = {
+        "network": path.name, "container_id": tag, "ifname": "eth0", "host_veth": veth,
+        "phase": phase, "ips": [f"{T4}/24"],
+        "port_mappings": [{"hostPort": port, "containerPort": 8080, "protocol": "tcp"}],
+    }
+    (path / ".cni-bridge" / f"{tag}.json").write_text(json.dumps(data))
+
+
+def test_records_want_what_ready_records_of_this_namespace_publish(tmp_path: Path) -> None:
+    net = tmp_path / "data" / "net1"
+    _record(net, "here", "lo")  # "lo" stands for a host veth present in this namespace
+    _record(net, "gone", "vcbnotthere1", port=81)
+    _record(net, "adding", "lo", phase="adding", port=82)
+    (net / ".cni-bridge" / "network.json").write_text("{}")
+    recs = Records(data_dirs=lambda: [str(tmp_path / "data"), str(tmp_path / "missing")])
+    recs.scan_all()
+    key4 = HoldKey("tcp", "0.0.0.0", 80)
+    assert recs.wanted(recs.wanting) == {
+        key4: Target(T4, 8080), HoldKey("tcp", "::", 80): Target(T4, 8080)
+    }
+    assert recs.owner_of(key4) == "net1/here/eth0"
+    (net / ".cni-bridge" / "here.json").unlink()
+    assert sorted(recs.read_one(str(net), "here")) == [key4, HoldKey("tcp", "::", 80)]
+    assert recs.wanting == {} and recs.told == {str(tmp_path / "data")}
