@@ -11,12 +11,13 @@ MAN_DIR ?= /usr/local/share/man
 # nftables + libnftables1 + python3-nftables: the plugin's firewall (the binding is Debian's);
 # iproute2, iputils-ping, conntrack: tests observe kernel state; podman, containerd, runc,
 # busybox-static, containernetworking-plugins, iptables: real runtimes and the reference
-# plugins the tests and the benchmark compare with; time, hyperfine: the benchmark;
+# plugins the tests and the benchmark compare with; time, hyperfine: the benchmark; uidmap,
+# slirp4netns: rootless podman in the benchmark (bench/rootless.py);
 # gcc, libc6-dev, binutils: the bundle's native launcher (build/launcher.c);
 # aardvark-dns: the name server of containerDNS networks (cni_bridge/dns/).
 APT_PACKAGES := nftables libnftables1 python3-nftables iproute2 iputils-ping conntrack \
 	containernetworking-plugins podman containerd runc busybox-static iptables util-linux \
-	procps python3-venv time hyperfine gcc libc6-dev binutils aardvark-dns
+	procps python3-venv time hyperfine gcc libc6-dev binutils aardvark-dns uidmap slirp4netns
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 SOURCES := $(shell find cni_bridge -name '*.py') build/cni-bridge.spec build/build.sh \
 	build/rthook_multiprocessing_lazy.py build/launcher.c
@@ -109,16 +110,18 @@ test: deps build
 demo: build
 	$(PY) -m demo
 
-# bench: ratios to the reference chain, then the soak (README "Speed"); ~20 min on 2 cores.
+# bench: ratios to the reference chain, the soak, rootless podman (README "Speed"); ~25 min.
 # Figures in bench/results/ (not kept in git).
 OURS_BIN := --ours-bin $(CURDIR)/dist/bin/cni-bridge
 bench: build
 	$(PY) -m bench.run $(OURS_BIN)
 	$(PY) -m bench.soak $(OURS_BIN)
+	$(PY) -m bench.rootless $(OURS_BIN)
 
 bench-quick: build
 	$(PY) -m bench.run $(OURS_BIN) --n 10 --samples 3 --scale 1,50 --quiet 10
 	$(PY) -m bench.soak $(OURS_BIN) --cycles 300
+	$(PY) -m bench.rootless $(OURS_BIN) --runs 3
 
 bench-soak: build
 	$(PY) -m bench.soak $(OURS_BIN)
