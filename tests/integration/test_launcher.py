@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from cni_bridge.resident import naming
+from cni_bridge.resident import naming, protocol
 from tests.integration.test_resident import NETNS_DIR, ROOT, Env
 
 pytestmark = [
@@ -198,6 +198,20 @@ def test_what_the_agent_does_not_run_goes_to_the_bundle_with_its_stdin(bundle: B
     assert got[1]["stdin"] == stdin and got[2]["stdin"] == stdin
     assert env.calls(rid) == []
     assert "the network descriptor sent is not a namespace" in env.server_log(host)
+
+
+def test_an_environment_beyond_the_agents_bound_goes_to_the_bundle_whole(bundle: Bundle) -> None:
+    env = bundle.env
+    host, ctr = bundle.namespaces(serve=True)
+    req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / ctr))
+    # Sent whole, refused whole (one variable may not exceed 128 KiB: execve's own bound).
+    big = {**req_env, **{f"HUGE{i}": "z" * (120 << 10) for i in range(5)}}
+    assert sum(len(v) for v in big.values()) > protocol.MAX_ENV_BYTES
+    done = bundle.run(host, big, stdin)
+    assert done.returncode == FALLBACK_EXIT, done.stderr
+    (fb,) = bundle.fallbacks()
+    assert fb["stdin"] == stdin and not (fb["relay"] or "").startswith("lost")
+    assert env.calls(rid) == []
 
 
 def test_a_caller_in_a_fresh_mount_namespace_is_served_by_the_agent(bundle: Bundle) -> None:
