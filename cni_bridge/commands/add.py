@@ -169,6 +169,8 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
 
     rollback = Rollback()
     try:
+        if ask.port_mappings:  # undone last, once the record is gone: the holder lets go
+            rollback.push("held ports", lambda: deps.ports.changed(stores.ipam.dir, att.tag))
         deps.hook("record")
         with stores.lock():
             existing = stores.state.get(conf.name, ask.container_id, ask.ifname)
@@ -258,6 +260,8 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
         att.phase = PHASE_READY
         with stores.lock():
             stores.state.put(att)  # write 3: ready
+        if ask.port_mappings:  # the agent's holder takes the ports, or the ADD fails
+            deps.ports.hold(stores.ipam.dir, att.tag)
         rollback.commit()
     except BaseException:
         rollback.run()
@@ -272,8 +276,6 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
         att.port_mappings,
         report.guards(conf),
     )
-    if ask.port_mappings:  # the agent's holder takes the ports (cni_bridge/ports)
-        deps.ports.changed(stores.ipam.dir, att.tag)
     return result
 
 

@@ -7,13 +7,16 @@ import errno
 import json
 import os
 import time
+from collections.abc import Sequence
 from ipaddress import ip_address
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
+from cni_bridge.commands.deps import Deps
 from cni_bridge.errors import PORT_CONFLICT, CNIError
+from cni_bridge.firewall.model import PortMapping
 from cni_bridge.ports import check, lookup, report, sockets
 from cni_bridge.ports.model import (
     HoldKey,
@@ -27,6 +30,7 @@ from cni_bridge.ports.model import (
 from cni_bridge.ports.records import Records
 from cni_bridge.ports.supervisor import Supervisor
 from tests.firewall_json import port_map
+from tests.unit.test_commands import World
 
 T4, T6 = "10.66.0.2", "fd00:66::2"
 
@@ -235,3 +239,57 @@ def test_records_want_what_ready_records_of_this_namespace_publish(tmp_path: Pat
     (net / ".cni-bridge" / "here.json").unlink()
     assert sorted(recs.read_one(str(net), "here")) == [key4, HoldKey("tcp", "::", 80)]
     assert recs.wanting == {} and recs.told == {str(tmp_path / "data")}
+
+
+class FakePorts:
+    """What ADD and DEL tell the holder, with whether the record existed at that moment."""
+
+    def __init__(self, world: World, refuse: bool) -> None:
+        self.world = world
+        self.refuse = refuse
+        self.calls: list[tuple[str, bool]] = []
+
+    def check(self, mappings: Sequence[PortMapping], runtime_holds: bool) -> None:
+        self.calls.append(("check", bool(self.world.records())))
+
+    def hold(self, network_dir: str, tag: str) -> None:
+        self.calls.append(("hold", bool(self.world.records())))
+        if self.refuse:
+            raise CNIError(PORT_CONFLICT, "host port tcp/8080 on 0.0.0.0 could not be held")
+
+    def changed(self, network_dir: str, tag: str) -> None:
+        self.calls.append(("changed", bool(self.world.records())))
+
+
+class PortsWorld(World):
+    def __init__(self, tmp_path: Path, refuse: bool) -> None:
+        netns = tmp_path / "netns"
+        netns.write_text("")  # stands in for an nsfs file; the fakes never open it
+        super().__init__(tmp_path, str(netns))
+        self.ports = FakePorts(self, refuse)
+
+    def deps(self) -> Deps:
+        return Deps(
+            net_factory=lambda: self.net,
+            firewall_factory=lambda: self.fw,
+            ports_factory=lambda: self.ports,
+        )
+
+
+def test_add_holds_its_ports_and_del_releases_them(tmp_path: Path) -> None:
+    world = PortsWorld(tmp_path, refuse=False)
+    world.call("ADD")
+    assert world.ports.calls == [("check", False), ("hold", True)]
+    world.call("DEL")
+    assert world.ports.calls[2:] == [("changed", False)]
+
+
+def test_a_port_the_holder_cannot_take_fails_the_add_and_undoes_it(tmp_path: Path) -> None:
+    world = PortsWorld(tmp_path, refuse=True)
+    with pytest.raises(CNIError) as err:
+        world.call("ADD")
+    assert err.value.code == PORT_CONFLICT
+    # The holder is told again once the record is gone, so it lets the sockets go.
+    assert world.ports.calls == [("check", False), ("hold", True), ("changed", False)]
+    assert world.records() == [] and world.store().reservations() == {}
+    assert world.net.links.keys() <= {"cbu0"} and world.fw.elements == {}
