@@ -81,6 +81,7 @@ def warm() -> None:
     import cni_bridge.commands.status
     import cni_bridge.config
     import cni_bridge.firewall.conntrack
+    import cni_bridge.firewall.ipspoof
     import cni_bridge.firewall.nft
     import cni_bridge.firewall.rules
     import cni_bridge.ipam.allocator

@@ -181,6 +181,8 @@ def usage(command: str | None = None) -> str:
             out.append(f"      {flags}")
             if text:
                 out.append(_wrap(text, "          "))
+        if p.epilog:
+            out.append(_wrap(p.epilog, "      "))
     out += ["", "environment (plugin mode; `serve` reads them too):"]
     for var, default, meaning in ENVIRONMENT:
         out += [f"  {var}  (default: {default})", _wrap(meaning, "      ")]

@@ -179,35 +179,30 @@ def stale(
     }
 
 
-def missing(sets: dict[str, list[Element]], port: str, addrs: Sequence[IPAddress]) -> list[str]:
-    """CHECK: the port's elements ADD would have made and the kernel does not hold."""
+def lookups(port: str, addrs: Sequence[IPAddress]) -> list[tuple[str, str]]:
+    """CHECK: (what, a native `get element` command) per element ADD makes for the port, rather
+    than a listing of the whole table (~0.3 s at 1000 ports, ~80 ms this way); `get` exists in
+    the native syntax only."""
     out = []
     for name, ks in keys(port, addrs).items():
-        have = {_canon(e.key) for e in sets.get(name, [])}
-        out += [
-            f"ipspoofchk element {_show(k)} is missing from set {name}"
-            for k in ks
-            if _canon(k) not in have
-        ]
+        for k in ks:
+            text = " . ".join(f'"{v}"' if i == 0 else str(v) for i, v in enumerate(_parts(k)))
+            out.append(
+                (
+                    f"ipspoofchk element {_show(k)} is missing from set {name}",
+                    f"get element {FAMILY} {TABLE} {name} {{ {text} }}",
+                )
+            )
     return out
+
+
+def _parts(key: Any) -> list[Any]:
+    return list(key["concat"]) if isinstance(key, dict) and "concat" in key else [key]
 
 
 def _port_of(e: Element) -> str:
     k = e.key
     return str(k["concat"][0]) if isinstance(k, dict) and "concat" in k else str(k)
-
-
-def _canon(key: Any) -> Any:
-    if isinstance(key, dict) and "concat" in key:
-        return tuple(_canon(v) for v in key["concat"])
-    if isinstance(key, str) and key.startswith("0x"):
-        return int(key, 16)
-    if isinstance(key, int):
-        return key
-    try:
-        return ipaddress.ip_address(key)
-    except ValueError:
-        return key
 
 
 def _show(key: Any) -> str:

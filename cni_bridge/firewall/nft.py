@@ -375,7 +375,16 @@ class Firewall:
 
         if not self._has_bridge_chain(ipspoof.CHAIN):
             return [f"ipspoofchk chain {ipspoof.FAMILY} {ipspoof.TABLE} {ipspoof.CHAIN} is missing"]
-        return ipspoof.missing(self._ipspoof_sets(), port, addrs)
+        # One `get` per element: libnftables 1.0.6 still loads the set's elements for each
+        # (~13 ms at 1000 ports; listing the table instead costs ~0.3 s there).
+        missing = []
+        for message, command in ipspoof.lookups(port, addrs):
+            rc, _out, err = self._ctx().cmd(command)
+            if rc != 0:
+                if "No such file or directory" not in str(err):
+                    raise NftablesError("ipspoofchk CHECK", str(err))
+                missing.append(message)
+        return missing
 
     def _gc_ipspoof(self, net: NetworkFw, keep_tags: set[str]) -> list[str]:
         from cni_bridge.firewall import ipspoof

@@ -98,15 +98,12 @@ def test_of_port_finds_a_ports_elements_whatever_their_addresses() -> None:
     assert sum(len(v) for v in found.values()) == 4
 
 
-def test_missing_reports_what_the_kernel_lacks() -> None:
-    listed = _listed("net1", "t", PORT, [V4, V6])
-    # as libnftables lists them: the raw target as a hex string, addresses as text
-    assert ipspoof.missing(listed, PORT, [V4, V6]) == []
-    del listed[ipspoof.TARGETS6][0]
-    assert ipspoof.missing(listed, PORT, [V4, V6]) == [
-        f"ipspoofchk element {PORT} . fd00:50::2 is missing from set {ipspoof.TARGETS6}"
+def test_check_looks_up_each_element_by_key() -> None:
+    found = ipspoof.lookups(PORT, [V4, V6])
+    assert [cmd for _, cmd in found] == [
+        f'get element bridge cni_bridge ipspoof_ip4 {{ "{PORT}" . 10.50.0.2 }}',
+        f'get element bridge cni_bridge ipspoof_ip6 {{ "{PORT}" . fd00:50::2 }}',
+        f'get element bridge cni_bridge ipspoof_nd6 {{ "{PORT}" . 0xfd000050000000000000000000000002 }}',
+        f'get element bridge cni_bridge ipspoof_ports {{ "{PORT}" }}',
     ]
-    assert ipspoof.missing({}, PORT, [V4]) == [
-        f"ipspoofchk element {PORT} . 10.50.0.2 is missing from set {ipspoof.ALLOWED4}",
-        f"ipspoofchk element {PORT} is missing from set {ipspoof.PORTS}",
-    ]
+    assert found[2][0] == f"ipspoofchk element {PORT} . fd00:50::2 is missing from set ipspoof_nd6"
