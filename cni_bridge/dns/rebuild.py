@@ -20,6 +20,7 @@ from cni_bridge.dns.names import Entry, NetworkDNS, entry, render
 from cni_bridge.dns.ops import upstream
 from cni_bridge.errors import CNIError
 from cni_bridge.ipam.disk import DiskStore
+from cni_bridge.plan import dns_gateways
 from cni_bridge.state import PHASE_READY, STATE_DIR, Attachment, StateStore, boot_id
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,13 @@ log = logging.getLogger(__name__)
 
 def _live(att: Attachment) -> bool:
     """Ready, from this boot, and its host veth is in this namespace (it dies with its
-    container's namespace)."""
-    if att.phase != PHASE_READY or att.boot_id != boot_id() or not att.dns_names:
+    container's namespace); or its ADD is running right now: that ADD may have published its
+    names already (it publishes before it writes "ready"), and a rebuild must not drop them."""
+    if not att.dns_names or not att.ips:
+        return False
+    if att.add_in_progress():
+        return True
+    if att.phase != PHASE_READY or att.boot_id != boot_id():
         return False
     try:
         socket.if_nametoindex(att.host_veth)
@@ -49,7 +55,9 @@ def network_file(conf: NetConf, records: Iterable[Attachment], upstream: Iterabl
     live = [a for a in records if _live(a)]
     if not live or conf.container_dns is None:
         return None
-    listen = list(dict.fromkeys(g for a in live for g in _gateways(a)))
+    # As ADD listens: the config's gateways; a delegated IPAM's only from the results.
+    listen = [str(g) for g in dns_gateways(conf)]
+    listen = listen or list(dict.fromkeys(g for a in live for g in _gateways(a)))
     entries: list[Entry] = [entry(a.container_id, a.ips, a.dns_names) for a in live]
     if not listen:
         return None

@@ -21,7 +21,7 @@ from cni_bridge.dns.names import (
     resolvers,
 )
 from cni_bridge.errors import CNIError
-from tests.unit.test_commands import World, netns, world
+from tests.unit.test_commands import World, gc_args, netns, world
 
 __all__ = ["netns", "world"]  # fixtures
 
@@ -137,3 +137,32 @@ def test_name_server_guard_elements() -> None:
     assert keys[DNS_ADDR[4]] == ["10.0.0.1"]
     assert keys[DNS_GW[4]] == [{"concat": ["br0", "10.0.0.1"]}]
     assert DNS_ADDR[4] not in network_keys(base, strict=False)
+
+
+def test_rebuild_keeps_an_add_in_progress_and_drops_the_dead(tmp_path: Any) -> None:
+    import os
+
+    from cni_bridge.config import load_netconf
+    from cni_bridge.dns.rebuild import network_file
+    from cni_bridge.state import Attachment
+
+    conf = load_netconf({"cniVersion": "1.0.0", "name": "n", "isGateway": True,
+                         "containerDNS": {"upstream": ["192.0.2.53"]},
+                         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]]}})
+    running = Attachment.new("n", "c1", "eth0", "")  # this process: an ADD in progress
+    running.ips, running.dns_names = ["10.0.0.2/24"], ["one"]
+    dead = Attachment.new("n", "c2", "eth0", "")
+    dead.ips, dead.dns_names = ["10.0.0.3/24"], ["two"]
+    dead.pid = os.getpid() + 10**7  # no such process: a crashed ADD
+    dead.pid_start = "1"
+    text = network_file(conf, [running, dead], ["192.0.2.53"])
+    assert text == "10.0.0.1 192.0.2.53\nc1 10.0.0.2  one\n"
+    assert network_file(conf, [dead], []) is None
+
+
+def test_gc_withdraws_the_names(world: World) -> None:
+    fake = _dns_world(world)
+    world.call("ADD", containerDNS=True)
+    assert [e.id for e in fake.files["unit"]] == ["c1"]
+    world.call("GC", containerDNS=True, **gc_args({"cni.dev/attachments": []}))
+    assert fake.files == {} and world.records() == []
