@@ -1,7 +1,7 @@
 """Carries a plan out: the small side-effecting half of a sync.
 
 Steps run in the plan's order (bridges before their addresses, ports and sysctls), then the
-firewall's one transaction, then the macspoofchk guards (they name host veths that must be on
+firewall's one transaction, then the macspoofchk and ipspoofchk guards (they name host veths that must be on
 their bridge). Every repair is idempotent, so a repair that raced with an ADD or another sync
 does no harm; each failure is reported and the rest still runs.
 """
@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from cni_bridge.converge.planner import ADDRESS, BRIDGE, MACSPOOF, PORT, SYSCTL, Plan, Step
+from cni_bridge.converge.planner import (
+    ADDRESS,
+    BRIDGE,
+    IPSPOOF,
+    MACSPOOF,
+    PORT,
+    SYSCTL,
+    Plan,
+    Step,
+)
 from cni_bridge.domain import InterfaceName
 from cni_bridge.errors import CNIError
 from cni_bridge.firewall.ops import FirewallOps
@@ -36,6 +45,9 @@ def _run(step: Step, fw: FirewallOps, net: NetOps) -> None:
         net.set_sysctl(step.target, step.args[0])
     elif step.kind == MACSPOOF:
         fw.add_macspoof(step.target, step.args[0])
+    elif step.kind == IPSPOOF:
+        net_fw, att_fw, own, relayout = step.args
+        fw.add_ipspoof(net_fw, att_fw, step.target, list(own), relayout=relayout)
     else:
         raise ValueError(f"unknown step {step.kind}")
 
@@ -50,8 +62,9 @@ def apply(p: Plan, fw: FirewallOps, net: NetOps) -> Applied:
         except (NetError, CNIError, OSError) as exc:
             done.errors.append(f"{step.what}: not healed: {exc}")
 
+    guards = (MACSPOOF, IPSPOOF)
     for step in p.steps:
-        if step.kind != MACSPOOF:
+        if step.kind not in guards:
             attempt(step)
     if p.firewall:
         try:
@@ -60,6 +73,6 @@ def apply(p: Plan, fw: FirewallOps, net: NetOps) -> Applied:
         except CNIError as exc:
             done.errors.append(f"firewall: not healed: {exc.msg}: {exc.details}")
     for step in p.steps:
-        if step.kind == MACSPOOF:
+        if step.kind in guards:
             attempt(step)
     return done

@@ -5,7 +5,7 @@ network_repairs, attachment_repairs, foreign_rules), applied to every recorded a
 against one complete view, so they form one transaction that only adds what is missing. The
 rest are steps for NetOps: a bridge missing or down, its gateway addresses, a host veth no longer
 on its bridge (the bridge was deleted and is made again), the forwarding and route_localnet
-sysctls, the macspoofchk guards.
+sysctls, the macspoofchk and ipspoofchk guards.
 
 Only live attachments are desired on the host: their host veth exists with its peer in another
 namespace. One whose veth is gone is GC's (listed as stale, never re-created). A repair that
@@ -27,13 +27,14 @@ from cni_bridge.firewall.model import FirewallError, TableView
 from cni_bridge.net.ops import HostLink
 
 BRIDGE, ADDRESS, PORT, SYSCTL, MACSPOOF = "bridge", "address", "port", "sysctl", "macspoof"
+IPSPOOF = "ipspoof"
 # The order steps run in: a bridge before its addresses, ports and route_localnet.
-_ORDER = {BRIDGE: 0, ADDRESS: 1, PORT: 2, SYSCTL: 3, MACSPOOF: 4}
+_ORDER = {BRIDGE: 0, ADDRESS: 1, PORT: 2, SYSCTL: 3, MACSPOOF: 4, IPSPOOF: 5}
 
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # BRIDGE, ADDRESS, PORT, SYSCTL or MACSPOOF
+    kind: str  # BRIDGE, ADDRESS, PORT, SYSCTL, MACSPOOF or IPSPOOF
     what: str  # the drift, for people
     target: str  # the bridge, host veth or sysctl key
     args: tuple[Any, ...] = ()
@@ -135,6 +136,24 @@ def _net_steps(n: Network, members: Sequence[Member], seen: Observed, out: Plan)
                     Step(MACSPOOF, f"the macspoofchk guard of {m.fw.owner} is missing",
                          m.record.host_veth, (mac,))
                 )  # fmt: skip
+    if conf.ipspoofchk:
+        _ipspoof_steps(n, members, seen, out)
+
+
+def _ipspoof_steps(n: Network, members: Sequence[Member], seen: Observed, out: Plan) -> None:
+    from cni_bridge.commands.common import guarded_addresses
+    from cni_bridge.firewall import ipspoof
+
+    have = seen.fw.ipspoof  # None: the chain or one of its rules is gone
+    for m in members:
+        own = guarded_addresses(n.conf, m.record)
+        if have is None or ipspoof.absent(have, m.record.host_veth, own):
+            # The first repair rewrites the static chain, when it was found incomplete.
+            relayout = have is None and not any(s.kind == IPSPOOF for s in out.steps)
+            out.steps.append(
+                Step(IPSPOOF, f"the ipspoofchk guard of {m.fw.owner} is missing",
+                     m.record.host_veth, (n.fw, m.fw, tuple(own), relayout))
+            )  # fmt: skip
 
 
 # ---------------------------------------------------------------- the firewall

@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=Formatter,
         description="Make the host match the attachment records: our nftables table and its "
         "elements, accept rules in foreign forward chains, the 127.0.0.0/8 guard, bridges, "
-        "gateway addresses, sysctls, macspoofchk guards, the containerDNS server and its "
+        "gateway addresses, sysctls, macspoofchk and ipspoofchk guards, the containerDNS server and its "
         "files. Idempotent. Exit 0 when the host "
         "matches the records afterwards (with --dry-run: already), 1 otherwise.",
     )

@@ -73,6 +73,10 @@ _RULES = (
 )
 
 
+def rule_comments() -> set[str]:
+    return {f"{COMMENT}: {what}" for what, _ in _RULES}
+
+
 def layout() -> str:
     """Idempotent and race-free, as one transaction: add (no-op when present), flush, rewrite."""
     where = f"{FAMILY} {TABLE}"
@@ -198,6 +202,25 @@ def lookups(port: str, addrs: Sequence[IPAddress]) -> list[tuple[str, str]]:
 
 def _parts(key: Any) -> list[Any]:
     return list(key["concat"]) if isinstance(key, dict) and "concat" in key else [key]
+
+
+def absent(sets: dict[str, list[Element]], port: str, addrs: Sequence[IPAddress]) -> bool:
+    """Whether an element of the port is missing from a listing (a sync's check)."""
+    have = {(name, _canon(e.key)) for name, els in sets.items() for e in els}
+    return any(
+        (name, _canon(k)) not in have for name, ks in keys(port, addrs).items() for k in ks
+    )
+
+
+def _canon(key: Any) -> Any:
+    if isinstance(key, dict) and "concat" in key:
+        return tuple(_canon(v) for v in key["concat"])
+    if isinstance(key, str) and key.startswith("0x"):
+        return int(key, 16)
+    try:
+        return ipaddress.ip_address(key)
+    except ValueError:
+        return key
 
 
 def _port_of(e: Element) -> str:

@@ -113,3 +113,21 @@ def parse_spoofchk(listing: Sequence[Json]) -> set[tuple[str, str]] | None:
         if r and mine(r) and r.get("comment") == macspoof.RULE_COMMENT:
             rule = True
     return {pair for pair in allowed if pair[0] in ports} if rule else None
+
+
+def parse_ipspoof(listing: Sequence[Json]) -> dict[str, list[Element]] | None:
+    """ipspoofchk's elements by set, from a listing of the bridge table; None when its chain
+    lacks one of its rules (then no port is guarded as it should be)."""
+    from cni_bridge.firewall import ipspoof
+
+    comments = {
+        str(r.get("comment", ""))
+        for obj in listing
+        if (r := obj.get("rule"))
+        and r.get("family") == ipspoof.FAMILY
+        and r.get("table") == ipspoof.TABLE
+        and r.get("chain") == ipspoof.CHAIN
+    }
+    if not ipspoof.rule_comments() <= comments:
+        return None
+    return parse_sets(listing, ipspoof.FAMILY, ipspoof.TABLE)

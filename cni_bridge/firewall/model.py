@@ -135,11 +135,13 @@ class ForeignView:
 class FirewallView:
     """Everything of ours the kernel's ruleset holds, as a sync compares it with the records:
     our table, the foreign forward chains (foreign.py), and the macspoofchk guards as
-    (host veth, MAC) pairs (None when the bridge table or its rule is missing)."""
+    (host veth, MAC) pairs (None when the bridge table or its rule is missing), and the
+    ipspoofchk elements by set (None when its chain or one of its rules is missing)."""
 
     table: TableView
     foreign: list[ForeignView]
     spoofchk: set[tuple[str, str]] | None = None
+    ipspoof: dict[str, list[Element]] | None = None
 
 
 # What the pure layer refuses. It knows no CNI error codes: nft.py maps these to them.

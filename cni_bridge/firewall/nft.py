@@ -346,13 +346,19 @@ class Firewall:
     # ------------------------------------------------------------ ipspoofchk
 
     def add_ipspoof(
-        self, net: NetworkFw, att: AttachmentFw, port: str, addrs: Sequence[IPAddress]
+        self,
+        net: NetworkFw,
+        att: AttachmentFw,
+        port: str,
+        addrs: Sequence[IPAddress],
+        *,
+        relayout: bool = False,
     ) -> None:
         """Guard host veth `port`: frames through it carry only `addrs` as their source."""
         from cni_bridge.firewall import ipspoof
         from cni_bridge.firewall.elements import attachment_comment
 
-        if not self._has_bridge_chain(ipspoof.CHAIN):
+        if relayout or not self._has_bridge_chain(ipspoof.CHAIN):
             self._apply_text(ipspoof.layout(), "ipspoofchk layout")
         comment = attachment_comment(net, att)
         self.apply(ipspoof.add(port, addrs, comment), f"ipspoofchk of {port}")
@@ -455,7 +461,18 @@ class Firewall:
 
     def observe(self) -> FirewallView:
         view, foreign = self.read()
-        return FirewallView(view, foreign, self._spoofchk())
+        return FirewallView(view, foreign, self._spoofchk(), self._ipspoof_observed())
+
+    def _ipspoof_observed(self) -> dict[str, list[Element]] | None:
+        from cni_bridge.firewall import ipspoof
+
+        if not self._has_bridge_chain(ipspoof.CHAIN):
+            return None
+        try:
+            table = {"table": {"family": ipspoof.FAMILY, "name": ipspoof.TABLE}}
+            return listing.parse_ipspoof(self._list("listing the bridge table", table))
+        except NftablesError:
+            return None
 
     def _spoofchk(self) -> set[tuple[str, str]] | None:
         from cni_bridge.firewall import macspoof

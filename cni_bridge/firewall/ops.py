@@ -55,11 +55,18 @@ class FirewallOps(Protocol):
         ...
 
     def add_ipspoof(
-        self, net: NetworkFw, att: AttachmentFw, port: str, addrs: Sequence[IPAddress]
+        self,
+        net: NetworkFw,
+        att: AttachmentFw,
+        port: str,
+        addrs: Sequence[IPAddress],
+        *,
+        relayout: bool = False,
     ) -> None:
         """Frames entering the bridge through host veth `port` carry only `addrs` as their
         IPv4/IPv6 source, ARP sender and ND target (ipspoof.py), elements tagged with `att`'s
-        comment. The caller undoes it with del_ipspoof."""
+        comment. The static chain is written when missing, or always with `relayout` (a sync
+        that found a rule missing). The caller undoes it with del_ipspoof."""
         ...
 
     def del_ipspoof(self, port: str, addrs: Sequence[IPAddress], *, thorough: bool = False) -> None:

@@ -201,3 +201,26 @@ def test_del_without_a_record_still_removes_the_elements(lab: PluginLab) -> None
     assert port1 not in left and port2 in left
     lab.delete(conf, "kept", c2.path)
     assert _elements(lab) == {name: [] for name in SETS}
+
+
+def test_sync_brings_the_guard_back_after_a_flush(lab: PluginLab) -> None:
+    conf = _conf(lab)
+    c1, c2 = lab.container(), lab.container()
+    r1, r2 = lab.add(conf, "s1", c1), lab.add(conf, "s2", c2)
+    before = _elements(lab)
+    lab.host.exec("nft", "flush", "ruleset")  # a firewall reload: every guard is gone
+    assert _elements(lab) == {name: [] for name in SETS}
+    done = lab.cli("sync", "--data-dir", str(lab.data_dir))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "the ipspoofchk guard of" in done.stdout
+    after = _elements(lab)
+    assert {k: len(v) for k, v in after.items()} == {k: len(v) for k, v in before.items()}
+    # and it drops again: c1 claims the gateway's address towards c2
+    mac1, v4_2 = r1["interfaces"][2]["mac"], _addr(r2, 4)
+    c2.sysctl("net.ipv4.neigh.eth0.locktime", 0)
+    assert ping(c2, "10.66.0.1")
+    gw_mac = _neigh_mac(c2, "10.66.0.1")
+    _send(c1, "arp", mac1, "10.66.0.1", v4_2)
+    assert _neigh_mac(c2, "10.66.0.1") == gw_mac
+    done = lab.cli("sync", "--data-dir", str(lab.data_dir), "--dry-run")
+    assert done.returncode == 0, done.stdout  # nothing left to heal

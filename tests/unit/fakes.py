@@ -207,7 +207,13 @@ class FakeFirewall:
         return []
 
     def add_ipspoof(
-        self, net: NetworkFw, att: AttachmentFw, port: str, addrs: Sequence[IPAddress]
+        self,
+        net: NetworkFw,
+        att: AttachmentFw,
+        port: str,
+        addrs: Sequence[IPAddress],
+        *,
+        relayout: bool = False,
     ) -> None:
         self.calls.append("add_ipspoof")
         self.ipspoof[port] = (net.name, att.tag, list(addrs))

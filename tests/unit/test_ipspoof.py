@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +109,55 @@ def test_check_looks_up_each_element_by_key() -> None:
         f'get element bridge cni_bridge ipspoof_ports {{ "{PORT}" }}',
     ]
     assert found[2][0] == f"ipspoofchk element {PORT} . fd00:50::2 is missing from set ipspoof_nd6"
+
+
+# ---------------------------------------------------------------- sync (converge/planner.py)
+
+
+def _desired(tmp: Path) -> Any:
+    from cni_bridge.converge import desired as desired_mod
+    from cni_bridge.state import PHASE_READY, Attachment, StateStore
+
+    conf = {
+        "cniVersion": "1.0.0", "name": "netA", "type": "cni-bridge", "bridge": "cni0",
+        "isGateway": True, "ipspoofchk": True,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.88.0.0/24"}], [{"subnet": "fd00:88::/64"}]],
+                 "dataDir": str(tmp)},
+    }  # fmt: skip
+    store = StateStore(str(tmp / "netA"))
+    store.save_network(conf)
+    att = Attachment.new("netA", "c1", "eth0", "/run/netns/x")
+    att.phase, att.ips, att.mac = PHASE_READY, ["10.88.0.2/24", "fd00:88::2/64"], "0a:58:0a:58:00:02"
+    store.put(att)
+    return desired_mod.load([str(tmp)])
+
+
+def test_sync_plans_the_guard_of_each_unguarded_port(tmp_path: Path) -> None:
+    from cni_bridge.converge.observe import Observed
+    from cni_bridge.converge.planner import IPSPOOF, plan
+    from cni_bridge.firewall.model import FirewallView, TableView
+    from cni_bridge.net.ops import HostLink
+
+    want = _desired(tmp_path)
+    veth = want.networks[0].members[0].record.host_veth
+    links: dict[str, HostLink | None] = {
+        "cni0": HostLink("cni0", 4, "0a:00:00:00:00:01", 1500, "bridge", None, True, True, False, None),
+        veth: HostLink(veth, 5, "0a:00:00:00:00:02", 1500, "veth", 4, True, True, False, 2,
+                       peer_netnsid=0),
+    }  # fmt: skip
+    own = [ipaddress.ip_address("10.88.0.2"), ipaddress.ip_address("fd00:88::2"),
+           ipspoof.link_local("0a:58:0a:58:00:02")]  # fmt: skip
+
+    def steps(seen: dict[str, list[Element]] | None) -> list[Any]:
+        view = FirewallView(TableView(), [], None, seen)
+        return [s for s in plan(want, Observed(view, links=links)).steps if s.kind == IPSPOOF]
+
+    (step,) = steps(None)  # chain gone (a flush): the first repair rewrites it
+    assert step.target == veth and list(step.args[2]) == own and step.args[3] is True
+    assert step.what == "the ipspoofchk guard of netA/c1/eth0 is missing"
+    whole = _listed("netA", "t", veth, own)
+    assert steps(whole) == []
+    partial = dict(whole)
+    partial[ipspoof.TARGETS6] = partial[ipspoof.TARGETS6][:1]  # the link-local's ND target gone
+    (step,) = steps(partial)
+    assert step.args[3] is False  # the chain is whole: elements only
