@@ -224,3 +224,21 @@ def test_a_holder_that_dies_is_replaced_and_holds_again(lab: PluginLab) -> None:
     )
     assert wait_for(lambda: bind_result(lab, "tcp", "0.0.0.0") == "EADDRINUSE", timeout=10)
     assert holder_status(lab)["failed"] == []
+
+
+def test_host_ip_is_honoured(lab: PluginLab) -> None:
+    start_agent(lab)
+    lab.outside(lab.host)  # puts TEST_NET_1[0] on the host
+    lab.server(lab.host, "tcp", HOST_PORT, host="127.0.0.1")
+    c = lab.container()
+    net = conf(lab, dual=False, hostIP=TEST_NET_1[0])
+    lab.add(net, "hip1", c)  # another address than the host program's: no conflict
+    assert bind_result(lab, "tcp", TEST_NET_1[0]) == "EADDRINUSE"
+    assert bind_result(lab, "tcp", "::1") == "bound"  # only the mapping's address is held
+    assert holder_status(lab)["held"] == [f"tcp/{HOST_PORT} on {TEST_NET_1[0]}"]
+    lab.delete(net, "hip1", c.path)
+    lab.server(lab.host, "tcp", HOST_PORT + 1, host="0.0.0.0")
+    net["runtimeConfig"]["portMappings"][0]["hostPort"] = HOST_PORT + 1
+    code, out = lab.plugin("ADD", net, "hip2", c.path)  # a wildcard listener covers it
+    assert code == 1 and out["code"] == 100, out
+    assert f"pid {lab.procs[-1].pid} (" in out["msg"], out
