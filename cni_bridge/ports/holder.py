@@ -108,7 +108,12 @@ class Holder:
                     continue
                 why = exc.strerror or str(exc)
                 if exc.errno == errno.EADDRINUSE:
-                    why = f"held by {lookup.describe(lookup.holders_of(key))}"
+                    # Naming the holder reads every process's descriptors (~90 ms on a busy
+                    # host): a retry keeps the name found, a full rescan looks again.
+                    known = self.failed.get(key, "")
+                    why = known if known.startswith("held by") and not everything else (
+                        f"held by {lookup.describe(lookup.holders_of(key))}"
+                    )
                 if self.failed.get(key) != why:
                     _log(f"cannot hold {key}: {why}")
                 self.failed[key] = why
