@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_committed_man_page_is_what_the_parsers_render() -> None:
     committed = (ROOT / "docs" / "cni-bridge.1").read_text()
-    assert committed == manual.manpage(), "docs/cni-bridge.1 is stale: run `make man`"
+    assert committed == manual.manpage(), (
+        "docs/cni-bridge.1 no longer matches the parsers: `make man` "
+        "(or .venv/bin/python -m cni_bridge.manual > docs/cni-bridge.1) and commit it"
+    )
 
 
 def test_every_command_cli_dispatches_is_in_the_manual() -> None:
@@ -35,7 +38,10 @@ def test_every_variable_the_code_reads_is_documented() -> None:
     texts.append((ROOT / "build" / "launcher.c").read_text())
     read = {v for t in texts for v in re.findall(r"CNI_BRIDGE_[A-Z_]+[A-Z]", t)}
     documented = {var for var, _, _ in manual.ENVIRONMENT}
-    assert read - manual.INTERNAL_VARIABLES == documented
+    assert read - manual.INTERNAL_VARIABLES == documented, (
+        "describe every CNI_BRIDGE_* variable in cni_bridge/manual.py ENVIRONMENT (or list it in "
+        "INTERNAL_VARIABLES), then regenerate docs/cni-bridge.1"
+    )
 
 
 @pytest.mark.parametrize("name", [c for c, _, _ in manual.COMMANDS])
