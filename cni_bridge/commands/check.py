@@ -74,6 +74,8 @@ def check(request: Request, conf: NetConf, deps: Deps, sandbox: str = "") -> lis
     problems.extend(deps.firewall.check_attachment(*record_fw(conf, att)))
     if conf.ipspoofchk:
         problems.extend(deps.firewall.check_ipspoof(att.host_veth, guarded_addresses(conf, att)))
+    if att.dns_names:
+        problems.extend(deps.dns.check(att.network, att.container_id, att.ips, att.dns_names))
     return problems
 
 

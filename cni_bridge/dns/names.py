@@ -123,13 +123,20 @@ def parse_listen(text: str) -> list[IPAddress]:
     return out
 
 
-def replaced(entries: Sequence[Entry], new: Entry | None, container_id: str, ips: Iterable[str]) -> list[Entry]:
-    """`entries` without the container's earlier line(s) for these addresses, plus `new`.
-    A container may have one line per interface on a network: only the lines that share an
-    address with this attachment (or have none) are its own."""
-    cid = container_id.lower()
+def owned(e: Entry, container_id: str, ips: Iterable[str]) -> bool:
+    """Whether `e` is this attachment's line. A container may have one line per interface on
+    a network: only the lines that share an address with this attachment (or have none) are
+    its own."""
     mine = {str(ipaddress.ip_interface(ip).ip) for ip in ips}
-    kept = [e for e in entries if not (e.id == cid and (not e.ips or e.ips & mine))]
+    return e.id == container_id.lower() and (not e.ips or bool(e.ips & mine))
+
+
+def replaced(
+    entries: Sequence[Entry], new: Entry | None, container_id: str, ips: Iterable[str]
+) -> list[Entry]:
+    """`entries` without the attachment's earlier line(s), plus `new`."""
+    ips = list(ips)
+    kept = [e for e in entries if not owned(e, container_id, ips)]
     return kept + ([new] if new is not None else [])
 
 

@@ -11,7 +11,15 @@ from typing import Protocol
 
 from cni_bridge.config import NetConf
 from cni_bridge.dns.aardvark import Aardvark
-from cni_bridge.dns.names import Entry, NetworkDNS, parse_entries, render, replaced, resolvers
+from cni_bridge.dns.names import (
+    Entry,
+    NetworkDNS,
+    owned,
+    parse_entries,
+    render,
+    replaced,
+    resolvers,
+)
 from cni_bridge.domain import IPAddress
 
 RESOLV_CONF = "/etc/resolv.conf"
@@ -40,6 +48,11 @@ class DnsOps(Protocol):
     def withdraw(self, network: str, container_id: str, ips: Sequence[str]) -> None:
         """The container's names on the network are gone once this returns."""
 
+    def check(
+        self, network: str, container_id: str, ips: Sequence[str], names: Sequence[str]
+    ) -> list[str]:
+        """CHECK: what is not as ADD left it (messages)."""
+
 
 class AardvarkOps:
     def __init__(self, server: Aardvark | None = None) -> None:
@@ -65,3 +78,22 @@ class AardvarkOps:
             # Not started here if it is not running: DEL must not fail for want of a server
             # (the next ADD or the agent starts it).
             self.server.reconcile(start=False)
+
+    def check(
+        self, network: str, container_id: str, ips: Sequence[str], names: Sequence[str]
+    ) -> list[str]:
+        text = self.server.read(network)
+        where = self.server.path(network)
+        problems: list[str] = []
+        mine = [e for e in parse_entries(text or "") if owned(e, container_id, ips)]
+        if text is None:
+            problems.append(f"containerDNS: {where} is missing")
+        elif not mine:
+            problems.append(f"containerDNS: {where} has no entry for container {container_id}")
+        else:
+            lost = [n for n in names if not any(n in e.names for e in mine)]
+            if lost:
+                problems.append(f"containerDNS: names {lost} are missing from {where}")
+        if self.server.pid() is None:
+            problems.append(f"containerDNS: aardvark-dns is not running for {self.server.dir}")
+        return problems

@@ -161,8 +161,14 @@ def test_names_are_per_network_and_rebuilt_from_records(dns_lab: PluginLab) -> N
     key = _key(lab)
     pid = _server_pid(lab, key)
     assert pid is not None
-    os.kill(pid, 9)  # the server the plugin started for this test, in its namespace
+    code, out = lab.plugin("CHECK", {**a, "prevResult": ra1}, "alpha-one", a1.path)
+    assert code == 0, out
+    # The directory first: an agent (resident pass) restarts a dead server while it has files.
     shutil.rmtree(BASE / key)
+    os.kill(pid, 9)  # the server the plugin started for this test, in its namespace
+    code, out = lab.plugin("CHECK", {**a, "prevResult": ra1}, "alpha-one", a1.path)
+    assert code == 1 and out["code"] == 105 and "is missing" in out["msg"], out
+    assert "aardvark-dns is not running" in out["msg"] + out["details"], out
     assert lookup(a2, "alpha1", "10.66.0.1") is None
     proc = lab.cli("sync", "--data-dir", str(lab.data_dir))  # rebuild() is called from it
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -236,3 +242,16 @@ def test_the_agent_restarts_a_dead_server(dns_lab: PluginLab) -> None:
     lab.delete(conf, "sup-one", c1.path)
     lab.delete(conf, "sup-two", c2.path)
     assert _server_pid(lab, key) is None
+
+
+def test_internal_network_containers_resolve_each_other(dns_lab: PluginLab) -> None:
+    """Their name server is the gateway address on the bridge: reached without forwarding."""
+    lab = dns_lab
+    conf = lab.conf(internal=True, containerDNS=True)
+    c1, c2 = lab.container(), lab.container()
+    r1 = lab.add(conf, "int-dns-one", c1, extra={"CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=one"})
+    lab.add(conf, "int-dns-two", c2, extra={"CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAME=two"})
+    assert r1["dns"]["nameservers"] == ["10.66.0.1"]
+    assert lookup(c2, "one", "10.66.0.1") == [r1["ips"][0]["address"].split("/")[0]]
+    lab.delete(conf, "int-dns-one", c1.path)
+    lab.delete(conf, "int-dns-two", c2.path)

@@ -69,6 +69,12 @@ class FakeDns:
         if self.fail:
             raise RuntimeError("boom")
 
+    def check(
+        self, network: str, container_id: str, ips: Sequence[str], names: Sequence[str]
+    ) -> list[str]:
+        have = [e for e in self.files.get(network, []) if e.id == container_id]
+        return [] if have else [f"no entry for {container_id}"]
+
     def withdraw(self, network: str, container_id: str, ips: Sequence[str]) -> None:
         left = replaced(self.files.get(network, []), None, container_id, ips)
         if left:
@@ -100,6 +106,12 @@ def test_add_publishes_and_del_withdraws(world: World) -> None:
     assert e.names == ("al", "al.x.lan", "c1", "c1.x.lan") and e.v4 == ("10.50.0.2",)
     (rec,) = world.records()
     assert rec.dns_names == list(e.names)
+    prev = {"prevResult": out}
+    assert world.call("CHECK", **conf, **prev) is None
+    fake.files.clear()  # the name server lost it
+    with pytest.raises(CNIError) as exc:
+        world.call("CHECK", **conf, **prev)
+    assert exc.value.code == 105 and "no entry for c1" in str(exc.value.details or exc.value.msg)
     world.call("DEL", **conf)
     assert fake.files == {}
 
