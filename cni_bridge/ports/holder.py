@@ -77,12 +77,18 @@ class Holder:
         self.want = records or Records()
         self.held: dict[HoldKey, Held] = {}
         self.failed: dict[HoldKey, str] = {}
+        self.lock = asyncio.Lock()
         self.absent: set[HoldKey] = set()  # a family this host does not have
 
     # ------------------------------------------------------------------ the sockets
 
     async def apply(self, keys: Iterable[HoldKey] | None = None) -> None:
-        """Bring the sockets among `keys` (None: all) to what the records want."""
+        """Bring the sockets among `keys` (None: all) to what the records want. One at a time:
+        a rescan and an ADD's change must not both open one socket."""
+        async with self.lock:
+            await self._apply(keys)
+
+    async def _apply(self, keys: Iterable[HoldKey] | None) -> None:
         everything = keys is None
         if keys is None:
             keys = set(self.want.wanting) | set(self.held) | set(self.failed)
@@ -211,8 +217,10 @@ async def _run(holder: Holder, listener: socket.socket) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
+    holder.want.scan_all()
+    await holder.apply()  # before any answer: a status or an ADD sees the records' sockets held
     control_task = loop.create_task(_serve_control(holder, listener))
-    next_scan = 0.0
+    next_scan = time.monotonic() + RESCAN
     try:
         while not stop.is_set():
             now = time.monotonic()
