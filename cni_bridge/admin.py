@@ -12,7 +12,8 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from cni_bridge.config import NetConf, load_netconf
 from cni_bridge.domain import DEFAULT_DATA_DIR
@@ -26,6 +27,9 @@ from cni_bridge.state import (
     stand_in,
     unusable_files,
 )
+
+if TYPE_CHECKING:
+    from cni_bridge.converge.planner import Plan
 
 
 def networks(data_dir: str, only: str | None) -> Iterator[tuple[str, StateStore]]:
@@ -175,6 +179,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         if entry.get("unusableFiles"):
             worst = max(worst, 1)
         out.append(entry)
+    look = _drift(args)
+    for e in out:
+        e["drift"] = look.plan.drift_of(e["network"]) if look.plan else []
+        e["unreadable"] = [u for u in look.unreadable if u.startswith(f"network {e['network']}:")]
+        if e["drift"] or e["unreadable"]:
+            worst = 2 if worst == 2 else 3
     if args.json:
         print(json.dumps(out, indent=2))
     else:
@@ -182,6 +192,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             health = "unavailable: " + "; ".join(e["fatal"]) if e.get("fatal") else (
                 "limited: " + "; ".join(e["limited"]) if e.get("limited") else "ok"
             )
+            if e["drift"] or e["unreadable"]:
+                health += f"; differs from its records ({len(e['drift']) + len(e['unreadable'])})"
             print(
                 f"{e['network']}: bridge {e.get('bridge', '?')}, {e['attachments']} attachments "
                 f"({e['stale']} with netns gone), free addresses per range set {e.get('free', '?')}, "
@@ -191,7 +203,36 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  published ports: held by pid {held['holderPid']}" if held["agent"] else f"  {held['note']}")
             for path in e.get("unusableFiles", []):
                 print(f"{e['network']}: unusable file (see `cni-bridge ls`): {path}")
+            for line in e["drift"]:
+                print(f"  drift: {line}")
+            for line in e["unreadable"]:
+                print(f"  unreadable: {line}")
+        print(f"healing: {look.healing}")
     return worst
+
+
+@dataclass
+class _Look:
+    plan: Plan | None
+    unreadable: list[str]
+    healing: str
+
+
+def _drift(args: argparse.Namespace) -> _Look:
+    """Desired (the records) against actual (the host): what `cni-bridge sync` would heal."""
+    from cni_bridge.commands.deps import real_deps
+    from cni_bridge.converge import watch
+    from cni_bridge.converge.sync import look
+
+    deps = real_deps({})
+    try:
+        want, plan = look([args.data_dir], deps, args.network)
+    except CNIError as exc:
+        return _Look(None, [f"cannot compare with the host: {exc.msg}"], watch.healing())
+    finally:
+        deps.close()
+    # Unreadable records are in unusableFiles already (state.unusable_files).
+    return _Look(plan, want.unconfigured, watch.healing())
 
 
 def cmd_gc(args: argparse.Namespace) -> int:

@@ -43,5 +43,11 @@ def dispatch(
         with mapped_errors():
             result: dict[str, Any] | None = module.run(request, conf, env, deps)
     finally:
-        deps.close()
+        try:
+            if request.command in ("ADD", "DEL", "CHECK"):
+                from cni_bridge.converge.trigger import after_verb
+
+                after_verb(conf, deps)  # heals the host if the verb saw it drift; never raises
+        finally:
+            deps.close()
     return result

@@ -76,6 +76,11 @@ class Deps:
         dns: DnsOps = self._dns
         return dns
 
+    def firewall_if_used(self) -> FirewallOps | None:
+        """The firewall, if this request used it (nothing is created to ask)."""
+        fw: FirewallOps | None = self._fw
+        return fw
+
     def close(self) -> None:
         if self._net is not None:
             self._net.close()

@@ -8,7 +8,6 @@ added is its ADD's business, one that crashed half-way is GC's.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from cni_bridge.config import NetConf, load_netconf
 from cni_bridge.domain import IPInterface
 from cni_bridge.errors import CNIError
 from cni_bridge.firewall.model import AttachmentFw, NetworkFw
-from cni_bridge.state import NETWORK_FILE, PHASE_READY, STATE_DIR, Attachment, StateStore
+from cni_bridge.state import PHASE_READY, STATE_DIR, Attachment, StateStore, unusable_files
 
 
 @dataclass(frozen=True)
@@ -53,7 +52,8 @@ class Network:
 @dataclass
 class Desired:
     networks: list[Network] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)  # records and configs it cannot read
+    unreadable: list[str] = field(default_factory=list)  # records it cannot read
+    unconfigured: list[str] = field(default_factory=list)  # networks whose config it cannot read
 
 
 def stores(data_dir: str, only: str | None = None) -> Iterator[tuple[str, StateStore]]:
@@ -71,43 +71,12 @@ def stores(data_dir: str, only: str | None = None) -> Iterator[tuple[str, StateS
 
 
 def unreadable_records(store: StateStore) -> list[str]:
-    """The record files StateStore.all() skips because they cannot be read as records."""
-    out: list[str] = []
-    try:
-        names = sorted(os.listdir(store.dir))
-    except OSError:
-        return out
-    for name in names:
-        if not name.endswith(".json") or name == NETWORK_FILE:
-            continue
-        path = os.path.join(store.dir, name)
-        try:
-            with open(path, "rb") as f:
-                data = json.load(f)
-            Attachment.from_json(data)
-            if not isinstance(data, dict):
-                raise TypeError(f"a JSON {type(data).__name__}, not an object")
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            out.append(f"record {path} cannot be read: {exc}")
+    """The records that cannot be read and the files set aside earlier (state.py: what `ls`
+    and `status` name too)."""
+    out = []
+    for u in unusable_files(os.path.dirname(store.dir)):
+        out.append(f"{u.path} cannot be read: {u.reason}" if u.reason else f"{u.path} was set aside")
     return out
-
-
-def _records(store: StateStore) -> list[Attachment]:
-    try:
-        return store.all()
-    except (AttributeError, TypeError, ValueError):
-        # Valid JSON of the wrong shape ([1,2,3], null) still breaks StateStore.all() until
-        # bad records are set aside (issue 14 item 4): read the good ones one by one.
-        out = []
-        for name in sorted(os.listdir(store.dir)):
-            if not name.endswith(".json"):
-                continue
-            try:
-                with open(os.path.join(store.dir, name), "rb") as f:
-                    out.append(Attachment.from_json(json.load(f)))
-            except (OSError, ValueError, TypeError, AttributeError):
-                continue
-        return out
 
 
 def _member(conf: NetConf, att: Attachment) -> Member | None:
@@ -153,10 +122,10 @@ def load(data_dirs: Iterable[str], only: str | None = None) -> Desired:
             except CNIError:
                 conf = None
             if conf is None:
-                desired.unreadable.append(f"network {name}: its saved config cannot be read")
+                desired.unconfigured.append(f"network {name}: its saved config cannot be read")
                 continue
             members = []
-            for att in _records(store):
+            for att in store.all():
                 if att.phase != PHASE_READY:
                     continue
                 m = _member(conf, att)

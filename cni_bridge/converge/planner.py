@@ -38,20 +38,36 @@ class Step:
     what: str  # the drift, for people
     target: str  # the bridge, host veth or sysctl key
     args: tuple[Any, ...] = ()
+    network: str = ""  # whose ("": the host's, every network's)
+
+
+Note = tuple[str, str]  # (network or "" for the whole host, what differs)
 
 
 @dataclass
 class Plan:
     steps: list[Step] = field(default_factory=list)
     firewall: list[Json] = field(default_factory=list)  # one transaction
-    firewall_drift: list[str] = field(default_factory=list)
-    blocked: list[str] = field(default_factory=list)  # drift a sync must not heal
+    firewall_notes: list[Note] = field(default_factory=list)  # what the transaction heals
+    blocked: list[Note] = field(default_factory=list)  # drift a sync must not heal
     stale: list[str] = field(default_factory=list)  # recorded, container gone: for GC
+
+    @property
+    def notes(self) -> list[Note]:
+        return [*self.firewall_notes, *((s.network, s.what) for s in self.steps), *self.blocked]
+
+    @property
+    def firewall_drift(self) -> list[str]:
+        return [what for _, what in self.firewall_notes]
 
     @property
     def drift(self) -> list[str]:
         """Every difference between records and host, one line each."""
-        return [*self.firewall_drift, *(s.what for s in self.steps), *self.blocked]
+        return [what for _, what in self.notes]
+
+    def drift_of(self, network: str) -> list[str]:
+        """The differences that concern one network: its own and the host's."""
+        return [what for net, what in self.notes if net in ("", network)]
 
     @property
     def empty(self) -> bool:
@@ -92,21 +108,21 @@ def _net_steps(n: Network, members: Sequence[Member], seen: Observed, out: Plan)
     if br is None:
         out.steps.append(
             Step(BRIDGE, f"bridge {n.bridge} of network {n.name} is missing", n.bridge,
-                 (conf.mtu, bool(conf.vlan or conf.vlan_trunk)))
+                 (conf.mtu, bool(conf.vlan or conf.vlan_trunk)), n.name)
         )  # fmt: skip
     elif br.kind != "bridge":
-        out.blocked.append(f"{n.bridge} of network {n.name} is a {br.kind or 'device'}, not a bridge")
+        out.blocked.append((n.name, f"{n.bridge} of network {n.name} is a {br.kind or 'device'}, not a bridge"))
         return
     elif not br.up:
         out.steps.append(
             Step(BRIDGE, f"bridge {n.bridge} of network {n.name} is down", n.bridge,
-                 (conf.mtu, bool(conf.vlan or conf.vlan_trunk)))
+                 (conf.mtu, bool(conf.vlan or conf.vlan_trunk)), n.name)
         )  # fmt: skip
     have = seen.addrs.get(n.bridge, [])
     missing = tuple(g for g in n.gateways if g not in have)
     if missing:
         what = ", ".join(str(g) for g in missing)
-        out.steps.append(Step(ADDRESS, f"bridge {n.bridge} lacks gateway address {what}", n.bridge, missing))
+        out.steps.append(Step(ADDRESS, f"bridge {n.bridge} lacks gateway address {what}", n.bridge, missing, n.name))
     publishes = any(m.fw.port_mappings for m in members)
     for m in members:
         veth = seen.links[m.record.host_veth]
@@ -114,7 +130,7 @@ def _net_steps(n: Network, members: Sequence[Member], seen: Observed, out: Plan)
             hairpin = conf.hairpin_mode or bool(m.fw.port_mappings)
             out.steps.append(
                 Step(PORT, f"host veth {m.record.host_veth} of {m.fw.owner} is not on bridge {n.bridge}",
-                     m.record.host_veth, (n.bridge, hairpin))
+                     m.record.host_veth, (n.bridge, hairpin), n.name)
             )  # fmt: skip
     families = n.families
     wants = []
@@ -126,7 +142,7 @@ def _net_steps(n: Network, members: Sequence[Member], seen: Observed, out: Plan)
         wants.append((route_localnet(n.bridge), f"route_localnet is off on bridge {n.bridge}"))
     for key, why in wants:
         if seen.sysctls.get(key) != "1" and not any(s.target == key for s in out.steps):
-            out.steps.append(Step(SYSCTL, why, key, ("1",)))
+            out.steps.append(Step(SYSCTL, why, key, ("1",), n.name))
     if conf.macspoofchk:
         guards = seen.fw.spoofchk or set()
         for m in members:
@@ -134,7 +150,7 @@ def _net_steps(n: Network, members: Sequence[Member], seen: Observed, out: Plan)
             if mac and (m.record.host_veth, mac) not in guards:
                 out.steps.append(
                     Step(MACSPOOF, f"the macspoofchk guard of {m.fw.owner} is missing",
-                         m.record.host_veth, (mac,))
+                         m.record.host_veth, (mac,), n.name)
                 )  # fmt: skip
     if conf.ipspoofchk:
         _ipspoof_steps(n, members, seen, out)
@@ -180,25 +196,25 @@ def _firewall(
             "the 127.0.0.0/8 guard is missing while route_localnet is on for "
             + ", ".join(guarded)
         )
-    out.firewall_drift += problems
+    out.firewall_notes += [("", p) for p in problems]
     strict = bool(rules.blocking(seen.fw.foreign))
     for n, members in active:
         try:
             net_cmds = rules.network_repairs(n.fw, table, strict)
         except FirewallError as exc:
-            out.blocked.append(f"network {n.name}: {exc}")
+            out.blocked.append((n.name, f"network {n.name}: {exc}"))
             continue
         if net_cmds and table.exists:
             count = sum(len(c["add"]["element"]["elem"]) for c in net_cmds)
-            out.firewall_drift.append(f"network {n.name}: {count} element(s) missing from its sets")
+            out.firewall_notes.append((n.name, f"network {n.name}: {count} element(s) missing from its sets"))
         cmds += net_cmds
         for m in members:
             cmds += _attachment(n, m, table, out)
         for fv in seen.fw.foreign:
             cmds += rules.foreign_rules(fv, n.fw)
-        out.firewall_drift += rules.foreign_problems(n.fw, seen.fw.foreign)
-    if cmds and not out.firewall_drift:
-        out.firewall_drift.append("elements of our table are missing")
+        out.firewall_notes += [(n.name, p) for p in rules.foreign_problems(n.fw, seen.fw.foreign)]
+    if cmds and not out.firewall_notes:
+        out.firewall_notes.append(("", "elements of our table are missing"))
     out.firewall = cmds
 
 
@@ -207,11 +223,11 @@ def _attachment(n: Network, m: Member, table: TableView, out: Plan) -> list[Json
         rules.validate(n.fw, m.fw)
         cmds, _, todo = rules.attachment_repairs(n.fw, m.fw, table)
     except FirewallError as exc:
-        out.blocked.append(f"{m.fw.owner}: {exc}")
+        out.blocked.append((n.name, f"{m.fw.owner}: {exc}"))
         return []
     if todo and table.exists:
         ports = ", ".join(str(e.key) for e in todo)
-        out.firewall_drift.append(f"{m.fw.owner}: published port(s) missing: {ports}")
+        out.firewall_notes.append((n.name, f"{m.fw.owner}: published port(s) missing: {ports}"))
     elif cmds and table.exists:
-        out.firewall_drift.append(f"{m.fw.owner}: the claims of its host ports are missing")
+        out.firewall_notes.append((n.name, f"{m.fw.owner}: the claims of its host ports are missing"))
     return cmds

@@ -22,6 +22,8 @@ from cni_bridge.converge import desired as desired_mod
 from cni_bridge.converge.apply import apply
 from cni_bridge.converge.observe import observe
 from cni_bridge.converge.planner import Plan, plan
+from cni_bridge.domain import DomainError, InterfaceName
+from cni_bridge.net.ops import NetError
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +42,44 @@ class Report:
 
 
 @contextlib.contextmanager
-def locked(data_dirs: Iterable[str], only: str | None = None) -> Iterator[None]:
+def locked(networks: Iterable[tuple[str, str]]) -> Iterator[dict[tuple[str, str], str]]:
+    """Hold the locks of (data dir, network) in order; yields those that could not be locked
+    and why (such a network is left out of the sync: its lock keeps DEL from racing us)."""
     from cni_bridge.ipam.disk import DiskStore
 
+    failed: dict[tuple[str, str], str] = {}
     with contextlib.ExitStack() as stack:
-        for data_dir in sorted(set(data_dirs)):
-            for name, _ in desired_mod.stores(data_dir, only):
+        for data_dir, name in sorted(set(networks)):
+            try:
                 stack.enter_context(DiskStore(name, data_dir).lock())
-        yield
+            except OSError as exc:
+                failed[(data_dir, name)] = f"network {name}: cannot take its lock: {exc}"
+        yield failed
 
 
-def look(data_dirs: Sequence[str], deps: Deps, only: str | None = None) -> tuple[desired_mod.Desired, Plan]:
-    """Desired state and the plan that would heal the host (no change made)."""
+def _here(n: desired_mod.Network, deps: Deps) -> bool:
+    """The network has a bridge or an attachment's veth in this network namespace (data dirs
+    in use are listed for every namespace of the host)."""
+    for name in (n.bridge, *(m.record.host_veth for m in n.members)):
+        try:
+            if deps.net.link_exists(InterfaceName(name)):
+                return True
+        except (DomainError, NetError):
+            continue
+    return False
+
+
+def look(
+    data_dirs: Sequence[str],
+    deps: Deps,
+    only: str | None = None,
+    among: set[tuple[str, str]] | None = None,
+) -> tuple[desired_mod.Desired, Plan]:
+    """Desired state and the plan that would heal the host (no change made); `among` limits
+    it to those (data dir, network)."""
     want = desired_mod.load(data_dirs, only)
+    if among is not None:
+        want.networks = [n for n in want.networks if (n.data_dir, n.name) in among]
     return want, plan(want, observe(want, deps.firewall, deps.net))
 
 
@@ -60,9 +87,12 @@ def sync(
     data_dirs: Sequence[str], deps: Deps, *, dry_run: bool = False, only: str | None = None
 ) -> Report:
     report = Report()
-    with locked(data_dirs, only):
-        want, p = look(data_dirs, deps, only)
-        report.stale, report.unreadable = p.stale, want.unreadable
+    here = {(n.data_dir, n.name) for n in desired_mod.load(data_dirs, only).networks if _here(n, deps)}
+    with locked(here) as failed:
+        report.errors += failed.values()
+        among = here - failed.keys()
+        want, p = look(data_dirs, deps, only, among)
+        report.stale, report.unreadable = p.stale, want.unreadable + want.unconfigured
         if dry_run:
             report.remaining = p.drift
             return report
@@ -72,11 +102,11 @@ def sync(
             done = apply(p, deps.firewall, deps.net)
             report.healed += done.healed
             if not done.errors or attempt == 2:
-                report.errors = done.errors
+                report.errors += done.errors
                 break
             # The ruleset changed between the read and the transaction: once more.
-            _, p = look(data_dirs, deps, only)
-        _, after = look(data_dirs, deps, only)
+            _, p = look(data_dirs, deps, only, among)
+        _, after = look(data_dirs, deps, only, among)
         report.remaining = after.drift
         if not dry_run:
             verb_report.synced(report.healed, report.errors, report.remaining)

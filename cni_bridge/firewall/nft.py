@@ -104,6 +104,7 @@ def prepare() -> None:
 class Firewall:
     def __init__(self, nft: Any = None) -> None:
         self._nft = nft  # an nftables.Nftables, created on first use
+        self._drift = False
 
     def _ctx(self) -> Any:
         if self._nft is None:
@@ -212,6 +213,7 @@ class Firewall:
             rules.validate(net, att)
             entries = None
             fast = self._read_for_add(net, att)
+            self._drift = fast is None or rules.drifted(net, *fast)
             if fast is not None:
                 cmds, entries = rules.plan_add(net, att, *fast)
                 try:
@@ -271,6 +273,7 @@ class Firewall:
                 log.debug("fast DEL failed, reading everything: %s", why)
         for attempt in (1, 2):
             view, foreign = self.read()
+            self._drift = rules.drifted(net, view, foreign)
             cmds = rules.plan_del(net, {att.tag}, last_in_network, view, foreign)
             try:
                 self.apply(cmds, f"DEL of {att.owner}")
@@ -432,6 +435,7 @@ class Firewall:
 
     def check_attachment(self, net: NetworkFw, att: AttachmentFw) -> list[str]:
         view, foreign = self.read()
+        self._drift = rules.drifted(net, view, foreign)
         with _cni_codes():
             return rules.check(net, att, view, foreign)
 
@@ -458,6 +462,9 @@ class Firewall:
             except NftablesError as exc:
                 errors.append(f"{exc.msg}: {exc.details}")
         return errors
+
+    def drift_seen(self) -> bool:
+        return self._drift
 
     def observe(self) -> FirewallView:
         view, foreign = self.read()

@@ -82,6 +82,12 @@ class FirewallOps(Protocol):
         policy drop (Docker's) or final drop/reject rules (firewalld's)."""
         ...
 
+    def drift_seen(self) -> bool:
+        """Whether this object's last add_attachment, del_attachment (full read) or
+        check_attachment saw the ruleset changed behind our back (rules.drifted): the verb
+        then has the host synced (converge/trigger.py)."""
+        ...
+
     def observe(self) -> FirewallView:
         """Everything of ours in the ruleset, read in full (the converge package's input)."""
         ...

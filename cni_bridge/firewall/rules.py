@@ -30,6 +30,7 @@ from cni_bridge.firewall.elements import (
 )
 from cni_bridge.firewall.layout import (
     ATTACHMENT_SETS,
+    BRIDGES,
     NETWORK_SETS,
     PORTS,
     PUB_MAPS,
@@ -88,6 +89,16 @@ def foreign_rules(view: ForeignView, net: NetworkFw) -> list[Json]:
 
 def blocking(views: Sequence[ForeignView]) -> list[ForeignView]:
     return [fv for fv in views if fv.blocking]
+
+
+def drifted(net: NetworkFw, view: TableView, foreign_views: Sequence[ForeignView]) -> bool:
+    """What a verb's own read tells for free about changes behind our back: our table gone or
+    incomplete, or a blocking foreign chain without the rules of a network that has its
+    elements (a network's first ADD adds both at once). Then the whole host wants a sync."""
+    if not view.exists or layout_repairs(view):
+        return True
+    known = any(el.comment == net.name for el in view.sets.get(BRIDGES, []))
+    return known and bool(foreign_problems(net, foreign_views))
 
 
 # ---------------------------------------------------------------- ADD

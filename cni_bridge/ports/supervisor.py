@@ -29,8 +29,11 @@ def _holder() -> NoReturn:
 
 
 class Supervisor:
-    def __init__(self, child: Callable[[], NoReturn] = _holder, enabled: bool = True) -> None:
+    def __init__(
+        self, child: Callable[[], NoReturn] = _holder, enabled: bool = True, label: str = "the holder"
+    ) -> None:
         self.child = child
+        self.label = label  # for the log: "<label> <pid> ended"
         self.pid = 0
         self.started = -math.inf
         self.stopping = not enabled  # a disabled supervisor never starts a holder
@@ -40,7 +43,7 @@ class Supervisor:
         try:
             pid = os.fork()
         except OSError as exc:
-            _log(f"cannot start the holder: {exc}")
+            _log(f"cannot start {self.label}: {exc}")
             return
         if pid == 0:
             self.child()
@@ -52,7 +55,7 @@ class Supervisor:
             return False
         self.pid = 0
         if not self.stopping:
-            _log(f"the holder {pid} ended (wait status {status}); starting another")
+            _log(f"{self.label} {pid} ended (wait status {status}); starting another")
         return True
 
     def due_in(self) -> float:

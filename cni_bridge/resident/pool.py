@@ -105,6 +105,7 @@ class Server:
         max_requests: int = DEFAULT_MAX_REQUESTS,
         holder: Supervisor | None = None,
         check_interval: float = IDENTITY_CHECK,
+        watcher: Supervisor | None = None,
     ) -> None:
         self.listener = listener
         self.engine = engine
@@ -117,6 +118,8 @@ class Server:
         self.max_requests = max_requests
         self.check_interval = check_interval  # code on disk, socket name
         self.holder = holder or Supervisor(enabled=False)  # published ports (cni_bridge/ports)
+        self.watcher = watcher or Supervisor(enabled=False)  # the ruleset watch (converge/watch)
+        self._duties = (self.holder, self.watcher)  # child processes the agent keeps running
         self.workers: dict[int, float] = {}  # pid -> start of the request it runs
         self.channels: dict[int, Pooled] = {}  # channel fd -> worker, busy or free
         self.free: list[Pooled] = []  # most recently freed last: the warmest is used first
@@ -152,7 +155,8 @@ class Server:
         while True:
             self._reap()
             self._keep_a_spare()
-            self.holder.tick()
+            for duty in self._duties:
+                duty.tick()
             now = time.monotonic()
             if self.stopping and self.listening:
                 log(f"stopping; {len(self.workers)} request(s) still running")
@@ -176,7 +180,7 @@ class Server:
                     self.stopping = True
                     continue
             dns.tick(now)
-            timeout = min(next_check - now, self.holder.due_in(), dns.next - now)
+            timeout = min(next_check - now, *(duty.due_in() for duty in self._duties), dns.next - now)
             if not self.workers and self.idle > 0:
                 timeout = min(timeout, self.idle - (now - self.last_activity))
             for fd, _ in poller.poll(max(1, math.ceil(timeout * 1000))):
@@ -187,7 +191,8 @@ class Server:
                 elif self.listening and fd == self.listener.fileno():
                     self._accept()
         self._stop_listening(poller)
-        self.holder.stop()
+        for duty in self._duties:
+            duty.stop()
         return 0
 
     def _still_named(self) -> bool:
@@ -221,7 +226,7 @@ class Server:
             pass
 
     def _reap(self) -> None:
-        while self.workers or self.channels or self.holder.pid:
+        while self.workers or self.channels or any(duty.pid for duty in self._duties):
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -229,7 +234,7 @@ class Server:
                 return
             if pid == 0:
                 return
-            if self.holder.reaped(pid, status):
+            if any(duty.reaped(pid, status) for duty in self._duties):
                 continue
             busy = self.workers.pop(pid, None) is not None
             for worker in [w for w in self.channels.values() if w.pid == pid]:

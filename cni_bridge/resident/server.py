@@ -21,6 +21,7 @@ import time
 import traceback
 from collections.abc import Sequence
 
+from cni_bridge.converge import watch
 from cni_bridge.ports.supervisor import Supervisor
 from cni_bridge.resident import naming, policy, spawn
 from cni_bridge.resident.pool import (
@@ -193,5 +194,6 @@ def _serve(
         check_interval=args.check_interval,
         # The ports the engine's records publish: held only for the engine, not a test handler.
         holder=Supervisor(enabled=args.handler == spawn.DEFAULT_HANDLER),
+        watcher=watch.supervisor(enabled=args.handler == spawn.DEFAULT_HANDLER),
     )
     return server.run()

@@ -229,6 +229,9 @@ class FakeFirewall:
     def status(self) -> str | None:
         return None
 
+    def drift_seen(self) -> bool:
+        return False
+
     def observe(self) -> FirewallView:
         self.calls.append("observe")
         return FirewallView(TableView(), [], None)

@@ -159,3 +159,22 @@ def test_macspoofchk_guards_come_back(tmp_path: Path) -> None:
     assert fw.observe().spoofchk == {(veth, "0a:58:0a:58:00:02")}
     assert not [s for s in plan(want, Observed(fw.observe(), links=links)).steps if s.kind == "macspoof"]
     assert json.loads(json.dumps(p.firewall))  # plain JSON, one transaction
+
+
+def test_a_verbs_own_read_tells_drift() -> None:
+    from ipaddress import ip_network
+
+    from cni_bridge.firewall import layout, rules
+    from tests.firewall_json import fw_net
+
+    net = fw_net("netA", "cni0", [ip_network("10.88.0.0/24")], True)
+    nft = FakeNft()
+    fw = Firewall(nft)
+    assert rules.drifted(net, *fw.read())  # no table at all
+    fw.apply(layout.layout_repairs(fw.read()[0]) + rules.network_repairs(net, fw.read()[0], False))
+    assert not rules.drifted(net, *fw.read())
+    chain = ForeignChain("ip", "filter", "FORWARD")
+    nft.add_foreign_drop_chain(chain)  # a drop policy, and the network has no rules in it
+    assert rules.drifted(net, *fw.read())
+    other = fw_net("netB", "cni1", [ip_network("10.89.0.0/24")], True)
+    assert not rules.drifted(other, *fw.read())  # a network's first ADD: not drift
