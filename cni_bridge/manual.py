@@ -59,6 +59,9 @@ ENVIRONMENT: tuple[tuple[str, str, str], ...] = (
     ("CNI_BRIDGE_RESIDENT_READY_TIMEOUT", "1",
      "seconds to wait for a starting resident to listen before running in-process"),
     ("CNI_BRIDGE_RESIDENT_LOG", "none", "log file of a resident started by a call"),
+    ("CNI_BRIDGE_WATCH", "1",
+     "0: the agent does not watch the ruleset (healing after a firewall reload is then "
+     "`cni-bridge sync`'s, or the next ADD's)"),
     ("CNI_BRIDGE_AARDVARK_DNS", "found in PATH, else podman's libexec directories",
      "the aardvark-dns executable that serves containerDNS"),
 )

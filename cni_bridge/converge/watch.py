@@ -43,7 +43,7 @@ def _log(message: str) -> None:
 
 
 def lock_path(create: bool = False) -> str:
-    from cni_bridge.resident.client import agent_dir
+    from cni_bridge.resident.naming import agent_dir
 
     directory = agent_dir(create)
     return directory and f"{directory}/watch.{os.stat('/proc/self/ns/net').st_ino}"
