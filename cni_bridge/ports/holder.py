@@ -220,6 +220,8 @@ async def _run(holder: Holder, listener: socket.socket) -> None:
     holder.want.scan_all()
     await holder.apply()  # before any answer: a status or an ADD sees the records' sockets held
     control_task = loop.create_task(_serve_control(holder, listener))
+    # A bug that ends the control loop ends the holder: the agent starts a fresh one.
+    control_task.add_done_callback(lambda _: stop.set())
     next_scan = time.monotonic() + RESCAN
     try:
         while not stop.is_set():
@@ -234,8 +236,10 @@ async def _run(holder: Holder, listener: socket.socket) -> None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), max(0.1, min(wait, RESCAN)))
     finally:
-        control_task.cancel()
         holder.close()
+        control_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await control_task  # raises what ended the control loop, if it failed
 
 
 def _take_lock(lock_path: str, parent: int) -> int:
