@@ -47,7 +47,7 @@ def dispatch(
             if request.command in ("ADD", "DEL", "CHECK"):
                 from cni_bridge.converge.trigger import after_verb
 
-                after_verb(conf, deps)  # heals the host if the verb saw it drift; never raises
+                after_verb(conf, deps, request)  # heals if the verb saw drift; never raises
         finally:
             deps.close()
     return result

@@ -10,17 +10,30 @@ network's elements deleted one by one, a deleted bridge) is the agent's watch's,
 from __future__ import annotations
 
 import logging
+import socket
 import time
 
 from cni_bridge.commands.deps import Deps
 from cni_bridge.config import NetConf
+from cni_bridge.protocol.request import Request
+from cni_bridge.state import HOST_VETH_PREFIX, host_veth_name
 
 log = logging.getLogger(__name__)
 
 
-def after_verb(conf: NetConf, deps: Deps) -> None:
+def others_present(mine: str) -> bool:
+    """Whether an attachment of ours other than `mine` (its host veth) exists here: without
+    one, a missing table is simply a host's first ADD (or its last DEL), nothing to heal."""
+    return any(
+        name.startswith(HOST_VETH_PREFIX) and name != mine for _, name in socket.if_nameindex()
+    )
+
+
+def after_verb(conf: NetConf, deps: Deps, request: Request) -> None:
     fw = deps.firewall_if_used()
     if fw is None or not fw.drift_seen():
+        return
+    if not others_present(host_veth_name(conf.name, request.container_id, request.ifname)):
         return
     from cni_bridge import datadirs
     from cni_bridge.converge.sync import sync
