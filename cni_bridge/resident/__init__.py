@@ -1,5 +1,8 @@
-"""Warm resident mode: the exec'd plugin forwards its request to a resident process over a unix socket.
+"""The node agent (`cni-bridge serve`) and the callers' side of it.
 
-`client` is imported by every exec'd plugin, so this package (like `protocol` and `client`) imports
-nothing beyond the standard library's cheapest modules. `server` holds the resident itself.
+The caller's side, imported by every exec'd plugin, imports nothing beyond the standard library's
+cheapest modules: `client` (the exchange), `spawn` (starting an agent), `protocol` (framing),
+`policy` (every decision, once), `naming` (identity and socket). The agent: `server` (start),
+`pool` (the parent), `worker` and `running` (one request), `admission` (who may call).
+build/launcher.c speaks `protocol` natively, with constants generated from `naming`.
 """
