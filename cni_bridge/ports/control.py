@@ -19,6 +19,7 @@ from cni_bridge.resident.naming import agent_dir
 
 CHANGED_TIMEOUT = 2.0  # the holder answers in about a millisecond; a busy one is not waited for
 MAX_MESSAGE = 1 << 20
+PREFIX = "ports-"  # + the network namespace's inode, .sock or .lock (lockfile.py)
 
 
 def paths(netns_ino: int | None = None, create: bool = False) -> tuple[str, str]:
@@ -28,7 +29,7 @@ def paths(netns_ino: int | None = None, create: bool = False) -> tuple[str, str]
     if not directory:
         return "", ""
     ino = os.stat("/proc/self/ns/net").st_ino if netns_ino is None else netns_ino
-    return f"{directory}/ports-{ino}.sock", f"{directory}/ports-{ino}.lock"
+    return f"{directory}/{PREFIX}{ino}.sock", f"{directory}/{PREFIX}{ino}.lock"
 
 
 def _connect(timeout: float) -> socket.socket | None:

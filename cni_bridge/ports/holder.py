@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import ctypes
 import errno
-import fcntl
 import gc
 import json
 import os
@@ -31,7 +30,7 @@ import traceback
 from collections.abc import Iterable
 from typing import Any, NoReturn
 
-from cni_bridge.ports import control, lookup, sockets
+from cni_bridge.ports import control, lockfile, lookup, sockets
 from cni_bridge.ports.model import HoldKey, Target, plan
 from cni_bridge.ports.proxy import TcpRelay, UdpRelay
 from cni_bridge.ports.records import Owner, Records
@@ -242,19 +241,6 @@ async def _run(holder: Holder, listener: socket.socket) -> None:
             await control_task  # raises what ended the control loop, if it failed
 
 
-def _take_lock(lock_path: str, parent: int) -> int:
-    """The namespace's holder lock, waiting for a previous holder (an agent being replaced)."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if os.getppid() != parent:
-                os._exit(0)
-            time.sleep(0.2)
-
-
 def _detach_from_agent() -> None:
     """In the fresh child: nothing of the agent's but its log (stderr). Its objects are frozen
     first, so no collection ever closes a descriptor number this process reuses."""
@@ -289,17 +275,21 @@ def child_main() -> NoReturn:
         if not sock_path:
             _log("no usable agent directory: ports are not held")
             os._exit(0)
-        lock_fd = _take_lock(lock_path, parent)
+        lock_fd = lockfile.take(lock_path, lambda: os.getppid() == parent)
+        if lock_fd is None:
+            os._exit(0)  # the agent left while a previous holder still ran
         with contextlib.suppress(FileNotFoundError):
             os.unlink(sock_path)  # a previous holder's, killed: we hold the lock now
+        swept = lockfile.sweep(os.path.dirname(sock_path), control.PREFIX)
+        if swept:
+            _log(f"removed the files of {swept} holder(s) gone with their namespace")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         listener.bind(sock_path)
         listener.listen(64)
         listener.setblocking(False)
         _log("holding published ports")
         asyncio.run(_run(Holder(), listener))
-        os.unlink(sock_path)
-        os.close(lock_fd)
+        lockfile.release(lock_fd, lock_path, sock_path)
         code = 0
     except BaseException:
         _log(f"failed:\n{traceback.format_exc()}")

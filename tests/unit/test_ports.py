@@ -17,7 +17,7 @@ import pytest
 from cni_bridge.commands.deps import Deps
 from cni_bridge.errors import PORT_CONFLICT, CNIError
 from cni_bridge.firewall.model import PortMapping
-from cni_bridge.ports import check, lookup, report, sockets
+from cni_bridge.ports import check, lockfile, lookup, report, sockets
 from cni_bridge.ports.model import (
     HoldKey,
     Target,
@@ -293,3 +293,17 @@ def test_a_port_the_holder_cannot_take_fails_the_add_and_undoes_it(tmp_path: Pat
     assert world.ports.calls == [("check", False), ("hold", True), ("changed", False)]
     assert world.records() == [] and world.store().reservations() == {}
     assert world.net.links.keys() <= {"cbu0"} and world.fw.elements == {}
+
+
+def test_lock_files_are_taken_released_and_swept(tmp_path: Path) -> None:
+    held = lockfile.take(str(tmp_path / "ports-1.lock"), lambda: False)
+    assert held is not None
+    (tmp_path / "ports-1.sock").write_text("")
+    # Another taker gives up when told; a sweep leaves a held lock alone.
+    assert lockfile.take(str(tmp_path / "ports-1.lock"), lambda: False) is None
+    for stale in ("ports-2.lock", "ports-2.sock", "ports-3.lock", "other.lock"):
+        (tmp_path / stale).write_text("")
+    assert lockfile.sweep(str(tmp_path), "ports-") == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.lock", "ports-1.lock", "ports-1.sock"]
+    lockfile.release(held, str(tmp_path / "ports-1.lock"), str(tmp_path / "ports-1.sock"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.lock"]

@@ -1,0 +1,80 @@
+"""The holder's lock and control socket files in the agent directory, and their clean-up.
+
+One holder per network namespace: it holds ports-<netns inode>.lock (flock) for its life and
+listens on ports-<netns inode>.sock. A holder that ends removes both; one that was killed
+(a crashed agent, a test's namespace removed with everything in it) leaves them, and the next
+holder to start sweeps every pair whose lock nobody holds. Removing a lock file is safe
+because a taker checks, once it holds the lock, that the path still names the file it locked
+(else it locked a removed file, and tries again).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from collections.abc import Callable
+
+POLL = 0.2
+
+
+def _still_named(fd: int, path: str) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def take(path: str, keep_waiting: Callable[[], bool]) -> int | None:
+    """The lock at `path`, waiting while another holds it; None when keep_waiting() says no."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not keep_waiting():
+                    os.close(fd)
+                    return None
+                time.sleep(POLL)
+        if _still_named(fd, path):
+            return fd
+        os.close(fd)  # the one before us removed it as it left: lock the new one
+
+
+def release(fd: int, lock_path: str, sock_path: str) -> None:
+    """Remove the socket and the lock (still held while they go), then let go."""
+    for path in (sock_path, lock_path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    os.close(fd)
+
+
+def sweep(directory: str, prefix: str) -> int:
+    """Remove <prefix><n>.{lock,sock} pairs whose lock nobody holds; how many."""
+    swept = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".lock")):
+            continue
+        lock_path = os.path.join(directory, name)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # a live holder's
+            continue
+        if not _still_named(fd, lock_path):
+            os.close(fd)
+            continue
+        release(fd, lock_path, lock_path[: -len(".lock")] + ".sock")
+        swept += 1
+    return swept
