@@ -178,3 +178,44 @@ def test_a_verbs_own_read_tells_drift() -> None:
     assert rules.drifted(net, *fw.read())
     other = fw_net("netB", "cni1", [ip_network("10.89.0.0/24")], True)
     assert not rules.drifted(other, *fw.read())  # a network's first ADD: not drift
+
+
+# ------------------------------------------------------------------ the agent's watch
+
+
+def _nl(kind: int, body: bytes) -> bytes:
+    import struct
+
+    msg = struct.pack("=IHHII", 16 + len(body), kind, 0, 0, 0) + body
+    return msg + b"\0" * (-len(msg) % 4)
+
+
+def test_ruleset_events_name_their_generation_and_committer() -> None:
+    import struct
+
+    from cni_bridge.converge import nfgen
+
+    def attr(kind: int, data: bytes) -> bytes:
+        a = struct.pack("=HH", 4 + len(data), kind) + data
+        return a + b"\0" * (-len(a) % 4)
+
+    newgen = (nfgen.NFNL_SUBSYS_NFTABLES << 8) | nfgen.NFT_MSG_NEWGEN
+    body = struct.pack("=BBH", 0, 0, 0) + attr(1, struct.pack(">I", 42))
+    body += attr(2, struct.pack(">I", 4242)) + attr(3, b"iptables-nft\0")
+    newtable = (nfgen.NFNL_SUBSYS_NFTABLES << 8) | 0
+    gens, count = nfgen.parse(_nl(newtable, b"\0" * 8) + _nl(newgen, body))
+    assert count == 2
+    assert gens == [nfgen.Generation(42, 4242, "iptables-nft")]
+
+
+def test_the_watch_ignores_its_own_commits_and_its_agents_workers() -> None:
+    import os
+
+    from cni_bridge.converge.watch import Watch
+
+    w = Watch(agent=os.getppid())
+    w.own_gen = 7
+    assert w.ours(7, 0)  # the generation its own sync left
+    assert w.ours(8, os.getpid()) and w.ours(8, os.getppid())
+    assert not w.ours(8, 0)
+    assert not w.ours(8, 1)  # init: not a worker of this agent
