@@ -183,6 +183,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for e in out:
         e["drift"] = look.plan.drift_of(e["network"]) if look.plan else []
         e["unreadable"] = [u for u in look.unreadable if u.startswith(f"network {e['network']}:")]
+        e["healing"] = look.healing
         if e["drift"] or e["unreadable"]:
             worst = 2 if worst == 2 else 3
     if args.json:
@@ -296,8 +297,12 @@ def main(argv: list[str]) -> int:
 _DESCRIPTIONS = {
     "ls": "List the attachments the records hold: network, container, interface, addresses, "
     "host veth, ports, alive or not (as the kernel tells).",
-    "status": "Each network's attachments and free addresses, and whether the firewall is "
-    "usable; exit 1 when something is wrong.",
+    "status": "Each network's attachments and free addresses, whether the firewall is usable, "
+    "and every difference between the records and the host (drift: our table, its elements, "
+    "the 127.0.0.0/8 guard, accept rules in foreign forward chains, bridges, sysctls, guards) "
+    "and whether the agent heals it by itself. Exit 2 when a network cannot take attachments, "
+    "else 3 when the host differs from the records (`cni-bridge sync` heals it), else 1 when "
+    "connectivity is limited or a file is unusable, else 0.",
     "gc": "Remove the attachments whose container is gone (judged by the kernel: the veth's "
     "peer, the recorded netns inode), as a runtime's CNI GC would.",
 }

@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir", action="append", default=None,
         help="a data dir holding records (repeatable; default: /var/lib/cni/networks and "
-        "every data dir an ADD in this network namespace used)",
+        "every data dir an ADD on this host used)",
     )  # fmt: skip
     parser.add_argument("--network", default=None, help="only this network (default: all)")
     parser.add_argument("--dry-run", action="store_true", help="print the drift, change nothing")
