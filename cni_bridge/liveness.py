@@ -20,16 +20,18 @@ from cni_bridge.net.ops import NetOps
 from cni_bridge.state import Attachment
 
 
-def live_netns_inodes() -> set[int]:
-    """Inodes of the network namespaces this process can find alive."""
-    found: set[int] = set()
+def live_netns_files() -> dict[int, list[str]]:
+    """Inode -> files naming a network namespace this process can find alive (a process's
+    /proc/<pid>/ns/net, an nsfs bind mount)."""
+    found: dict[int, list[str]] = {}
     try:
         pids = [name for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
         pids = []
     for pid in pids:
+        path = f"/proc/{pid}/ns/net"
         try:
-            found.add(os.stat(f"/proc/{pid}/ns/net").st_ino)
+            found.setdefault(os.stat(path).st_ino, []).append(path)
         except OSError:  # gone meanwhile, or a kernel thread's namespace we may not read
             continue
     try:
@@ -41,10 +43,15 @@ def live_netns_inodes() -> set[int]:
         # "<id> <parent> <dev> <root> <mountpoint> ... - <fstype> <source> ..."; an nsfs
         # bind mount's root is "net:[<inode>]".
         fields = line.split()
-        root = fields[3] if len(fields) > 3 else ""
+        root = fields[3] if len(fields) > 4 else ""
         if root.startswith("net:[") and root.endswith("]") and root[5:-1].isdigit():
-            found.add(int(root[5:-1]))
+            found.setdefault(int(root[5:-1]), []).append(fields[4])
     return found
+
+
+def live_netns_inodes() -> set[int]:
+    """Inodes of the network namespaces this process can find alive."""
+    return set(live_netns_files())
 
 
 class Liveness:
@@ -52,7 +59,7 @@ class Liveness:
 
     def __init__(self, net: NetOps) -> None:
         self._net = net
-        self._inodes: set[int] | None = None
+        self._files: dict[int, list[str]] | None = None
 
     def alive(self, att: Attachment) -> bool:
         try:
@@ -63,6 +70,19 @@ class Liveness:
             return True
         if not att.netns_inode:
             return False
-        if self._inodes is None:
-            self._inodes = live_netns_inodes()
-        return att.netns_inode in self._inodes
+        if self._files is None:
+            self._files = live_netns_files()
+        files = self._files.get(att.netns_inode, [])
+        if not files or not att.netns_cookie:
+            return bool(files)
+        # The kernel hands a freed namespace's inode number to the next namespace made (on a
+        # busy host, within moments). No two live namespaces share one, so a file showing it
+        # with another cookie means ours is gone; none readable (a bind mount hidden from this
+        # mount namespace): the number alone, as with records from before the cookie.
+        from cni_bridge.net.netns import netns_cookie_of
+
+        for path in files:
+            cookie = netns_cookie_of(path)
+            if cookie:
+                return cookie == att.netns_cookie
+        return True

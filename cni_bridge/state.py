@@ -88,6 +88,10 @@ class Attachment:
     # The namespace's nsfs inode at ADD: liveness the kernel can confirm from any mount
     # namespace, where the path may not be visible (0 in records from before it was kept).
     netns_inode: int = 0
+    # Its cookie (SO_NETNS_COOKIE), which unlike the inode number is never reused: an inode
+    # match is a live namespace only if the cookie matches too (0: not kept, or no kernel
+    # support; the inode alone then).
+    netns_cookie: int = 0
     bridge: str = ""
     host_veth: str = ""
     tag: str = ""
@@ -165,7 +169,7 @@ class BadRecord(Exception):
 
 
 _STR_FIELDS = ("netns", "bridge", "host_veth", "tag", "boot_id", "phase", "mac", "pid_start")
-_INT_FIELDS = ("netns_inode", "pid")
+_INT_FIELDS = ("netns_inode", "netns_cookie", "pid")
 _PORT_INTS = ("hostPort", "containerPort", "hostPortEnd")
 _PORT_STRS = ("protocol", "hostIP")
 

@@ -46,6 +46,7 @@ from cni_bridge.errors import (
     TRY_AGAIN_LATER,
     CNIError,
 )
+from cni_bridge.net.netns import netns_cookie_of
 from cni_bridge.plan import (
     AddPlan,
     AddRequest,
@@ -160,6 +161,7 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
     stores = NetworkStores(conf)
     att = Attachment.new(conf.name, ask.container_id, ask.ifname, ask.sandbox)
     att.netns_inode = netns_inode
+    att.netns_cookie = netns_cookie_of(request.netns)
     att.bridge = conf.bridge
     att.mac = ask.mac or ""
     att.port_mappings = mapping_records(ask.port_mappings)

@@ -98,3 +98,34 @@ def entered(netns_fd: int) -> Iterator[None]:
     finally:
         os.close(original)
 
+
+
+_SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h (Linux 5.14+)
+
+
+def netns_cookie(netns_fd: int) -> int:
+    """The namespace's cookie: a 64-bit number the kernel never gives to another namespace
+    (inode numbers are reused as soon as a namespace is freed). 0 when the kernel has none."""
+    import socket
+    import struct
+
+    try:
+        with entered(netns_fd):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with sock:
+            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8)
+    except (OSError, NetError):
+        return 0
+    return int(struct.unpack("=Q", raw)[0])
+
+
+def netns_cookie_of(path: str) -> int:
+    """netns_cookie of a namespace file; 0 when it cannot be read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        return netns_cookie(fd)
+    finally:
+        os.close(fd)

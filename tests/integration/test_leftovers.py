@@ -17,6 +17,7 @@ import pytest
 from cni_bridge.state import host_veth_name
 from tests.lab import nft, ping, probe
 from tests.lab.plugin import ROOT, PluginLab, in_host, plugin_command
+from tests.lab.poll import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.plugin]
 
@@ -61,6 +62,8 @@ def test_gc_from_a_mount_namespace_without_run_netns_keeps_live_attachments(flab
     flab.add(conf, "live", live)
     flab.add(conf, "dead", dead)
     flab.remove([dead])
+    # The kernel frees a deleted namespace, and the veth end in it, a moment later.
+    assert wait_for(lambda: host_veth_name(net, "dead", "eth0") not in flab.host.links())
     assert all(r["netns_inode"] for r in records(flab, net))
 
     listing = cli_hiding_run_netns(flab, "ls", "--data-dir", d, "--json")
@@ -106,6 +109,30 @@ def test_gc_keeps_a_live_namespace_by_its_inode_when_its_veth_is_gone(flab: Plug
     assert f"{net}: removed 1 attachment(s)" in proc.stdout
     assert [r["container_id"] for r in records(flab, net)] == ["a"]
     assert flab.reservations(net) == ["10.66.0.2"]
+
+
+def test_gc_is_not_fooled_by_a_reused_netns_inode_number(flab: PluginLab) -> None:
+    """The kernel gives a freed namespace's inode number to the next namespace it makes (other
+    tests on this machine did, within moments): the recorded cookie tells them apart. Here the
+    dead attachment's record is given the inode of a live, unrelated namespace."""
+    conf = flab.conf(cniVersion="1.1.0")
+    net, d = conf["name"], str(flab.data_dir)
+    dead, other = flab.container(), flab.netns("other")
+    flab.add(conf, "dead", dead)
+    flab.spawn(other, ["sleep", "600"])  # shows the other namespace through /proc/<pid>/ns/net
+    (path,) = (flab.data_dir / net / ".cni-bridge").glob("*.json")
+    rec = json.loads(path.read_text())
+    assert rec["netns_cookie"] > 0
+    flab.remove([dead])
+    identity = other.identity()
+    assert identity is not None
+    rec["netns_inode"] = identity[1]
+    path.write_text(json.dumps(rec))
+
+    proc = cli_hiding_run_netns(flab, "gc", "--data-dir", d)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{net}: removed 1 attachment(s)" in proc.stdout
+    assert records(flab, net) == [] and flab.reservations(net) == []
 
 
 # ---------------------------------------------------------------- 5. no leftovers
