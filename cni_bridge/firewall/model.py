@@ -175,20 +175,29 @@ def mapping_to_dict(pm: PortMapping) -> dict[str, Any]:
     return d
 
 
+def _record_port(value: Any) -> Port:
+    # Records keep JSON integers; a float (1e999 is infinity) or a string is not one.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"port {value!r} is not an integer")
+    return Port(value)
+
+
 def mapping_from_dict(d: dict[str, Any]) -> PortMapping:
     """A record's mapping, checked by domain.py's rules (a record is a file: read, not trusted);
     ValueError if it breaks one."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a port mapping is a JSON {type(d).__name__}, not an object")
     proto = str(d.get("protocol", "tcp")).lower()
     if proto not in PROTOCOLS:
         raise ValueError(f"unsupported protocol {proto!r}")
     host_ip = d.get("hostIP")
     end = d.get("hostPortEnd")
     pm = PortMapping(
-        host_port=Port(int(d["hostPort"])),
-        container_port=Port(int(d["containerPort"])),
+        host_port=_record_port(d["hostPort"]),
+        container_port=_record_port(d["containerPort"]),
         protocol=proto,
         host_ip=ipaddress.ip_address(host_ip) if host_ip else None,
-        host_port_end=Port(int(end)) if end is not None else None,
+        host_port_end=_record_port(end) if end is not None else None,
     )
     port_range_count(pm.host_port, pm.host_port_end, pm.container_port)
     return pm

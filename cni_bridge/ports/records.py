@@ -91,7 +91,7 @@ class Records:
         def exists(veth: str) -> bool:
             try:
                 socket.if_nametoindex(veth)
-            except OSError:
+            except (OSError, ValueError):  # ValueError: a NUL in a record's name
                 return False
             return True
 

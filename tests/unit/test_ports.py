@@ -307,3 +307,24 @@ def test_lock_files_are_taken_released_and_swept(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.lock", "ports-1.lock", "ports-1.sock"]
     lockfile.release(held, str(tmp_path / "ports-1.lock"), str(tmp_path / "ports-1.sock"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.lock"]
+
+
+def test_a_malformed_record_costs_its_own_ports_not_the_holder(tmp_path: Path) -> None:
+    # The holder reads records in its asyncio loop: an exception there ends it, and it would
+    # end again at every restart, so one bad file would leave every published port unheld.
+    net = tmp_path / "data" / "net1"
+    _record(net, "good", "lo")
+    bad: dict[str, dict[str, object]] = {
+        "not-an-object": {"port_mappings": ["80:8080"]},
+        "infinite": {"port_mappings": [{"hostPort": 1e999, "containerPort": 80}]},
+        "nul-veth": {"host_veth": "lo\u0000x"},
+    }
+    for i, (tag, fields) in enumerate(bad.items()):
+        _record(net, tag, "lo", port=90 + i)
+        path = net / ".cni-bridge" / f"{tag}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+    recs = Records(data_dirs=lambda: [str(tmp_path / "data")])
+    recs.scan_all()
+    assert set(recs.wanting) == {HoldKey("tcp", "0.0.0.0", 80), HoldKey("tcp", "::", 80)}
+    for tag in bad:
+        assert recs.read_one(str(net), tag) == []
