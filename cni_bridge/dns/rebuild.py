@@ -9,6 +9,7 @@ periodic look: files and no server, start it.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ from cni_bridge.config import NetConf, load_netconf
 from cni_bridge.dns.aardvark import Aardvark, DNSServerError
 from cni_bridge.dns.names import Entry, NetworkDNS, entry, render
 from cni_bridge.dns.ops import upstream
+from cni_bridge.domain import IPAddress, container_id_problem, dns_name_problem
 from cni_bridge.errors import CNIError
 from cni_bridge.ipam.disk import DiskStore
 from cni_bridge.plan import dns_gateways
@@ -43,28 +45,44 @@ def _live(att: Attachment) -> bool:
     return True
 
 
-def _gateways(att: Attachment) -> list[str]:
+def _checked_entry(att: Attachment) -> Entry | None:
+    """The record's line, by the rules ADD's names obey (a record is a file, read, not
+    trusted: a space, comma or newline would break aardvark-dns's file, or add a line)."""
+    if container_id_problem(att.container_id) is not None:
+        log.warning("dns rebuild: record of container %r: not a container ID, left out",
+                    att.container_id)
+        return None
+    names = [n.lower() for n in att.dns_names if dns_name_problem(n) is None]
+    if len(names) < len(att.dns_names):
+        log.warning("dns rebuild: container %s: names that are not DNS names left out",
+                    att.container_id)
+    return entry(att.container_id, att.ips, list(dict.fromkeys(names))) if names else None
+
+
+def _gateways(att: Attachment) -> list[IPAddress]:
     ips = (att.result or {}).get("ips", [])
-    return [str(ip["gateway"]) for ip in ips if isinstance(ip, dict) and ip.get("gateway")]
+    out: list[IPAddress] = []
+    for ip in ips if isinstance(ips, list) else []:
+        try:
+            out.append(ipaddress.ip_address(ip["gateway"]))
+        except (TypeError, KeyError, ValueError):  # a record's result: read, not trusted
+            continue
+    return out
 
 
 def network_file(conf: NetConf, records: Iterable[Attachment], upstream: Iterable[str]) -> str | None:
     """A network's file from its records; None when no live container has names."""
-    import ipaddress
-
     live = [a for a in records if _live(a)]
-    if not live or conf.container_dns is None:
+    entries = [e for e in map(_checked_entry, live) if e is not None]
+    if not entries or conf.container_dns is None:
         return None
     # As ADD listens: the config's gateways; a delegated IPAM's only from the results.
-    listen = [str(g) for g in dns_gateways(conf)]
+    listen = list(dns_gateways(conf))
     listen = listen or list(dict.fromkeys(g for a in live for g in _gateways(a)))
-    entries: list[Entry] = [entry(a.container_id, a.ips, a.dns_names) for a in live]
     if not listen:
         return None
     net = NetworkDNS(
-        conf.name,
-        tuple(ipaddress.ip_address(g) for g in listen),
-        tuple(ipaddress.ip_address(u) for u in upstream),
+        conf.name, tuple(listen), tuple(ipaddress.ip_address(u) for u in upstream)
     )
     return render(net, entries)
 

@@ -178,3 +178,23 @@ def test_gc_withdraws_the_names(world: World) -> None:
     assert [e.id for e in fake.files["unit"]] == ["c1"]
     world.call("GC", containerDNS=True, **gc_args({"cni.dev/attachments": []}))
     assert fake.files == {} and world.records() == []
+
+
+def test_rebuild_writes_only_what_the_rules_allow_from_records(tmp_path: Any) -> None:
+    # A record is a file, read and not trusted: a name or ID with a space, a comma or a newline
+    # would make a line aardvark-dns cannot parse (it then ends at its next reload, for every
+    # network) or add a line of its own.
+    from cni_bridge.config import load_netconf
+    from cni_bridge.dns.rebuild import network_file
+    from cni_bridge.state import Attachment
+
+    conf = load_netconf({"cniVersion": "1.0.0", "name": "n", "isGateway": True,
+                         "containerDNS": {"upstream": ["192.0.2.53"]},
+                         "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]]}})
+    good = Attachment.new("n", "c1", "eth0", "")
+    good.ips = ["10.0.0.2/24"]
+    good.dns_names = ["one", "a b", "x,y", "evil\nc9 10.0.0.9  bank", "Two"]
+    bad_id = Attachment.new("n", "c2 10.0.0.7  bank\nc3", "eth0", "")
+    bad_id.ips, bad_id.dns_names = ["10.0.0.3/24"], ["three"]
+    text = network_file(conf, [good, bad_id], ["192.0.2.53"])
+    assert text == "10.0.0.1 192.0.2.53\nc1 10.0.0.2  one,two\n"
