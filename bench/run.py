@@ -156,10 +156,25 @@ class Bench:
             for side in self.sides:
                 self.put(side, f"{key}_{verb.lower()}", report.summary(walls[side.impl]))
 
+    def keep_one(self) -> dict[str, Json]:
+        """One attachment per side for the first-ADD samples: neither side then builds its
+        network (bridge, firewall scaffolding) in a sample. Without it ours would rebuild the
+        bridge its last DEL removed in every sample, and the reference, which leaves its
+        bridge, in the first only; the network's creation is the same for every ADD of a
+        fresh host and is not what these rows are about."""
+        kept = {s.impl: s.fresh(1)[0] for s in self.sides}
+        for side in self.sides:
+            side.run("ADD", kept[side.impl])
+        return kept
+
+    def drop(self, kept: dict[str, Json]) -> None:
+        for side in self.sides:
+            side.run("DEL", kept[side.impl])
+
     def first_add_no_agent(self) -> None:
-        """The first ADD on a host with no agent: the plugin starts one and waits for it.
-        Several samples: the agent is stopped before each (ours); the reference's first ADD
-        of the run also creates its bridge, so its later samples are plain ADDs."""
+        """The first ADD on a host with no agent (ours): the plugin starts one and waits for
+        it. The agent is stopped before each sample; an attachment stays present."""
+        kept = self.keep_one()
         walls: dict[str, list[float]] = {s.impl: [] for s in self.sides}
         for _ in range(self.args.samples):
             agent.stop(self.ours.host)
@@ -169,10 +184,13 @@ class Bench:
                 side.run("DEL", att)
         for side in self.sides:
             self.put(side, "first_add_no_agent", report.summary(walls[side.impl]))
+        self.drop(kept)
 
     def first_add_after_unit_start(self) -> None:
         """The agent started as build/cni-bridge.service's ExecStart does (systemd is not
-        running here: the benchmark starts it the same way), then the first ADD."""
+        running here: the benchmark starts it the same way), then the first ADD. An attachment
+        stays present (see keep_one)."""
+        kept = self.keep_one()
         walls: dict[str, list[float]] = {s.impl: [] for s in self.sides}
         binary = str(Path(self.args.ours_bin).resolve())
         served = []
@@ -188,6 +206,7 @@ class Bench:
         for side in self.sides:
             self.put(side, "first_add_unit", report.summary(walls[side.impl]))
         self.put(self.ours, "unit_agent_served", all(served))
+        self.drop(kept)
         # Back to an agent the plugin starts (the default idle timeout applies to it), which is
         # what the quiet-period scenario is about.
         agent.stop(self.ours.host)
