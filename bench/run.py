@@ -47,6 +47,7 @@ PORT_BASE = 20000
 CNI_VERSION = "1.0.0"
 PREFIX = "cbE"
 SIDES = ("reference", "ours")
+UNIT_SETTLE = 2.0  # seconds between the unit-started agent's listening and the first ADD
 
 Json = dict[str, Any]
 
@@ -197,6 +198,9 @@ class Bench:
         for _ in range(self.args.samples):
             agent.stop(self.ours.host)
             unit = agent.start_like_unit(self.ours.host, binary)
+            # The unit starts the agent at boot, well before the first pod: let it finish
+            # starting (its spare worker and held-ports holder are forked after it listens).
+            time.sleep(UNIT_SETTLE)
             for side in self.sides:
                 (att,) = side.fresh(1)
                 walls[side.impl].append(side.run("ADD", att))
