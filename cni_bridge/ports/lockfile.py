@@ -19,7 +19,7 @@ from collections.abc import Callable
 POLL = 0.2
 
 
-def _still_named(fd: int, path: str) -> bool:
+def still_named(fd: int, path: str) -> bool:
     try:
         return os.fstat(fd).st_ino == os.stat(path).st_ino
     except FileNotFoundError:
@@ -39,7 +39,7 @@ def take(path: str, keep_waiting: Callable[[], bool]) -> int | None:
                     os.close(fd)
                     return None
                 time.sleep(POLL)
-        if _still_named(fd, path):
+        if still_named(fd, path):
             return fd
         os.close(fd)  # the one before us removed it as it left: lock the new one
 
@@ -54,13 +54,19 @@ def release(fd: int, lock_path: str, sock_path: str) -> None:
 
 def sweep(directory: str, prefix: str) -> int:
     """Remove <prefix><n>.{lock,sock} pairs whose lock nobody holds; how many."""
+    return sweep_where(directory, lambda name: name.startswith(prefix) and name.endswith(".lock"))
+
+
+def sweep_where(directory: str, is_lock: Callable[[str], bool]) -> int:
+    """Remove the <name>.lock files that `is_lock` names and nobody holds, each with its
+    <name>.sock; how many. A lock is taken before anything goes, so a live owner's files stay."""
     swept = 0
     try:
         names = os.listdir(directory)
     except OSError:
         return 0
     for name in names:
-        if not (name.startswith(prefix) and name.endswith(".lock")):
+        if not (name.endswith(".lock") and is_lock(name)):
             continue
         lock_path = os.path.join(directory, name)
         try:
@@ -72,7 +78,7 @@ def sweep(directory: str, prefix: str) -> int:
         except OSError:
             os.close(fd)  # a live holder's
             continue
-        if not _still_named(fd, lock_path):
+        if not still_named(fd, lock_path):
             os.close(fd)
             continue
         release(fd, lock_path, lock_path[: -len(".lock")] + ".sock")

@@ -97,6 +97,25 @@ def name_for(identity: str, netns_ino: int | None = None) -> str:
     return f"{name_prefix(identity)}{netns}.sock"
 
 
+def is_agent_lock(name: str) -> bool:
+    """Whether a file name in AGENT_DIR is an agent's lock, of any protocol version (what
+    `name_for` and `lock_path` make: v<version>-<16 hex digits>-<netns inode>.lock)."""
+    parts = name.split("-")
+    if len(parts) != 3 or not parts[2].endswith(".lock"):
+        return False
+    version, digest, netns = parts[0], parts[1], parts[2][: -len(".lock")]
+    return (
+        len(version) > 1
+        and version[0] == "v"
+        and version[1:].isdecimal()
+        and version[1:].isascii()
+        and len(digest) == 16
+        and all(c in "0123456789abcdef" for c in digest)
+        and netns.isdecimal()
+        and netns.isascii()
+    )
+
+
 def agent_dir(create: bool = False) -> str:
     """AGENT_DIR if it is a directory only root can enter ("" otherwise), made if `create`.
 

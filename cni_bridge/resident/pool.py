@@ -38,6 +38,7 @@ from types import FrameType
 from cni_bridge.dns.agent import DnsDuty
 from cni_bridge.ports.supervisor import Supervisor
 from cni_bridge.resident import naming, policy
+from cni_bridge.resident.sweep import sweep
 from cni_bridge.resident.worker import (
     FREE,
     FREE_AFTER_RUN,
@@ -139,6 +140,8 @@ class Server:
         self.listener.listen(BACKLOG)
         self.listener.setblocking(False)
         self.listening = True
+        if self._named is not None and (swept := sweep(self._named[0])):
+            log(f"removed the files of {swept} agent(s) killed with their namespace")
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)

@@ -11,7 +11,6 @@ RESULT (`worker`, `protocol`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import importlib
 import os
@@ -23,7 +22,7 @@ from collections.abc import Sequence
 
 from cni_bridge.converge import watch
 from cni_bridge.ports.supervisor import Supervisor
-from cni_bridge.resident import naming, policy, spawn
+from cni_bridge.resident import naming, policy, spawn, sweep
 from cni_bridge.resident.pool import (
     DEFAULT_HARD_TIMEOUT,
     DEFAULT_MAX_WORKERS,
@@ -165,9 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args, listener, identity, fingerprint)
     finally:
         # Still ours: nobody else can bind it while we hold the lock, released only after.
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        os.close(lock_fd)
+        sweep.release(lock_fd, path)
 
 
 def _serve(

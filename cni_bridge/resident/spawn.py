@@ -96,16 +96,8 @@ def claim(path: str) -> "tuple[int, _socket.socket] | None":
     """Take the agent's lock for `path` and bind a fresh socket there; None if the lock is
     held (an agent runs or is starting) or the socket cannot be bound. The lock stays held as
     long as its open file does, in whichever process it is passed to."""
-    import fcntl
-
-    try:
-        lock_fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(lock_fd)
+    lock_fd = _take_lock(lock_path(path))
+    if lock_fd is None:
         return None
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
@@ -119,6 +111,31 @@ def claim(path: str) -> "tuple[int, _socket.socket] | None":
         os.close(lock_fd)
         return None
     return lock_fd, sock
+
+
+def _take_lock(path: str) -> "int | None":
+    """The lock at `path` unless someone holds it. A leaving agent, or a sweep of a killed one's
+    files (sweep.py), removes the lock file while holding it: a lock taken on a file no longer
+    at `path` is worthless (another caller would create and take a fresh one), so take again."""
+    import fcntl
+
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # an agent runs or is starting
+            os.close(fd)
+            return None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+    return None
 
 
 def _exec_server(

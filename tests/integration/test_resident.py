@@ -9,6 +9,7 @@ check what really ran, how often, and where. Clients run as separate processes u
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -910,6 +911,44 @@ def test_an_agent_whose_socket_is_removed_leaves(env: Env) -> None:
     os.unlink(env.socket_path(host))
     assert wait_until(lambda: proc.poll() is not None, timeout=20), env.server_log(host)
     assert "its socket was removed, leaving" in env.server_log(host)
+
+
+def _unheld(lock: str) -> bool:
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_starting_agent_removes_the_files_of_killed_agents_only(env: Env) -> None:
+    """An agent killed with its namespace leaves its socket and lock in /run/cni-bridge; the
+    next agent to start anywhere removes them, and leaves a live agent's alone."""
+    live, dead, fresh = env.netns("live"), env.netns("dead"), env.netns("fresh")
+    env.start_server(live)
+    proc = env.start_server(dead)
+    os.killpg(proc.pid, signal.SIGKILL)  # the agent and its workers, as `ip netns del` + kill
+    proc.wait()
+    left = env.socket_path(dead)
+    assert wait_until(lambda: _unheld(naming.lock_path(left)))
+    assert os.path.exists(left) and os.path.exists(naming.lock_path(left))
+    env.start_server(fresh)  # returns once it answers: it swept before serving
+    assert not os.path.exists(left) and not os.path.exists(naming.lock_path(left))
+    kept = env.socket_path(live)
+    assert os.path.exists(kept) and os.path.exists(naming.lock_path(kept))
+    assert env.ping(live) is not None
+    # An agent that leaves removes its own pair.
+    served = env.procs[-1]
+    served.send_signal(signal.SIGTERM)
+    assert served.wait(timeout=30) == 0, env.server_log(fresh)
+    mine = env.socket_path(fresh)
+    assert not os.path.exists(mine) and not os.path.exists(naming.lock_path(mine))
 
 
 USERNS_SCRIPT = r"""
