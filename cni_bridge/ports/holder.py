@@ -38,6 +38,8 @@ from cni_bridge.ports.records import Owner, Records
 RESCAN = 30.0
 RETRY = 2.0
 PR_SET_PDEATHSIG = 1
+ACCEPT_RETRY = 0.5
+_SHORT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # Families a host may lack (IPv6 disabled): nothing can bind there, so nothing is to hold.
 _NOT_HERE = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
 
@@ -193,10 +195,19 @@ class Holder:
 async def _serve_control(holder: Holder, listener: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     while True:
-        conn, _ = await loop.sock_accept(listener)
+        try:
+            conn, _ = await loop.sock_accept(listener)
+        except OSError as exc:
+            if exc.errno not in _SHORT_OF:
+                raise
+            # Relayed connections (anyone's, to [::1]:port) used up the descriptors: answer
+            # once some are back rather than end, which would let every port go.
+            await asyncio.sleep(ACCEPT_RETRY)
+            continue
         try:
             cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
-            if struct.unpack("iII", cred)[1] != 0:
+            # Our own user only: root, as the agent runs (its directory is root's alone).
+            if struct.unpack("iII", cred)[1] != os.geteuid():
                 continue
             raw = await asyncio.wait_for(loop.sock_recv(conn, control.MAX_MESSAGE), 5)
             try:

@@ -18,6 +18,7 @@ from cni_bridge.commands.deps import Deps
 from cni_bridge.errors import PORT_CONFLICT, CNIError
 from cni_bridge.firewall.model import PortMapping
 from cni_bridge.ports import check, lockfile, lookup, report, sockets
+from cni_bridge.ports.holder import Holder
 from cni_bridge.ports.model import (
     HoldKey,
     Target,
@@ -328,3 +329,52 @@ def test_a_malformed_record_costs_its_own_ports_not_the_holder(tmp_path: Path) -
     assert set(recs.wanting) == {HoldKey("tcp", "0.0.0.0", 80), HoldKey("tcp", "::", 80)}
     for tag in bad:
         assert recs.read_one(str(net), tag) == []
+
+
+
+def test_the_control_loop_outlives_a_lack_of_descriptors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every relayed connection costs the holder two descriptors, and anyone on the host can
+    # open connections to [::1]:port: at its limit accept() fails with EMFILE. That must not
+    # end the holder (every port let go, for a host program to take), only delay the answer.
+    import asyncio
+    import socket
+
+    from cni_bridge.ports import control
+    from cni_bridge.ports import holder as holder_mod
+
+    path = str(tmp_path / "ctl.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(8)
+    listener.setblocking(False)
+    failures = [OSError(errno.EMFILE, "Too many open files")] * 2
+
+    def ask_status() -> object:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
+            c.settimeout(10)
+            c.connect(path)
+            c.send(json.dumps({"op": "status"}).encode())
+            return json.loads(c.recv(control.MAX_MESSAGE))
+
+    async def scenario() -> object:
+        loop = asyncio.get_running_loop()
+        real = loop.sock_accept
+
+        async def flaky(sock: socket.socket) -> tuple[socket.socket, object]:
+            if failures:
+                raise failures.pop()
+            return await real(sock)
+
+        loop.sock_accept = flaky  # type: ignore[method-assign]
+        serving = loop.create_task(holder_mod._serve_control(Holder(Records(list)), listener))
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(None, ask_status), 20)
+        finally:
+            serving.cancel()
+
+    monkeypatch.setattr(holder_mod, "ACCEPT_RETRY", 0.01)
+    answer = asyncio.run(scenario())
+    listener.close()
+    assert isinstance(answer, dict) and answer["held"] == [] and not failures
