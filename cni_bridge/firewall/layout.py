@@ -205,13 +205,15 @@ def _dnat_comment(fam: int, specific: bool) -> str:
 
 
 def _dns_rule(fam: int) -> tuple[str, tuple[Json, ...]]:
-    # aardvark-dns answers a query from any container with the names of the network whose
-    # gateway received it: only the network's own bridge may ask its name server.
+    # aardvark-dns answers whoever asks with the names of the network whose gateway received
+    # the query, and forwards any other name: only the network's own bridge (and the host
+    # itself) may ask its name server, not another bridge, nor the host's LAN (the host routes
+    # to its bridges, so anyone there could otherwise use it as a resolver).
     l3 = _L3[fam]
     return (
-        f"{LAYOUT} dns{fam}: a network's name server answers its own bridge only",
+        f"{LAYOUT} dns{fam}: a network's name server answers its own bridge and the host only",
         (
-            match(meta("iifname"), f"@{BRIDGES}"),
+            match(meta("iifname"), "lo", "!="),
             match(meta("l4proto"), {"set": ["udp", "tcp"]}),
             match(_DPORT, 53),
             match(_pl(l3, "daddr"), f"@{DNS_ADDR[fam]}"),

@@ -255,3 +255,19 @@ def test_internal_network_containers_resolve_each_other(dns_lab: PluginLab) -> N
     assert lookup(c2, "one", "10.66.0.1") == [r1["ips"][0]["address"].split("/")[0]]
     lab.delete(conf, "int-dns-one", c1.path)
     lab.delete(conf, "int-dns-two", c2.path)
+
+
+def test_the_name_server_does_not_answer_from_outside(dns_lab: PluginLab) -> None:
+    """A host forwards to its bridges, so anyone who can reach it (its LAN, or a peer that
+    routes the bridge's subnet to it) could ask the gateway: for the network's names, and for
+    any other name, forwarded (an open resolver). Only the network's own bridge may ask."""
+    lab = dns_lab
+    out = lab.outside(lab.host)  # default route via the host
+    conf = lab.conf(containerDNS=True)
+    c1, c2 = lab.container(), lab.container()
+    r1 = lab.add(conf, "outside-one", c1, extra=_pod("one"))
+    lab.add(conf, "outside-two", c2, extra=_pod("two"))
+    assert lookup(c2, "one", "10.66.0.1") == _addrs(r1)
+    assert lookup(out, "one", "10.66.0.1") is None
+    for cid, ns in (("outside-one", c1), ("outside-two", c2)):
+        lab.delete(conf, cid, ns.path)
