@@ -76,6 +76,9 @@ class NetlinkOps:
         # Bridges as ensure_bridge last saw them, for the same request's next steps (a bridge is
         # never deleted by an ADD or DEL; a stale index would only make the next step fail).
         self._bridges: dict[str, Link] = {}
+        # The bridge's addresses as check_subnets_free read them, moments before this ADD's
+        # ensure_bridge_addrs (keyed by name, with the ifindex they were read under).
+        self._seen_addrs: dict[str, tuple[int, list[IPInterface]]] = {}
         self.link_up_timeout = link_up_timeout
         self.dad_timeout = dad_timeout
 
@@ -85,6 +88,7 @@ class NetlinkOps:
         return self._host
 
     def close(self) -> None:
+        self._seen_addrs.clear()
         if self._host is not None:
             self._host.close()
             self._host = None
@@ -136,7 +140,12 @@ class NetlinkOps:
         link = self._bridges.get(name) or get_link(rt, name=name)
         if link is None:
             raise LinkNotFound(name, None)
-        existing = [a.iface for a in dump_addrs(rt, link.index)]
+        seen = self._seen_addrs.pop(name, None)
+        # Read once per ADD: a bridge made again meanwhile has another index, and is read anew.
+        if seen is not None and seen[0] == link.index:
+            existing = seen[1]
+        else:
+            existing = [a.iface for a in dump_addrs(rt, link.index)]
         remove, add = plan_bridge_addrs(name, existing, addrs, force)
         for iface in remove:
             rtnl.del_addr(rt, link.index, iface, name)
@@ -149,7 +158,9 @@ class NetlinkOps:
         rt = self._rt()
         link = get_link(rt, name=bridge)
         index = link.index if link is not None else 0
-        have = {a.iface for a in dump_addrs(rt, index)} if link is not None else set()
+        have = [a.iface for a in dump_addrs(rt, index)] if link is not None else []
+        if link is not None:
+            self._seen_addrs[bridge] = (index, have)
         # Only an address still to be added is checked (the first ADD of a network, or after
         # its last DEL): the host's whole address and route lists are not read on every ADD.
         for iface in addrs:
