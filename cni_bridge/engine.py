@@ -80,6 +80,12 @@ def warm() -> None:
     import cni_bridge.commands.gc
     import cni_bridge.commands.status
     import cni_bridge.config
+    import cni_bridge.converge.sync  # the heal after a verb that saw drift
+    import cni_bridge.converge.trigger  # every ADD/DEL/CHECK (commands.dispatch)
+    import cni_bridge.datadirs
+    import cni_bridge.dns.aardvark
+    import cni_bridge.dns.ops
+    import cni_bridge.dns.rebuild
     import cni_bridge.firewall.conntrack
     import cni_bridge.firewall.ipspoof
     import cni_bridge.firewall.nft
@@ -91,6 +97,7 @@ def warm() -> None:
     import cni_bridge.net.sysctl
     import cni_bridge.ports.check
     import cni_bridge.ports.ops
+    import cni_bridge.privileges  # every verb's first step (commands.dispatch)
 
     ctypes.CDLL("libnftables.so.1")
     # One validation of a full config exercises what pydantic-core builds lazily.
