@@ -113,6 +113,9 @@ class DNSConf(_Model):
 
 
 DEFAULT_DNS_DOMAIN = "dns.cni-bridge"
+# dns/aardvark.py's PID_FILE (not imported: the cold path does not load the dns package), in
+# the directory where each containerDNS network has a file named after it.
+_AARDVARK_PID_FILE = "aardvark.pid"
 
 
 class ContainerDNSConf(_Model):
@@ -327,6 +330,11 @@ class NetConf(_Model):
                     raise ValueError(f"ipam.routes: {route.dst} has no range of its IP family")
         if self.container_dns is not None and not self.gateway_mode:
             raise ValueError("containerDNS needs isGateway: the name server listens on the gateway")
+        if self.container_dns is not None and self.name == _AARDVARK_PID_FILE:
+            raise ValueError(
+                f"containerDNS cannot serve a network named {self.name!r}: its file would be "
+                "the name server's pid file"
+            )
         if self.vlan and self.vlan_trunk:
             raise ValueError("vlan and vlanTrunk cannot both be set")
         if self.ipspoofchk and self.vlan_trunk:

@@ -198,3 +198,17 @@ def test_rebuild_writes_only_what_the_rules_allow_from_records(tmp_path: Any) ->
     bad_id.ips, bad_id.dns_names = ["10.0.0.3/24"], ["three"]
     text = network_file(conf, [good, bad_id], ["192.0.2.53"])
     assert text == "10.0.0.1 192.0.2.53\nc1 10.0.0.2  one,two\n"
+
+
+def test_a_network_cannot_take_the_name_of_the_servers_pid_file() -> None:
+    # Its file would overwrite aardvark-dns's pid file in the directory: the running server
+    # lost track of (never stopped again) and a second one started beside it.
+    from cni_bridge.config import load_netconf
+    from cni_bridge.dns.aardvark import PID_FILE
+
+    conf = {"cniVersion": "1.0.0", "name": PID_FILE, "isGateway": True, "containerDNS": True,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.0.0.0/24"}]]}}
+    with pytest.raises(CNIError) as err:
+        load_netconf(conf)
+    assert err.value.code == 7 and PID_FILE in err.value.msg
+    assert load_netconf({**conf, "containerDNS": False}).name == PID_FILE
