@@ -70,7 +70,7 @@ def process_start(pid: int) -> str:
     """The start time of a process (field 22 of /proc/<pid>/stat), "" if there is none: with
     the pid it names one process for good, even after the pid is reused."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/stat", errors="replace") as f:  # any name
             stat = f.read()
     except OSError:
         return ""

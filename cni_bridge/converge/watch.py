@@ -112,7 +112,7 @@ def child_main() -> NoReturn:
 
 def _parent_of(pid: int) -> int:
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/stat", errors="replace") as f:  # any name
             stat = f.read()
     except OSError:
         return 0

@@ -87,7 +87,7 @@ def binary() -> str:
 def _proc_alive(pid: int) -> bool:
     """Running, not a zombie waiting for its parent (init) to reap it."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/stat", errors="replace") as f:  # any name
             stat = f.read()
     except OSError:
         return False

@@ -111,8 +111,9 @@ def processes(inodes: Iterable[int], proc: str = "/proc") -> list[tuple[int, str
         else:
             continue
         try:
-            with open(f"{proc}/{entry}/comm") as f:
-                comm = f.read().strip()
+            # Bytes: anyone names their process as they like, UTF-8 or not.
+            with open(f"{proc}/{entry}/comm", "rb") as f:
+                comm = f.read().strip().decode(errors="backslashreplace")
         except OSError:
             comm = "?"
         found.append((int(entry), comm))

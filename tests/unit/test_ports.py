@@ -378,3 +378,16 @@ def test_the_control_loop_outlives_a_lack_of_descriptors(
     answer = asyncio.run(scenario())
     listener.close()
     assert isinstance(answer, dict) and answer["held"] == [] and not failures
+
+
+def test_a_holder_named_in_any_bytes_is_described(tmp_path: Path) -> None:
+    # Anyone may name their process anything (prctl PR_SET_NAME takes bytes): a name that is
+    # not UTF-8 raised out of the lookup, which ended the holder at each retry (every port let
+    # go) and gave ADD's check a traceback.
+    proc = tmp_path / "proc"
+    (proc / "4242" / "fd").mkdir(parents=True)
+    (proc / "4242" / "fd" / "3").symlink_to("socket:[555]")
+    (proc / "4242" / "comm").write_bytes(b"evil\xff\xfe\n")
+    found = lookup.processes([555], proc=str(proc))
+    assert found == [(4242, "evil\\xff\\xfe")]
+    assert lookup.describe(found) == "pid 4242 (evil\\xff\\xfe)"
