@@ -214,7 +214,13 @@ async def _serve_control(holder: Holder, listener: socket.socket) -> None:
                 message = json.loads(raw)
             except ValueError:
                 message = None
-            reply = await holder.handle(message)
+            try:
+                reply = await holder.handle(message)
+            except Exception:
+                # One request's failure is that request's: ending the loop would let every
+                # port go and cut every relayed connection; the next rescan applies it all.
+                _log(f"a request failed: {str(message)[:200]}\n{traceback.format_exc()}")
+                reply = {"error": "the holder failed on this request (see the agent's log)"}
             await loop.sock_sendall(conn, json.dumps(reply).encode())
         except (TimeoutError, OSError):
             pass

@@ -391,3 +391,53 @@ def test_a_holder_named_in_any_bytes_is_described(tmp_path: Path) -> None:
     found = lookup.processes([555], proc=str(proc))
     assert found == [(4242, "evil\\xff\\xfe")]
     assert lookup.describe(found) == "pid 4242 (evil\\xff\\xfe)"
+
+
+def test_one_request_failing_does_not_end_the_holder(tmp_path: Path) -> None:
+    # An exception out of one request ended the control loop, hence the holder: every port
+    # let go (for a host program to take) and every relayed connection cut, for one message.
+    import asyncio
+    import socket
+    from typing import Any
+
+    from cni_bridge.ports import control
+    from cni_bridge.ports import holder as holder_mod
+
+    path = str(tmp_path / "ctl.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    listener.listen(8)
+    listener.setblocking(False)
+    holder = Holder(Records(list))
+    real = holder.handle
+    failures = [RuntimeError("a bug")]
+
+    async def handle(message: Any) -> dict[str, Any]:
+        if failures:
+            raise failures.pop()
+        return await real(message)
+
+    holder.handle = handle  # type: ignore[method-assign]
+
+    def ask_status() -> object:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
+            c.settimeout(10)
+            c.connect(path)
+            c.send(json.dumps({"op": "status"}).encode())
+            return json.loads(c.recv(control.MAX_MESSAGE))
+
+    async def scenario() -> tuple[object, object]:
+        loop = asyncio.get_running_loop()
+        serving = loop.create_task(holder_mod._serve_control(holder, listener))
+        try:
+            first = await asyncio.wait_for(loop.run_in_executor(None, ask_status), 20)
+            second = await asyncio.wait_for(loop.run_in_executor(None, ask_status), 20)
+            assert not serving.done()
+            return first, second
+        finally:
+            serving.cancel()
+
+    first, second = asyncio.run(scenario())
+    listener.close()
+    assert isinstance(first, dict) and "error" in first
+    assert isinstance(second, dict) and second["held"] == []
