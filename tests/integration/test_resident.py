@@ -101,6 +101,15 @@ def fake_handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
     elif mode == "caught":  # an internal error the engine caught and answered itself
         _UNFIT.append(fake.get("id"))
         return 1, json.dumps({"code": 999, "msg": "internal error"}).encode()
+    elif mode == "barrier":  # returns only once `n` requests are in flight together
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with open(fake["record"]) as f:
+                if sum(1 for _ in f) >= fake["n"]:
+                    break
+            time.sleep(0.02)
+        else:
+            return 1, json.dumps({"code": 999, "msg": "the others never ran alongside"}).encode()
     elif mode == "wait_flag":
         deadline = time.monotonic() + 30
         while not os.path.exists(fake["flag"]) and time.monotonic() < deadline:
@@ -467,7 +476,9 @@ def test_a_missing_netns_is_left_to_the_in_process_path(env: Env) -> None:
 def test_requests_run_concurrently_each_once(env: Env) -> None:
     host = env.netns("host")
     env.start_server(host)
-    requests = [env.request("ADD", mode="hang", seconds=0.3) for _ in range(6)]
+    # A barrier, not a sleep: under load a short sleep can end before the last caller
+    # connects, and a freed worker may then rightly serve it.
+    requests = [env.request("ADD", mode="barrier", n=6) for _ in range(6)]
     results: dict[str, Any] = {}
 
     def run(req: tuple[dict[str, str], str, str]) -> None:
