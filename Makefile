@@ -117,11 +117,13 @@ bench: build
 	$(PY) -m bench.run $(OURS_BIN)
 	$(PY) -m bench.soak $(OURS_BIN)
 	$(PY) -m bench.rootless $(OURS_BIN)
+	$(PY) -m bench.heal $(OURS_BIN)
 
 bench-quick: build
 	$(PY) -m bench.run $(OURS_BIN) --n 10 --samples 3 --scale 1,50 --quiet 10
 	$(PY) -m bench.soak $(OURS_BIN) --cycles 300
 	$(PY) -m bench.rootless $(OURS_BIN) --runs 3
+	$(PY) -m bench.heal $(OURS_BIN) --attachments 1 --rounds 2
 
 bench-soak: build
 	$(PY) -m bench.soak $(OURS_BIN)
