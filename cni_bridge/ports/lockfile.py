@@ -46,10 +46,12 @@ def take(path: str, keep_waiting: Callable[[], bool]) -> int | None:
 
 def release(fd: int, lock_path: str, sock_path: str) -> None:
     """Remove the socket and the lock (still held while they go), then let go."""
-    for path in (sock_path, lock_path):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    os.close(fd)
+    try:
+        for path in (sock_path, lock_path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    finally:
+        os.close(fd)  # let go even when a file could not be removed
 
 
 def sweep(directory: str, prefix: str) -> int:
@@ -81,6 +83,9 @@ def sweep_where(directory: str, is_lock: Callable[[str], bool]) -> int:
         if not still_named(fd, lock_path):
             os.close(fd)
             continue
-        release(fd, lock_path, lock_path[: -len(".lock")] + ".sock")
+        try:
+            release(fd, lock_path, lock_path[: -len(".lock")] + ".sock")
+        except OSError:  # not removable (read-only, immutable): the next one may be
+            continue
         swept += 1
     return swept

@@ -23,7 +23,10 @@ def sweep(socket_path: str) -> int:
     directory = naming.agent_dir()
     if not directory or os.path.dirname(socket_path) != directory:
         return 0
-    return lockfile.sweep_where(directory, naming.is_agent_lock)
+    try:
+        return lockfile.sweep_where(directory, naming.is_agent_lock)
+    except OSError:  # a file we could not remove (read-only, immutable): never the agent's end
+        return 0
 
 
 def release(lock_fd: int, socket_path: str) -> None:

@@ -105,3 +105,19 @@ def test_a_leaving_agent_removes_its_pair_unless_its_lock_was_replaced(tmp_path:
     Path(sock).write_text("")
     sweep.release(fd, sock)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([Path(sock).name, Path(lock).name])
+
+
+def test_a_file_that_cannot_be_removed_neither_ends_the_agent_nor_keeps_its_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "v2-0123456789abcdef-12.lock").write_text("")
+    monkeypatch.setattr(naming, "agent_dir", lambda create=False: str(tmp_path))
+
+    def read_only(path: str) -> None:
+        raise OSError(30, "Read-only file system")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "unlink", read_only)
+        assert sweep.sweep(str(tmp_path / "v2-0123456789abcdef-11.sock")) == 0
+    assert sweep.sweep(str(tmp_path / "v2-0123456789abcdef-11.sock")) == 1
+    assert list(tmp_path.iterdir()) == []
