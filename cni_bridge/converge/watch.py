@@ -28,11 +28,13 @@ import time
 import traceback
 from typing import NoReturn
 
+from cni_bridge.ports import lockfile
 from cni_bridge.ports.supervisor import Supervisor
 
 DEBOUNCE = 0.3  # seconds without a ruleset change before a sync
 MAX_DELAY = 2.0  # a change is acted on within this long even if changes keep coming
 RESYNC_EVERY = 60.0
+LOCK_PREFIX = "watch-"  # watch-<netns inode>.lock in the agent's directory
 PR_SET_PDEATHSIG = 1
 
 
@@ -46,7 +48,7 @@ def lock_path(create: bool = False) -> str:
     from cni_bridge.resident.naming import agent_dir
 
     directory = agent_dir(create)
-    return directory and f"{directory}/watch.{os.stat('/proc/self/ns/net').st_ino}"
+    return directory and f"{directory}/{LOCK_PREFIX}{os.stat('/proc/self/ns/net').st_ino}.lock"
 
 
 def watcher_pid() -> int:
@@ -137,8 +139,14 @@ class Watch:
             _log("the agent's directory is not usable; not watching")
             time.sleep(RESYNC_EVERY)  # the supervisor would restart us at once
             return 1
-        lock = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another agent's watch: wait for it to end
+        # A watch killed with its namespace (or its agent) leaves its lock file: the next watch
+        # to start removes those nobody holds, as the holder and the agent do with theirs.
+        lockfile.sweep(os.path.dirname(path), LOCK_PREFIX)
+        # another agent's watch: wait for it to end (take() also re-checks the file is still
+        # the one at the path, as a sweep may remove it meanwhile)
+        lock = lockfile.take(path, lambda: True)
+        if lock is None:  # never: keep_waiting always says yes
+            return 1
         os.ftruncate(lock, 0)
         os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
         sock = nfgen.subscribe()

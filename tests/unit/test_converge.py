@@ -8,6 +8,8 @@ from ipaddress import ip_interface
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cni_bridge.config import load_netconf
 from cni_bridge.converge import desired as desired_mod
 from cni_bridge.converge.observe import IP_FORWARD, Observed, route_localnet
@@ -219,3 +221,32 @@ def test_the_watch_ignores_its_own_commits_and_its_agents_workers() -> None:
     assert w.ours(8, os.getpid()) and w.ours(8, os.getppid())
     assert not w.ours(8, 0)
     assert not w.ours(8, 1)  # init: not a worker of this agent
+
+
+def test_a_killed_watch_lock_is_swept_and_a_live_one_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+    import os
+
+    from cni_bridge.converge import watch
+    from cni_bridge.ports import lockfile
+    from cni_bridge.resident import naming
+
+    monkeypatch.setattr(naming, "agent_dir", lambda create=False: str(tmp_path))
+    mine = watch.lock_path()
+    assert os.path.dirname(mine) == str(tmp_path)
+    assert os.path.basename(mine).startswith(watch.LOCK_PREFIX) and mine.endswith(".lock")
+    dead = tmp_path / f"{watch.LOCK_PREFIX}1.lock"
+    dead.write_text("123\n")
+    live = lockfile.take(mine, lambda: True)
+    assert live is not None
+    os.pwrite(live, f"{os.getpid()}\n".encode(), 0)
+    try:
+        assert lockfile.sweep(str(tmp_path), watch.LOCK_PREFIX) == 1
+        assert not dead.exists() and os.path.exists(mine)
+        assert watch.watcher_pid() == os.getpid()
+    finally:
+        fcntl.flock(live, fcntl.LOCK_UN)
+        os.close(live)
+    assert watch.watcher_pid() == 0
