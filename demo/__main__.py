@@ -3,7 +3,9 @@
 Creates a "host" namespace (the plugin's world), two container namespaces and an "outside"
 namespace linked to the host; attaches the containers through dist/bin/cni-bridge with its own
 cnitool-like client; shows addresses and a published port answering from outside, from the host
-and from the other container; detaches; shows that nothing is left. The machine's own network
+(127.0.0.1 and [::1]) and from the other container; the containers finding each other by name;
+the port held against host programs; the agent healing an `nft flush ruleset` by itself;
+detaches; shows that nothing is left. The machine's own network
 namespace is never touched: the namespaces, processes and traffic are the test lab's
 (tests/lab/), which also cleans up, by pid, whatever happens.
 """
@@ -14,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from tests.lab import TEST_NET_1, CommandError, Lab, Netns, http_get, run
@@ -70,7 +73,8 @@ def setup(tmp: Path) -> dict[str, str]:
             "isGateway": True,
             "isDefaultGateway": True,
             "ipMasq": True,
-            "capabilities": {"portMappings": True},
+            "containerDNS": True,
+            "capabilities": {"portMappings": True, "ips": True, "aliases": True},
             "ipam": {
                 "type": "host-local",
                 "ranges": [[{"subnet": "10.123.0.0/24"}], [{"subnet": "fd00:123::/64"}]],
@@ -90,11 +94,41 @@ def setup(tmp: Path) -> dict[str, str]:
     }
 
 
-def client(host: Netns, env: dict[str, str], *args: str, cap: dict[str, object] | None = None) -> str:
+def client(host: Netns, env: dict[str, str], *args: str, cap: dict[str, object] | None = None,
+           name: str = "") -> str:
     e = dict(env)
     if cap:
         e["CAP_ARGS"] = json.dumps(cap)
+    if name:  # the container's name, as a CRI runtime (containerd, CRI-O) passes it
+        e["CNI_ARGS"] = f"IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME={name}"
     return ns(host, str(BIN), "client", *args, env=e)
+
+
+_BIND = """
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("0.0.0.0", int(sys.argv[1])))
+    print("bound")
+except OSError as exc:
+    print(exc.strerror)
+"""
+
+
+def try_bind(host: Netns, port: int) -> str:
+    """What a host program gets when it binds the port now."""
+    return ns(host, sys.executable, "-c", _BIND, str(port)).strip()
+
+
+def lookup(where: Netns, name: str, server: str) -> str:
+    """A real resolver (busybox nslookup) inside the container, asking the server the result's
+    `dns` names (the lab's containers share the machine's files, so not its resolv.conf)."""
+    try:
+        text = run(where.command("busybox", "nslookup", name, server), timeout=10).stdout
+    except CommandError as exc:
+        return f"(not found: {str(exc).splitlines()[0]})"
+    addrs = [line.split()[-1] for line in text.splitlines()[2:] if line.startswith("Address")]
+    return ", ".join(addrs) or "(no address)"
 
 
 def fetch(where: Netns, url: str) -> str:
@@ -118,9 +152,10 @@ def main() -> int:
         out = lab.outside(host)
         env = setup(tmp)
         title(f"attach two containers (namespaces {c1.name}, {c2.name}) to network 'demo'")
-        r1 = json.loads(client(host, env, "add", "demo", c1.path,
-                               cap={"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}))
-        r2 = json.loads(client(host, env, "add", "demo", c2.path))
+        r1 = json.loads(client(host, env, "add", "demo", c1.path, name="web",
+                               cap={"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}],
+                                    "aliases": {"demo": ["www"]}}))
+        r2 = json.loads(client(host, env, "add", "demo", c2.path, name="db"))
         for name, r in (("c1", r1), ("c2", r2)):
             print(f"  {name}: " + ", ".join(ip["address"] for ip in r["ips"]))
         print(ns(c1, "ip", "-br", "addr", "show", "eth0").rstrip())
@@ -132,6 +167,26 @@ def main() -> int:
         print(f"  from the host -> {HOST_ADDR}:8080 : {fetch(host, f'http://{HOST_ADDR}:8080/')}")
         print(f"  from c2       -> {HOST_ADDR}:8080 : {fetch(c2, f'http://{HOST_ADDR}:8080/')}")
         print(f"  from c1 itself (hairpin)         : {fetch(c1, f'http://{HOST_ADDR}:8080/')}")
+        print(f"  from the host -> [::1]:8080      : {fetch(host, 'http://[::1]:8080/')}"
+              "  (the agent's held socket relays it)")
+        title("the port is held, as docker-proxy holds it: a host program cannot take it")
+        print(f"  a host program binding 0.0.0.0:8080: {try_bind(host, 8080)}")
+        title("container DNS (aardvark-dns on the gateway): names and aliases, per network")
+        dns = r1["dns"]["nameservers"][0]
+        print(f"  c2$ nslookup web {dns}  -> {lookup(c2, 'web', dns)}")
+        print(f"  c2$ nslookup www {dns}  -> {lookup(c2, 'www', dns)}  (an alias of c1)")
+        print(f"  c1$ nslookup db.dns.cni-bridge {dns}  -> {lookup(c1, 'db.dns.cni-bridge', dns)}")
+        print(f"  result's dns: {json.dumps(r1.get('dns', {}))}")
+        title("convergence: `nft flush ruleset` (a firewalld reload does the same) is healed by the agent")
+        ns(host, "nft", "flush", "ruleset")
+        flushed = time.monotonic()
+        answer = fetch(out, f"http://{HOST_ADDR}:8080/")
+        print(f"  from outside -> {HOST_ADDR}:8080 : {answer}, "
+              f"{time.monotonic() - flushed:.1f} s after the flush (no command was run)")
+        status = run(host.command(str(BIN), "status", "--data-dir", str(tmp / "ipam")),
+                     check=False, timeout=60)
+        print(f"  cni-bridge status exits {status.returncode}; its first lines:")
+        print("\n".join("    " + line for line in status.stdout.splitlines()[:6]))
         title("what the plugin recorded (cni-bridge ls)")
         print(ns(host, str(BIN), "ls", "--data-dir", str(tmp / "ipam")).rstrip())
         title("nftables: the attachment is a few map elements, not rules")
@@ -140,11 +195,14 @@ def main() -> int:
         title("detach both")
         client(host, env, "del", "demo", c1.path)
         client(host, env, "del", "demo", c2.path)
-        ports = ns(host, "ip", "-br", "link", "show", "master", "cbdemo0").strip()
+        # The bridge the plugin made goes with the network's last attachment, and its veths.
+        links = [line.split()[0] for line in ns(host, "ip", "-br", "link").splitlines()]
+        ports = [name for name in links if name.startswith(("vcb", "cbdemo0"))]
         reservations = [p.name for p in (tmp / "ipam" / "demo").iterdir() if p.name[0].isdigit() or ":" in p.name]
         ruleset = ns(host, "nft", "list", "ruleset")
         leftovers = [ip for ip in ("10.123.0.2", "10.123.0.3", "8080") if ip in ruleset]
-        print(f"  veths on the bridge: {ports or 'none'}")
+        print(f"  bridge and veths left on the host: {ports or 'none'}")
+        print(f"  a host program binding 0.0.0.0:8080 now: {try_bind(host, 8080)}")
         print(f"  reservations left:   {reservations or 'none'}")
         print(f"  nft mentions of the containers' addresses or port 8080: {leftovers or 'none'}")
         print(f"  c1 interfaces now:   {ns(c1, 'ip', '-br', 'link').split()[0]} only")
