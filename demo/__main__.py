@@ -107,6 +107,9 @@ def client(host: Netns, env: dict[str, str], *args: str, cap: dict[str, object] 
 _BIND = """
 import socket, sys
 s = socket.socket()
+# As servers do: a relayed connection the holder closed first may linger in TIME_WAIT on the
+# port, which only a bind without SO_REUSEADDR runs into; a listener still refuses it.
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 try:
     s.bind(("0.0.0.0", int(sys.argv[1])))
     print("bound")
