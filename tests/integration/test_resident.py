@@ -87,6 +87,7 @@ def fake_handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
         "environ_args": os.environ.get("CNI_ARGS"),
         "secret": env.get("FAKE_SECRET"),
         "mnt_ino": os.stat("/proc/self/ns/mnt").st_ino,
+        "group": fake.get("group"),
     }
     _record(fake["record"], entry)
     mode = fake.get("mode", "ok")
@@ -104,8 +105,9 @@ def fake_handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
     elif mode == "barrier":  # returns only once `n` requests are in flight together
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            with open(fake["record"]) as f:
-                if sum(1 for _ in f) >= fake["n"]:
+            with open(fake["record"]) as f:  # the record holds earlier requests' lines too
+                mark = json.dumps({"group": fake["group"]})[1:-1]
+                if sum(mark in line for line in f) >= fake["n"]:
                     break
             time.sleep(0.02)
         else:
@@ -478,7 +480,7 @@ def test_requests_run_concurrently_each_once(env: Env) -> None:
     env.start_server(host)
     # A barrier, not a sleep: under load a short sleep can end before the last caller
     # connects, and a freed worker may then rightly serve it.
-    requests = [env.request("ADD", mode="barrier", n=6) for _ in range(6)]
+    requests = [env.request("ADD", mode="barrier", n=6, group="six") for _ in range(6)]
     results: dict[str, Any] = {}
 
     def run(req: tuple[dict[str, str], str, str]) -> None:
