@@ -88,6 +88,16 @@ def sync(
 ) -> Report:
     report = Report()
     here = {(n.data_dir, n.name) for n in desired_mod.load(data_dirs, only).networks if _here(n, deps)}
+    if not dry_run:
+        # A first look without the locks: most syncs (the agent's periodic one, one after a
+        # foreign change that touched nothing of ours) find nothing to heal, and holding every
+        # network's lock for the whole read would make ADDs and DELs wait for it.
+        want, p = look(data_dirs, deps, only, here)
+        if p.empty:
+            report.stale, report.unreadable = p.stale, want.unreadable + want.unconfigured
+            report.remaining = p.drift  # what a sync must not heal (blocked), if anything
+            verb_report.synced(report.healed, report.errors, report.remaining)
+            return report
     with locked(here) as failed:
         report.errors += failed.values()
         among = here - failed.keys()

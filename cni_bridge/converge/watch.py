@@ -34,6 +34,7 @@ from cni_bridge.ports.supervisor import Supervisor
 DEBOUNCE = 0.3  # seconds without a ruleset change before a sync
 MAX_DELAY = 2.0  # a change is acted on within this long even if changes keep coming
 RESYNC_EVERY = 60.0
+PROGRAM = "cni-bridge"  # the committing process's name (comm) of our bundle, as exec'd
 LOCK_PREFIX = "watch-"  # watch-<netns inode>.lock in the agent's directory
 PR_SET_PDEATHSIG = 1
 
@@ -126,8 +127,14 @@ class Watch:
         self.agent = agent
         self.own_gen = -1  # the generation after our own last sync
 
-    def ours(self, gen_id: int, pid: int) -> bool:
+    def ours(self, gen_id: int, pid: int, name: str = "") -> bool:
         if gen_id == self.own_gen or pid in (os.getpid(), self.agent):
+            return True
+        if name == PROGRAM:
+            # Our plugin run in-process (no agent reached) or an operator's `cni-bridge sync`:
+            # it writes what its records say, so there is nothing to heal; reacting to it made
+            # every cold ADD cost a full sync, which at hundreds of attachments kept this
+            # process busy and the networks' locks held.
             return True
         return pid != 0 and _parent_of(pid) == self.agent  # a worker of our agent
 
@@ -164,7 +171,11 @@ class Watch:
             while time.monotonic() - first < MAX_DELAY and select.select([sock], [], [], DEBOUNCE)[0]:
                 who |= self.drain(sock)
             if who:
+                healing = time.monotonic()
                 self.heal("ruleset changed by " + ", ".join(sorted(who)))
+                # At most half of the time healing, however often a foreign program commits:
+                # what it changes meanwhile is seen (queued on the socket) after the pause.
+                time.sleep(min(time.monotonic() - healing, MAX_DELAY))
                 last = time.monotonic()
 
     def drain(self, sock: socket.socket) -> set[str]:
@@ -184,7 +195,7 @@ class Watch:
                 raise
             gens, _ = nfgen.parse(buf)
             for g in gens:
-                if not self.ours(g.id, g.pid):
+                if not self.ours(g.id, g.pid, g.name):
                     who.add(f"{g.name or '?'}[{g.pid}]")
 
     def heal(self, why: str) -> None:

@@ -221,6 +221,9 @@ def test_the_watch_ignores_its_own_commits_and_its_agents_workers() -> None:
     assert w.ours(8, os.getpid()) and w.ours(8, os.getppid())
     assert not w.ours(8, 0)
     assert not w.ours(8, 1)  # init: not a worker of this agent
+    # our plugin in-process, or `cni-bridge sync`: it wrote what its records say
+    assert w.ours(8, 1, "cni-bridge")
+    assert not w.ours(8, 1, "nft") and not w.ours(8, 1, "iptables-nft")
 
 
 def test_a_killed_watch_lock_is_swept_and_a_live_one_kept(
