@@ -124,10 +124,10 @@ def warm() -> None:
 
 def prepare() -> None:
     """Run once by each pooled resident worker after its fork, before its first request:
-    per-process set-up its requests would otherwise pay for (see firewall.nft.prepare)."""
-    from cni_bridge.firewall import nft
+    per-process set-up its requests would otherwise pay for (see firewall.nftcall.prepare)."""
+    from cni_bridge.firewall import nftcall
 
-    nft.prepare()
+    nftcall.prepare()
 
 
 # Internal errors caught at the boundary below, in this process.

@@ -1,5 +1,6 @@
-"""Applies cni-bridge's firewall through libnftables' JSON API: the real `FirewallOps` (ops.py)
-and the only importer of `nftables`. Every ADD, DEL and GC is one transaction (one libnftables
+"""Applies cni-bridge's firewall through libnftables' JSON API: the real `FirewallOps` (ops.py).
+Its calls go through nftcall.py (the only importer of `nftables`); the bridge-family guards
+(macspoofchk, ipspoofchk) are guards.py, which it extends. Every ADD, DEL and GC is one transaction (one libnftables
 call), planned by the pure functions of rules.py from what the kernel holds right before
 (listed here, parsed by listing.py).
 
@@ -21,15 +22,14 @@ DEL decides "last attachment of the network" under the network's lock.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from cni_bridge.errors import INTERNAL, INVALID_CONFIG, PORT_CONFLICT, CNIError
+from cni_bridge.errors import INVALID_CONFIG, PORT_CONFLICT, CNIError
 from cni_bridge.firewall import layout, listing, ports, rules
+from cni_bridge.firewall.guards import BridgeGuards
 from cni_bridge.firewall.layout import Json
 from cni_bridge.firewall.model import (
     AttachmentFw,
@@ -39,22 +39,16 @@ from cni_bridge.firewall.model import (
     ForeignChain,
     ForeignView,
     InvalidConfig,
-    IPAddress,
     NetworkFw,
     PortConflict,
     TableView,
 )
+from cni_bridge.firewall.nftcall import NftablesError
 
 if TYPE_CHECKING:
     from cni_bridge.firewall.ops import FirewallOps
 
 log = logging.getLogger(__name__)
-
-
-class NftablesError(CNIError):
-    def __init__(self, what: str, error: str) -> None:
-        super().__init__(INTERNAL, f"nftables: {what} failed", error.strip())
-        self.error = error
 
 
 @contextmanager
@@ -68,86 +62,7 @@ def _cni_codes() -> Iterator[None]:
         raise CNIError(INVALID_CONFIG, str(exc)) from exc
 
 
-# ---------------------------------------------------------------- the firewall
-
-
-def _new_context() -> Any:
-    import nftables
-
-    nft = nftables.Nftables()
-    # JSON input is parsed only when JSON output is on (1.0.6).
-    nft.set_json_output(True)
-    nft.set_handle_output(True)
-    return nft
-
-
-# This process's context: (pid, context). A resident worker serves several requests one after
-# the other and keeps it (its creation costs ~1.2 ms); the pid check keeps a forked child from
-# using its parent's netlink socket.
-_process_context: tuple[int, Any] | None = None
-
-
-def process_context() -> Any:
-    global _process_context
-    pid = os.getpid()
-    if _process_context is None or _process_context[0] != pid:
-        _process_context = (pid, _new_context())
-    return _process_context[1]
-
-
-def prepare() -> None:
-    """Create this process's libnftables context ahead of its first request (a resident's
-    pooled worker does this while it waits for one)."""
-    process_context()
-
-
-class Firewall:
-    def __init__(self, nft: Any = None) -> None:
-        self._nft = nft  # an nftables.Nftables, created on first use
-        self._drift = False
-
-    def _ctx(self) -> Any:
-        if self._nft is None:
-            self._nft = process_context()
-        return self._nft
-
-    def _call(self, what: str, cmds: Sequence[Json]) -> list[list[Json]]:
-        """One libnftables call; returns the "nftables" arrays it printed (one per list)."""
-        rc, out, err = self._ctx().cmd(json.dumps({"nftables": list(cmds)}))
-        if rc != 0:
-            raise NftablesError(what, str(err))
-        docs: list[list[Json]] = []
-        decoder = json.JSONDecoder()
-        text, pos = str(out), 0
-        while True:
-            while pos < len(text) and text[pos].isspace():
-                pos += 1
-            if pos >= len(text):
-                return docs
-            doc, pos = decoder.raw_decode(text, pos)
-            docs.append(list(doc.get("nftables", [])))
-
-    def _list(self, what: str, cmd: Json) -> list[Json]:
-        # One list command per call: libnftables 1.0.6 builds one cache filter for a
-        # whole batch, so a second list in the same call sees only the first's table.
-        (doc,) = self._call(what, [{"list": cmd}])
-        return doc
-
-    @contextmanager
-    def _terse(self) -> Iterator[None]:
-        """Listings without set elements (honoured by `list ruleset`, not `list table`)."""
-        ctx = self._ctx()
-        ctx.set_terse_output(True)
-        try:
-            yield
-        finally:
-            ctx.set_terse_output(False)
-
-    def apply(self, cmds: Sequence[Json], what: str = "transaction") -> None:
-        """Run the commands as one atomic transaction (nothing to do: no call)."""
-        if cmds:
-            self._call(what, cmds)
-
+class Firewall(BridgeGuards):
     def _foreign(self, chains: Sequence[Json], listed: Sequence[Json] = ()) -> list[ForeignView]:
         """The foreign forward chains that block (foreign.py) or hold rules of ours."""
         out = []
@@ -281,157 +196,6 @@ class Firewall:
             except NftablesError:
                 if attempt == 2:
                     raise
-
-    # ------------------------------------------------------------ macspoofchk
-
-    def add_macspoof(self, port: str, mac: str) -> None:
-        """Guard host veth `port`: only frames from `mac` enter the bridge through it."""
-        from cni_bridge.firewall import macspoof
-
-        self.apply(
-            macspoof.add(port, mac, with_layout=not self._has_macspoof_table()),
-            f"macspoofchk of {port}",
-        )
-
-    def del_macspoof(self, port: str, mac: str) -> None:
-        from cni_bridge.firewall import macspoof
-
-        if not self._has_macspoof_table():  # nothing to remove, and nothing to create
-            return
-        if mac:
-            self.apply(macspoof.delete(port, mac), f"macspoofchk removal of {port}")
-            return
-        for attempt in (1, 2):  # the MAC is unknown: read what the port allows
-            guarded, allowed = self._macspoof_listing()
-            mine = [(p, m) for p, m in allowed if p == port]
-            try:
-                self.apply(macspoof.delete_ports({port} & guarded, mine),
-                           f"macspoofchk removal of {port}")
-                return
-            except NftablesError:
-                if attempt == 2:  # else changed meanwhile: read again
-                    raise
-
-    def _macspoof_listing(self) -> tuple[set[str], list[tuple[str, str]]]:
-        from cni_bridge.firewall import macspoof
-
-        try:
-            table = {"table": {"family": macspoof.FAMILY, "name": macspoof.TABLE}}
-            return macspoof.guarded(self._list("listing the macspoofchk table", table))
-        except NftablesError as exc:
-            if "No such file or directory" in exc.error:
-                return set(), []
-            raise
-
-    def gc_macspoof(self, port_exists: Callable[[str], bool]) -> list[str]:
-        from cni_bridge.firewall import macspoof
-
-        try:
-            if not self._has_macspoof_table():
-                return []
-            guarded, allowed = self._macspoof_listing()
-        except NftablesError as exc:
-            return [f"{exc.msg}: {exc.details}"]
-        gone = {p for p in guarded | {p for p, _ in allowed} if not port_exists(p)}
-        stale = [(p, m) for p, m in allowed if p in gone]
-        try:
-            self.apply(macspoof.delete_ports(gone & guarded, stale),
-                       "GC of macspoofchk guards")
-        except NftablesError as exc:
-            return [f"{exc.msg}: {exc.details}"]
-        return []
-
-    def _has_macspoof_table(self) -> bool:
-        from cni_bridge.firewall import macspoof
-
-        return self._has_bridge_chain(macspoof.CHAIN)
-
-    # ------------------------------------------------------------ ipspoofchk
-
-    def add_ipspoof(
-        self,
-        net: NetworkFw,
-        att: AttachmentFw,
-        port: str,
-        addrs: Sequence[IPAddress],
-        *,
-        relayout: bool = False,
-    ) -> None:
-        """Guard host veth `port`: frames through it carry only `addrs` as their source."""
-        from cni_bridge.firewall import ipspoof
-        from cni_bridge.firewall.elements import attachment_comment
-
-        if relayout or not self._has_bridge_chain(ipspoof.CHAIN):
-            self._apply_text(ipspoof.layout(), "ipspoofchk layout")
-        comment = attachment_comment(net, att)
-        self.apply(ipspoof.add(port, addrs, comment), f"ipspoofchk of {port}")
-
-    def del_ipspoof(self, port: str, addrs: Sequence[IPAddress], *, thorough: bool = False) -> None:
-        """Idempotent. `thorough`: every element of the port, whatever its addresses (the
-        record that lists them may be lost)."""
-        from cni_bridge.firewall import ipspoof
-
-        if not self._has_bridge_chain(ipspoof.CHAIN):
-            return  # nothing to remove, and nothing to create
-        if thorough:  # what the kernel holds for the port, read (a key deleted twice fails)
-            cmds = ipspoof.delete_elements(ipspoof.of_port(self._ipspoof_sets(), port))
-        else:
-            cmds = ipspoof.delete(port, addrs)
-        self.apply(cmds, f"ipspoofchk removal of {port}")
-
-    def check_ipspoof(self, port: str, addrs: Sequence[IPAddress]) -> list[str]:
-        from cni_bridge.firewall import ipspoof
-
-        if not self._has_bridge_chain(ipspoof.CHAIN):
-            return [f"ipspoofchk chain {ipspoof.FAMILY} {ipspoof.TABLE} {ipspoof.CHAIN} is missing"]
-        # One `get` per element: libnftables 1.0.6 still loads the set's elements for each
-        # (~13 ms at 1000 ports; listing the table instead costs ~0.3 s there).
-        missing = []
-        for message, command in ipspoof.lookups(port, addrs):
-            rc, _out, err = self._ctx().cmd(command)
-            if rc != 0:
-                if "No such file or directory" not in str(err):
-                    raise NftablesError("ipspoofchk CHECK", str(err))
-                missing.append(message)
-        return missing
-
-    def _gc_ipspoof(self, net: NetworkFw, keep_tags: set[str]) -> list[str]:
-        from cni_bridge.firewall import ipspoof
-
-        try:
-            if not self._has_bridge_chain(ipspoof.CHAIN):
-                return []
-            stale = ipspoof.stale(self._ipspoof_sets(), net.name, keep_tags)
-            self.apply(ipspoof.delete_elements(stale), f"ipspoofchk GC of network {net.name}")
-        except NftablesError as exc:
-            return [f"{exc.msg}: {exc.details}"]
-        return []
-
-    def _ipspoof_sets(self) -> dict[str, list[Element]]:
-        from cni_bridge.firewall import ipspoof
-
-        table = {"table": {"family": ipspoof.FAMILY, "name": ipspoof.TABLE}}
-        return listing.parse_sets(
-            self._list("listing the bridge table", table), ipspoof.FAMILY, ipspoof.TABLE
-        )
-
-    def _has_bridge_chain(self, name: str) -> bool:
-        from cni_bridge.firewall import macspoof
-
-        return any(
-            "chain" in o
-            and o["chain"].get("family") == macspoof.FAMILY
-            and o["chain"].get("table") == macspoof.TABLE
-            and o["chain"].get("name") == name
-            for o in self._list("listing chains", {"chains": None})
-        )
-
-    def _apply_text(self, text: str, what: str) -> None:
-        """Native nft syntax, for what libnftables 1.0.6's JSON cannot say (a `typeof` set);
-        its JSON parser hands anything that is not JSON to the native one."""
-        rc, _out, err = self._ctx().cmd(text)
-        if rc != 0:
-            raise NftablesError(what, str(err))
 
     def check_attachment(self, net: NetworkFw, att: AttachmentFw) -> list[str]:
         view, foreign = self.read()
