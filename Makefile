@@ -22,7 +22,7 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 SOURCES := $(shell find cni_bridge -name '*.py') build/cni-bridge.spec build/build.sh \
 	build/rthook_multiprocessing_lazy.py build/launcher.c
 
-.PHONY: all deps sysdeps venv lint unit integration e2e smoke test build install uninstall \
+.PHONY: all deps sysdeps venv lint unit integration e2e smoke test test-modes build install uninstall \
 	demo bench bench-quick bench-soak clean man
 
 all: build
@@ -96,16 +96,24 @@ e2e: build
 smoke: build
 	$(PYTEST) tests/smoke
 
-# Everything: lint; unit + integration (plugin in-process) + real runtimes + packaging smoke;
-# the plugin-level integration suites again through the warm resident, through the built
-# binary in-process, and through the built binary's launcher and resident (what runtimes get).
+# Everything: lint; unit + integration (plugin in-process) + real runtimes + packaging smoke +
+# the demo; the plugin-level integration suites again through the built binary's launcher and
+# agent (what runtimes get), and the datapath suite through the built binary with no agent.
+# About 15 minutes on 2 cores.
 test: deps build
 	$(VENV)/bin/ruff check $(CHECKED)
 	$(VENV)/bin/mypy $(CHECKED)
 	$(PYTEST) tests
+	CNI_BRIDGE_TEST_PLUGIN=binary CNI_BRIDGE_TEST_RESIDENT=1 $(PYTEST) tests/integration -m plugin
+	CNI_BRIDGE_TEST_PLUGIN=binary $(PYTEST) tests/integration/test_datapath.py -m plugin
+
+# The two other ways to run the plugin-level suites, each about 4-5 minutes more: through the
+# agent from source, and through the built binary in-process (no agent). `make test` covers
+# both paths already (test_resident/test_launcher from source; the bundle with no agent on the
+# datapath suite); these repeat every plugin suite on them.
+test-modes: deps build
 	CNI_BRIDGE_TEST_RESIDENT=1 $(PYTEST) tests/integration -m plugin
 	CNI_BRIDGE_TEST_PLUGIN=binary $(PYTEST) tests/integration -m plugin
-	CNI_BRIDGE_TEST_PLUGIN=binary CNI_BRIDGE_TEST_RESIDENT=1 $(PYTEST) tests/integration -m plugin
 
 demo: build
 	$(PY) -m demo
