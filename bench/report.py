@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -12,6 +13,20 @@ from pathlib import Path
 from typing import Any
 
 Json = dict[str, Any]
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    """SIGTERM/SIGHUP as KeyboardInterrupt, so a run stopped by a signal still cleans up."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def write(doc: Json, out: str, text: str) -> None:
+    """The results as JSON at `out` (bench/results/, not kept in git), and their table."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(text)
+    print(f"written: {path}")
 
 
 def summary(walls: list[float]) -> Json:

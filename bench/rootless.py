@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import report
 from bench.run import progress
 from tests.lab import procs
 
@@ -274,10 +275,6 @@ def table(doc: Json) -> str:
     return "\n".join(lines)
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.rootless",
                                 description=__doc__.split("\n\n")[0])
@@ -293,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"bench.rootless needs {missing or 'busybox-static'} "
                          "(apt-get install podman uidmap slirp4netns runc busybox-static)\n")
         return 2
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, report.raise_interrupt)
     tmp = Path(tempfile.mkdtemp(prefix="cbrootless-"))
     tmp.chmod(0o755)  # the user must reach its home inside
     bench = Rootless(args, tmp)
@@ -314,11 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"meta": {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     "runs": args.runs, "duration_s": round(time.monotonic() - started, 1)},
            "results": results, "error": error}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(table(doc))
-    print(f"written: {out}")
+    report.write(doc, args.out, table(doc))
     return 0 if error is None else 1
 
 

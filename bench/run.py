@@ -324,10 +324,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if os.geteuid() != 0:
@@ -348,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     if any("=" not in kv for kv in args.ours_env):
         sys.stderr.write("--ours-env wants K=V\n")
         return 2
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
+    signal.signal(signal.SIGTERM, report.raise_interrupt)
+    signal.signal(signal.SIGHUP, report.raise_interrupt)
 
     tmp = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-bench-"))
     lab = Lab(PREFIX)
@@ -377,11 +373,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = bench.out if bench is not None else {}
     doc = report.document(args, results, error, time.monotonic() - started)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(report.table(doc))
-    print(f"written: {out}")
+    report.write(doc, args.out, report.table(doc))
     return 0 if error is None else 1
 
 

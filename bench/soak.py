@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench import agent
+from bench import agent, report
 from bench.run import BRIDGE, REFERENCE_DIR, SUBNET, progress
 from tests.lab import Lab
 from tests.lab.netns import Netns
@@ -214,10 +214,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if os.geteuid() != 0:
@@ -229,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(args.ours_bin).is_file():
         sys.stderr.write(f"cni-bridge executable not found at {args.ours_bin} (make build)\n")
         return 2
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, report.raise_interrupt)
     tmp = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-soak-"))
     lab = Lab(PREFIX)
     results: Json = {}
@@ -251,11 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                     "args": vars(args), "duration_s": round(time.monotonic() - started, 1),
                     "loadavg_end": Path("/proc/loadavg").read_text().split()[:3]},
            "results": results, "error": error}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
-    print(table(doc))
-    print(f"written: {out}")
+    report.write(doc, args.out, table(doc))
     return 0 if error is None and not results.get("failures") else 1
 
 
