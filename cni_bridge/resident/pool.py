@@ -16,10 +16,9 @@ parent hands it the next connection as a descriptor; up to `--pool` free workers
 one spare is always forked ahead, so a request finds a prepared worker waiting even after the
 last one left; a connection that finds none (a burst) gets a fresh fork, which may join the pool
 afterwards. A worker the request left unclean leaves after answering (`worker._fit`), as it does
-after `DEFAULT_MAX_REQUESTS`, and so does one that joined a caller's mount namespace
-(`worker.join_mounts`): callers that share the resident's mount namespace keep warm workers,
-the others each get a fresh one (forked ahead of time, so they pay only its first request's
-copy-on-write faults).
+after `DEFAULT_MAX_REQUESTS`; one that served a caller from another mount namespace comes back
+to the agent's and stays unless that request loaded anything there (`mounts`). A free worker
+that has served is handed the next request before a fresh spare.
 """
 
 from __future__ import annotations
@@ -311,8 +310,7 @@ class Server:
 
     def _keep_a_spare(self) -> None:
         """One free (or starting) worker at all times, so that no request waits for a fork: the
-        first one, a burst's next one, and the one after a worker that joined a caller's mount
-        namespace and left (it serves no other caller)."""
+        first one, a burst's next one, and the one after a worker that left."""
         if self.pool_size <= 0 or self.stopping:
             return
         if self.free or any(w.pid not in self.workers for w in self.channels.values()):
@@ -349,6 +347,8 @@ class Server:
             self.last_activity = time.monotonic()
         if self.stopping or len(self.free) >= self.pool_size:
             self._close_channel(worker)  # not needed: it reads EOF and leaves
+        elif data == FREE:  # a new worker (or one whose request did not run): used last
+            self.free.insert(0, worker)
         else:
             self.free.append(worker)
 

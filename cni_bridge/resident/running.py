@@ -6,8 +6,6 @@ if the caller goes away. `worker` drives the exchange around this.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import select
@@ -21,7 +19,6 @@ from collections.abc import Callable, Mapping
 
 from cni_bridge.errors import INTERNAL
 from cni_bridge.resident import policy, protocol
-from cni_bridge.resident.admission import CLONE_NEWNS, Refused
 
 Handler = Callable[[Mapping[str, str], bytes], tuple[int, bytes]]
 ORIGINAL_NETNS_VAR = "CNI_BRIDGE_ORIGINAL_NETNS"
@@ -34,27 +31,6 @@ def log(message: str) -> None:
         sys.stderr.flush()
     except (OSError, ValueError):
         pass
-
-
-
-# The caller's mount namespace this process joined. It then serves no other caller: its root,
-# the files it opened, what a late import would load, all are that caller's.
-JOINED: list[bool] = []
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-
-
-def join_mounts(mntns_fd: int) -> None:
-    """Enter the caller's mount namespace unless this process is in it already. setns needs a
-    single-threaded process (CAP_SYS_ADMIN, CAP_SYS_CHROOT): a worker between requests is one."""
-    if os.stat(f"/proc/self/fd/{mntns_fd}").st_ino == os.stat("/proc/self/ns/mnt").st_ino:
-        return
-    if threading.active_count() != 1:
-        raise Refused("cannot join the caller's mount namespace: threads are running")
-    if _libc.setns(mntns_fd, CLONE_NEWNS) != 0:
-        err = ctypes.get_errno()
-        raise Refused(f"cannot join the caller's mount namespace: {os.strerror(err)}")
-    JOINED.append(True)
-    os.chdir("/")  # setns moved root and cwd to the namespace's root; cwd is "/" as ever
 
 
 def request_environ(
@@ -173,8 +149,6 @@ class CallerWatch:
     request is not killed when this caller closes its end after reading the result."""
 
     def __init__(self, conn: socket.socket) -> None:
-        import threading
-
         self._conn = conn
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._watch, name="caller-watch", daemon=True)

@@ -4,7 +4,9 @@ Each request is the whole exchange of `protocol` on one connection: what the cal
 (`policy.bundle_reason`), admission (see `admission`), READY, GO, then the caller's stdin read,
 the engine run once writing the caller's own stdout and stderr, RESULT with the exit code. A
 pooled worker then tells the parent it is free on its channel (a SOCK_SEQPACKET pair) and gets
-the next connection as a descriptor, for as long as it stays fit: a request must leave the process as it found it (see `_fit`).
+the next connection as a descriptor, for as long as it stays fit: a request must leave the
+process as it found it (see `_fit`), and one served in a caller's mount namespace must leave
+nothing of that namespace behind once the worker is back in its own (see `mounts`).
 What runs the request inside the process is `running`'s (`log` and `ORIGINAL_NETNS_VAR` are
 re-exported here for the agent's other modules).
 """
@@ -32,13 +34,12 @@ from cni_bridge.resident.admission import (
     passed_fds,
     receive_request,
 )
+from cni_bridge.resident.mounts import join_mounts, keep_home, return_home
 from cni_bridge.resident.running import (
     HANDLER_FAILURES,
-    JOINED,
     CallerWatch,
     Handler,
     internal_error,
-    join_mounts,
     read_stdin,
     request_environ,
     run_handler,
@@ -178,8 +179,10 @@ def run(
             signal.signal(sig, signal.SIG_DFL)
         forget_parent()
         base_env = dict(os.environ)
-        if channel is not None and engine.prepare is not None:
-            engine.prepare()
+        if channel is not None:
+            keep_home()  # to come back from a caller's mount namespace
+            if engine.prepare is not None:
+                engine.prepare()
         # As the worker will be between requests: the connection in hand is closed by then.
         baseline = _process_state(ignore=conn)
         served = 0
@@ -204,12 +207,13 @@ def run(
                 served += 1
                 if served == 1:
                     _report_late_imports(preloaded)
-            if (
-                channel is None
-                or JOINED
-                or served >= max_requests
-                or not _fit(baseline, engine.reusable)
-            ):
+            if channel is None or served >= max_requests:
+                break
+            unfit = return_home()  # from a caller's mount namespace, if it joined one
+            if unfit:
+                log(f"worker leaves after its request: {unfit}")
+                break
+            if not _fit(baseline, engine.reusable):
                 break
     except BaseException:
         traceback.print_exc()

@@ -9,7 +9,9 @@ check what really ran, how often, and where. Clients run as separate processes u
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
+import importlib
 import json
 import os
 import secrets
@@ -62,6 +64,11 @@ _LEAKED: list[int] = []
 _UNFIT: list[Any] = []
 
 
+def _mapped(library: str) -> str | None:
+    with open("/proc/self/maps") as f:
+        return next((line for line in f if line.rstrip().endswith("/" + library)), None)
+
+
 def reusable() -> bool:
     """The engine's say on reusing this worker (see engine.reusable)."""
     return not _UNFIT
@@ -112,6 +119,17 @@ def fake_handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
             time.sleep(0.02)
         else:
             return 1, json.dumps({"code": 999, "msg": "the others never ran alongside"}).encode()
+    elif mode == "import":  # a module no request had imported (recorded: it really is new)
+        _record(fake["record"], {"id": fake.get("id"), "new": fake["module"] not in sys.modules})
+        importlib.import_module(fake["module"])
+    elif mode == "dlopen":  # a library not mapped before (see test_mounts' file_mappings)
+        _record(fake["record"], {"id": fake.get("id"), "new": _mapped(fake["library"]) is None})
+        ctypes.CDLL(fake["library"])
+    elif mode == "boot_id":  # an engine cache filled from a file (state.boot_id)
+        from cni_bridge import state
+
+        _record(fake["record"], {"id": fake.get("id"), "new": state._BOOT_ID is None})
+        state.boot_id()
     elif mode == "wait_flag":
         deadline = time.monotonic() + 30
         while not os.path.exists(fake["flag"]) and time.monotonic() < deadline:
@@ -336,11 +354,13 @@ class Env:
         how: str = "try",
         timeout: float = 60,
         private_dir: Path | None = None,
+        marker: str = "",
         **options: Any,
     ) -> subprocess.CompletedProcess[str]:
         """Run CLIENT_SCRIPT in `ns`; with `private_dir`, from a fresh mount namespace (as
         `unshare -m`, rootless podman and `ip netns exec` call) in which a tmpfs on that
-        directory holds a file `marker` that only this caller sees."""
+        directory holds a file `marker` that only this caller sees (`marker`, default "seen by
+        <private_dir>")."""
         config = {
             "mode": "connect",
             "handler": HANDLER,
@@ -359,7 +379,7 @@ class Env:
         if private_dir is not None:
             script = 'mount -t tmpfs cbF "$1" && echo "$2" > "$1/marker" && shift 2 && exec "$@"'
             argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "-"]
-            argv += [str(private_dir), f"seen by {private_dir}", sys.executable, "-c"]
+            argv += [str(private_dir), marker or f"seen by {private_dir}", sys.executable, "-c"]
             argv += [CLIENT_SCRIPT, json.dumps(spec)]
         return subprocess.run(
             ["nsenter", f"--net={NETNS_DIR / ns}", *argv],
@@ -623,43 +643,84 @@ def test_a_worker_serves_the_next_request_with_only_that_requests_context(env: E
         assert c["secret"] is None
 
 
-def test_a_caller_in_a_fresh_mount_namespace_is_served_there(env: Env) -> None:
+def _home(pid: int) -> bool:
+    """Whether worker `pid` is in this process's (the agent's) mount namespace."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino == os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        return False
+
+
+def test_callers_in_fresh_mount_namespaces_are_served_there_by_one_warm_worker(env: Env) -> None:
     """The worker joins the caller's mount namespace: CNI_NETNS and every file the engine
-    opens mean what they mean to the caller. A worker that joined one serves no other caller,
-    while callers that share the resident's mount namespace keep their warm worker."""
+    opens mean what they mean to the caller. It then goes back to the agent's own and serves
+    the next caller, from whichever mount namespace, with exactly that caller's view: a file
+    hidden by one caller's tmpfs, shown by another's, is read as each of them sees it."""
     host = env.netns("host")
     container = env.netns("ctr")
     env.start_server(host)
     private = env.tmp / "private"
     private.mkdir()
+    (private / "marker").write_text("the agent's own view\n")
+    own_mnt = os.stat("/proc/self/ns/mnt").st_ino
     pids, mnts = [], []
-    for _ in range(2):
+    for i, fresh in enumerate([True, True, False, True, False]):
         req_env, stdin, rid = env.request(
             "ADD", netns=str(NETNS_DIR / container), read=str(private / "marker")
         )
-        done = env.run_client(host, req_env, stdin, private_dir=private)
+        if fresh:
+            done = env.run_client(host, req_env, stdin, private_dir=private, marker=f"caller {i}")
+        else:
+            done = env.run_client(host, req_env, stdin)
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout) is not None, env.server_log(host)  # not refused
         code, out = json.loads(done.stdout)
         assert code == 0, out
-        assert json.loads(out)["read"] == f"seen by {private}\n"
+        assert json.loads(out)["read"] == (f"caller {i}\n" if fresh else "the agent's own view\n")
         assert json.loads(out)["netns_ino"] == os.stat(NETNS_DIR / container).st_ino
         [call] = env.calls(rid)
         pids.append(call["pid"])
         mnts.append(call["mnt_ino"])
-    assert pids[0] != pids[1]  # each foreign caller got a worker of its own
-    own_mnt = os.stat("/proc/self/ns/mnt").st_ino
-    assert own_mnt not in mnts
-    for _ in range(2):  # the resident's own mount namespace: its workers stay for more
-        req_env, stdin, rid = env.request("ADD")
-        assert env.call(host, req_env, stdin)[0] == 0
-        pids.append(env.calls(rid)[0]["pid"])
-        assert env.calls(rid)[0]["mnt_ino"] == own_mnt
-    # Not pids[2] == pids[3]: the second call may come before the first one's worker told the
-    # parent it is free, and then the spare serves it. Either way both stay, in the pool.
-    assert pids[2] not in pids[:2] and pids[3] not in pids[:2]
-    assert alive(pids[2]) and alive(pids[3])
-    assert wait_until(lambda: not alive(pids[0]) and not alive(pids[1]))
+        # Back in the agent's namespace before the next caller comes (it then says it is free).
+        assert wait_until(lambda: _home(pids[-1])), env.server_log(host)
+    assert len(set(pids)) == 1, (pids, env.server_log(host))  # one warm worker throughout
+    assert (mnts[2], mnts[4]) == (own_mnt, own_mnt)
+    # Each fresh caller's own (the kernel may give a freed namespace's inode to the next one).
+    assert own_mnt not in (mnts[0], mnts[1], mnts[3])
+    assert alive(pids[0])
+    assert "worker leaves" not in env.server_log(host)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fake", "trace"),
+    [
+        ("import", {"module": "colorsys"}, "it imported colorsys"),
+        ("dlopen", {"library": "libanl.so.1"}, "it mapped 1 new file"),
+        ("boot_id", {}, "it filled cni_bridge.state._BOOT_ID"),
+    ],
+)
+def test_a_worker_that_loaded_anything_in_a_callers_mount_namespace_leaves(
+    env: Env, mode: str, fake: dict[str, str], trace: str
+) -> None:
+    """Nothing loaded from one caller's mount namespace may serve another: a module, a
+    library, an engine cache filled from a file there all make the worker leave after
+    answering, and the next caller gets another worker."""
+    host = env.netns("host")
+    env.start_server(host)
+    private = env.tmp / "private"
+    private.mkdir()
+    req_env, stdin, first = env.request("ADD", mode=mode, **fake)
+    done = env.run_client(host, req_env, stdin, private_dir=private)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0] == 0, (done.stdout, env.server_log(host))
+    assert env.calls(first)[1]["new"] is True  # it really was loaded by this request
+    pid = env.calls(first)[0]["pid"]
+    assert wait_until(lambda: not alive(pid)), env.server_log(host)
+    assert f"while in a caller's mount namespace {trace}" in env.server_log(host)
+    req_env, stdin, second = env.request("ADD")
+    done = env.run_client(host, req_env, stdin, private_dir=private)
+    assert json.loads(done.stdout)[0] == 0, done.stdout
+    assert env.calls(second)[0]["pid"] != pid
 
 
 def test_a_mount_namespace_that_is_not_the_callers_is_refused(env: Env) -> None:

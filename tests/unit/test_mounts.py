@@ -1,0 +1,61 @@
+"""What a worker must not carry from one caller's mount namespace to another (resident/mounts.py)."""
+
+from __future__ import annotations
+
+import ast
+import ctypes
+import linecache
+import sys
+from pathlib import Path
+
+from cni_bridge.resident import mounts
+
+PACKAGE = Path(mounts.__file__).resolve().parents[1]
+CACHE_DECORATORS = {"cache", "lru_cache", "cached_property"}
+
+
+def _module_caches() -> set[tuple[str, str]]:
+    """Every module-level name the package rebinds from a function (`global X`) and every
+    function memoized by functools: the engine's per-process caches."""
+    found: set[tuple[str, str]] = set()
+    for path in PACKAGE.rglob("*.py"):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Global):
+                found.update((module, name) for name in node.names)
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                for deco in node.decorator_list:
+                    target = deco.func if isinstance(deco, ast.Call) else deco
+                    name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
+                    if name in CACHE_DECORATORS:
+                        found.add((module, node.name))
+    return found
+
+
+def test_every_module_level_cache_is_checked_after_a_foreign_request() -> None:
+    # A cache missing here could hold what one caller's files said and serve it to the next.
+    assert _module_caches() <= set(mounts.PROCESS_CACHES)
+    assert ("cni_bridge.state", "_BOOT_ID") in mounts.PROCESS_CACHES  # the scan sees them
+
+
+def test_traces_name_what_a_request_loaded() -> None:
+    before = mounts._Before()
+    assert mounts.traces(before) == []
+    sys.modules.pop("colorsys", None)
+    with open("/proc/self/maps") as f:
+        libanl_mapped = "libanl" in f.read()
+    before = mounts._Before()
+    import colorsys  # noqa: F401
+
+    ctypes.CDLL("libanl.so.1")
+    linecache.getline(mounts.__file__, 1)
+    found = mounts.traces(before)
+    assert any(t == "imported colorsys" for t in found), found
+    assert libanl_mapped or any(t.startswith("mapped 1 new file") for t in found), found
+    assert any(t.startswith("read source lines of ") for t in found), found
+
+
+def test_file_mappings_include_the_interpreter() -> None:
+    exe = Path(sys.executable).resolve().stat()
+    maps = mounts.file_mappings()
+    assert any(ino == exe.st_ino for _dev, ino in maps)
