@@ -98,6 +98,7 @@ def warm() -> None:
     import cni_bridge.ports.check
     import cni_bridge.ports.ops
     import cni_bridge.privileges  # every verb's first step (commands.dispatch)
+    import cni_bridge.resident.rehearsal  # a pooled worker's dry run (prepare)
 
     ctypes.CDLL("libnftables.so.1")
     # One validation of a full config exercises what pydantic-core builds lazily.
@@ -128,6 +129,14 @@ def prepare() -> None:
     from cni_bridge.firewall import nftcall
 
     nftcall.prepare()
+
+
+def rehearse() -> None:
+    """Run by a resident's spare worker after prepare(), before it says it is free: a dry run
+    of ADD and DEL with no effect on the host (resident/rehearsal.py)."""
+    from cni_bridge.resident import rehearsal
+
+    rehearsal.rehearse()
 
 
 # Internal errors caught at the boundary below, in this process.

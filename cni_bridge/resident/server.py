@@ -68,7 +68,7 @@ def claimed_listener(identity: str) -> tuple[socket.socket, int] | None:
 
 def load_handler(spec: str) -> Engine:
     """Import `module:attr` and run the module's optional `warm()` (imports, models; no sockets);
-    the module's optional `prepare()` and `reusable()` come with the handler."""
+    the module's optional `prepare()`, `reusable()` and `rehearse()` come with the handler."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"handler must be MODULE:ATTR, not {spec!r}")
@@ -79,11 +79,8 @@ def load_handler(spec: str) -> Engine:
     warm = getattr(module, "warm", None)
     if callable(warm):
         warm()
-    prepare = getattr(module, "prepare", None)
-    reusable = getattr(module, "reusable", None)
-    return Engine(
-        handler, prepare if callable(prepare) else None, reusable if callable(reusable) else None
-    )
+    hooks = [getattr(module, name, None) for name in ("prepare", "reusable", "rehearse")]
+    return Engine(handler, *[hook if callable(hook) else None for hook in hooks])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -55,6 +55,7 @@ class Engine(NamedTuple):
     handle: Handler
     prepare: Callable[[], None] | None = None  # once per pooled worker, after its fork
     reusable: Callable[[], bool] | None = None  # after each request: may the worker go on?
+    rehearse: Callable[[], None] | None = None  # once per spare, after prepare: a dry run
 
 
 IO_TIMEOUT = 5.0  # reading a request and waiting for GO: the client is already waiting
@@ -183,6 +184,12 @@ def run(
             keep_home()  # to come back from a caller's mount namespace
             if engine.prepare is not None:
                 engine.prepare()
+            # A spare, forked ahead of any request, touches what a request will (its pages
+            # copied now, not while a caller waits); one forked for a waiting caller does not.
+            if conn is None and engine.rehearse is not None:
+                started = time.monotonic()
+                engine.rehearse()
+                log(f"spare worker rehearsed in {1000 * (time.monotonic() - started):.1f} ms")
         # As the worker will be between requests: the connection in hand is closed by then.
         baseline = _process_state(ignore=conn)
         served = 0
