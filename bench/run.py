@@ -173,8 +173,9 @@ class Bench:
             side.run("DEL", kept[side.impl])
 
     def first_add_no_agent(self) -> None:
-        """The first ADD on a host with no agent (ours): the plugin starts one and waits for
-        it. The agent is stopped before each sample; an attachment stays present."""
+        """The first ADD on a host with no agent (ours): the plugin runs it in-process and
+        starts one for the next calls. The agent is stopped before each sample; an attachment
+        stays present."""
         kept = self.keep_one()
         walls: dict[str, list[float]] = {s.impl: [] for s in self.sides}
         for _ in range(self.args.samples):

@@ -13,7 +13,9 @@ modules: `_socket` rather than `socket` (which pulls in `enum` and `selectors`, 
     try_resident(env, stdin) -> (exit code, stdout) | None
 
 None means the request did not start in an agent (none is running, it said to run it here, it
-did not answer READY in time): the caller runs it in-process. A tuple is the answer to relay;
+did not answer READY in time): the caller runs it in-process. With none running, the client
+also starts one (`spawn`) for the calls to come, without waiting for it: this call is answered
+in-process, and the agent comes up after. A tuple is the answer to relay;
 the engine's stderr has already gone to fd 2. Once the client has sent GO it never returns
 None: an agent that dies or hangs mid-request yields a CNI error 11 ("try again later")
 instead, so no request ever runs twice.
@@ -45,8 +47,6 @@ from cni_bridge.resident.spawn import DEFAULT_HANDLER, spawn
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
-
-FIRST_WAIT = 2.0  # seconds the caller that started the agent waits for it to listen
 
 _CRED = struct.Struct("iII")  # struct ucred: pid, uid, gid
 _FDS = struct.Struct("4i")
@@ -112,15 +112,12 @@ def try_resident(
         try:
             sock = connect(cfg)
         except (ConnectionRefusedError, FileNotFoundError):
-            if cfg.mode != policy.MODE_AUTO or not spawn(cfg):
-                return None
-            # We started it: wait for it to listen (its imports, ~0.3 s) rather than pay the
-            # same imports in-process while it competes for the CPU. Nothing was sent, so
-            # giving up is still safe.
-            maybe = _wait_for_listener(cfg, time.monotonic() + FIRST_WAIT)
-            if maybe is None:
-                return None
-            sock = maybe
+            # No agent listens (or one is starting): run this call in-process at once, and
+            # start one for the calls to come, which comes up once this process has answered
+            # and exited (see spawn). Nothing was sent: at most once holds.
+            if cfg.mode == policy.MODE_AUTO:
+                spawn(cfg)
+            return None
         except OSError:  # backlog full, timeout: busy, not absent
             return None
         try:
@@ -129,17 +126,6 @@ def try_resident(
             sock.close()
     finally:
         os.close(mntns_fd)
-
-
-def _wait_for_listener(cfg: "ClientConfig", deadline: float) -> _socket.socket | None:
-    while time.monotonic() < deadline:
-        try:
-            return connect(cfg)
-        except (ConnectionRefusedError, FileNotFoundError):
-            time.sleep(0.005)
-        except OSError:
-            return None
-    return None
 
 
 def connect(cfg: "ClientConfig") -> _socket.socket:

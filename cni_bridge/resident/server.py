@@ -168,7 +168,7 @@ def _serve(
     args: argparse.Namespace, listener: socket.socket, identity: str, fingerprint: str
 ) -> int:
     os.chdir("/")
-    # Full priority: the caller that started us waits for us to listen (see spawn.spawn).
+    # Callers run in-process until we listen (see spawn.spawn): start at full priority.
     try:
         engine = load_handler(args.handler)
     except Exception:

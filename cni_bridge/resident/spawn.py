@@ -3,11 +3,17 @@ afresh and starts `cni-bridge serve` with both inherited (systemd's LISTEN_FDS c
 a burst of first calls cannot start several. An agent started by systemd
 (build/cni-bridge.service) takes them itself (server.claimed_listener).
 
+The caller does not wait for it: it runs its own request in-process, and the agent is forked at
+once (the lock taken, the socket bound) but execs only when the caller has exited. Its start
+(the imports, the engine's warm-up, its first workers: more CPU than the request in-process)
+then does not compete with the caller's answer: on 2 cores a first ADD took ~1.3x a cold one
+when the agent started alongside, ~1.0x when it started after. Until it listens, later calls
+find its socket bound but not listening, and run in-process too.
+
 The agent inherits the caller's namespaces, runs in its own session with stdio on /dev/null (a
 runtime reading the plugin's stdout until EOF is not held up), and leaves after an idle period
 when no attachment of ours is left.
 """
-
 import _socket
 import os
 import sys
@@ -20,6 +26,8 @@ if TYPE_CHECKING:
     from cni_bridge.resident.client import ClientConfig
 
 DEFAULT_HANDLER = "cni_bridge.engine:handle"
+# The write ends of the pipes a started agent waits on (see spawn): open for this process's life.
+_EXITED: list[int] = []
 # Per-request variables a started agent must not inherit from the call that started it.
 REQUEST_VARS = frozenset(
     {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH"}
@@ -55,12 +63,13 @@ def server_environ() -> dict[str, str]:
 
 
 def spawn(cfg: "ClientConfig") -> bool:
-    """Start a resident unless one runs or is starting; True if one was started.
+    """Start a resident unless one runs or is starting; True if one was started. It execs
+    when this process has exited (its answer written), see the module's docstring.
 
     The lock beside the socket decides: whoever takes it (non-blocking) binds the socket afresh
     and hands both to the resident it starts, which holds the lock for its whole life. A second
-    caller, and every caller while the started resident warms up (its socket is bound, not
-    listening, so connections are refused until it is ready), finds the lock taken.
+    caller, and every caller while the started resident waits or warms up (its socket is bound,
+    not listening, so connections are refused until it is ready), finds the lock taken.
     """
     if not sys.executable or not cfg.socket_path:
         return False
@@ -71,20 +80,33 @@ def spawn(cfg: "ClientConfig") -> bool:
     argv = server_argv(cfg)
     env = server_environ()
     try:
+        # Its write end stays open in this process only (close-on-exec: a plugin it execs, an
+        # aardvark-dns it starts, does not keep it): EOF there means this process has exited.
+        exited_r, exited_w = os.pipe2(os.O_CLOEXEC)
+    except OSError:
+        sock.close()
+        os.close(lock_fd)
+        return False
+    try:
         pid = os.fork()
     except OSError:
         sock.close()
         os.close(lock_fd)
+        os.close(exited_r)
+        os.close(exited_w)
         return False
     if pid == 0:  # pragma: no cover - runs in the child
         try:
             os.setsid()  # leave the caller's session and process group
             if os.fork() == 0:  # the grandchild is reparented, so nobody has to reap it
-                _exec_server(sock.fileno(), lock_fd, argv, env, cfg.log_path)
+                os.close(exited_w)
+                _exec_server(sock.fileno(), lock_fd, exited_r, argv, env, cfg.log_path)
         finally:
             os._exit(0)
     sock.close()
     os.close(lock_fd)
+    os.close(exited_r)
+    _EXITED.append(exited_w)  # held until this process exits
     try:  # noqa: SIM105 - contextlib costs ~3 ms of imports
         os.waitpid(pid, 0)
     except ChildProcessError:
@@ -139,15 +161,21 @@ def _take_lock(path: str) -> "int | None":
 
 
 def _exec_server(
-    sock_fd: int, lock_fd: int, argv: list[str], env: dict[str, str], log_path: str
+    sock_fd: int,
+    lock_fd: int,
+    exited_fd: int,
+    argv: list[str],
+    env: dict[str, str],
+    log_path: str,
 ) -> None:
     """In the grandchild: stdio on /dev/null, the socket as fd 3 and its lock as fd 4 (systemd's
-    LISTEN_FDS with names), no other descriptor, exec."""
+    LISTEN_FDS with names), no other descriptor; exec once the caller has exited."""
     try:
         import fcntl
 
         high = fcntl.fcntl(sock_fd, fcntl.F_DUPFD, 10)  # out of the way of 0..4
         high_lock = fcntl.fcntl(lock_fd, fcntl.F_DUPFD, 10)
+        high_exited = fcntl.fcntl(exited_fd, fcntl.F_DUPFD, 10)
         null = os.open(os.devnull, os.O_RDWR)
         err = null
         if log_path:
@@ -160,8 +188,11 @@ def _exec_server(
         os.dup2(err, 2)
         os.dup2(high, 3)
         os.dup2(high_lock, 4)
-        os.closerange(5, max(os.sysconf("SC_OPEN_MAX"), 1024))
+        os.dup2(high_exited, 5)
+        os.closerange(6, max(os.sysconf("SC_OPEN_MAX"), 1024))
         os.chdir("/")
+        os.read(5, 1)  # EOF: the caller has exited (nobody writes)
+        os.close(5)
         env["LISTEN_FDS"] = "2"
         env["LISTEN_FDNAMES"] = "agent:lock"
         env["LISTEN_PID"] = str(os.getpid())
