@@ -47,6 +47,13 @@ def plugin_main(env: "Mapping[str, str]", stdin: "BinaryIO", stdout: "BinaryIO")
         from cni_bridge.resident.protocol import request_version
 
         answer = policy.try_again_later(version or request_version(data), reason)
+    elif env.get("CNI_COMMAND") == "VERSION":
+        # Runtimes send VERSION before most commands; its answer needs no engine (logging,
+        # dataclasses, typing: ~45 ms of imports from source). Errors are the engine's to word.
+        from cni_bridge.protocol.versions import lean_version
+
+        lean = lean_version(env, data)
+        answer = (0, lean) if lean is not None else None
     elif not kind and env.get("CNI_COMMAND") in policy.RESIDENT_VERBS:
         from cni_bridge.resident.client import try_resident
 

@@ -7,31 +7,22 @@ that need them, so VERSION stays cheap.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Mapping
-from typing import Any
 
 from cni_bridge.errors import INTERNAL, CNIError
 from cni_bridge.protocol.request import parse_request
 from cni_bridge.protocol.versions import (
     CURRENT_VERSION,
-    SUPPORTED_VERSIONS,
+    reply_version_for,
     require_supported,
     require_verb_allowed,
+    version_answer,
 )
+from cni_bridge.protocol.versions import dump as _dump
 
 log = logging.getLogger("cni_bridge")
-
-
-def _dump(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2) + "\n").encode()
-
-
-def _reply_version(config: Mapping[str, Any]) -> str:
-    v = config.get("cniVersion")
-    return v if isinstance(v, str) and v in SUPPORTED_VERSIONS else CURRENT_VERSION
 
 
 def setup_logging(env: Mapping[str, str], *, plugin: bool = True) -> None:
@@ -154,11 +145,9 @@ def handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
     try:
         setup_logging(env)
         request = parse_request(env, stdin)
-        reply_version = _reply_version(request.config)
+        reply_version = reply_version_for(request.config)
         if request.command == "VERSION":
-            return 0, _dump(
-                {"cniVersion": reply_version, "supportedVersions": list(SUPPORTED_VERSIONS)}
-            )
+            return 0, _dump(version_answer(request.config))
         require_supported(request.cni_version)
         require_verb_allowed(request.command, request.cni_version)
         from cni_bridge.commands import dispatch

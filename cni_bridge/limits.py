@@ -6,3 +6,5 @@ at most that much (resident/protocol.py).
 """
 
 MAX_STDIN_BYTES = 1 << 20
+# CNI_ARGS, longer than any runtime sends (the engine refuses more, protocol/request.py).
+MAX_CNI_ARGS = 64 * 1024

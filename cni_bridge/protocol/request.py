@@ -12,14 +12,12 @@ from typing import Any
 
 from cni_bridge.domain import container_id_problem, ifname_problem
 from cni_bridge.errors import DECODE_FAILURE, INVALID_ENV, CNIError
-from cni_bridge.limits import MAX_STDIN_BYTES
+from cni_bridge.limits import MAX_CNI_ARGS, MAX_STDIN_BYTES
 from cni_bridge.protocol.versions import (
     DEFAULT_CONFIG_VERSION,
     REQUIRED_ENV,
     VERBS,
 )
-
-MAX_CNI_ARGS = 64 * 1024
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,11 @@ Standard library only: VERSION is answered without importing anything heavy.
 from __future__ import annotations
 
 from cni_bridge.errors import INCOMPATIBLE_VERSION, CNIError
+from cni_bridge.limits import MAX_CNI_ARGS, MAX_STDIN_BYTES
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not `typing`: it costs VERSION, which imports this module only, ~5 ms
+    from collections.abc import Mapping
 
 SUPPORTED_VERSIONS: tuple[str, ...] = (
     "0.1.0",
@@ -75,3 +80,44 @@ def require_verb_allowed(command: str, version: str) -> None:
             INCOMPATIBLE_VERSION,
             f"config version {version} does not allow {command} (needs {minimum} or newer)",
         )
+
+
+def reply_version_for(config: Mapping[str, object]) -> str:
+    """The cniVersion of an answer: the config's if we speak it, else ours."""
+    v = config.get("cniVersion")
+    return v if isinstance(v, str) and v in SUPPORTED_VERSIONS else CURRENT_VERSION
+
+
+def version_answer(config: Mapping[str, object]) -> dict[str, object]:
+    """VERSION's result."""
+    return {"cniVersion": reply_version_for(config), "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def dump(obj: object) -> bytes:
+    """An answer as the plugin writes it to stdout (every verb, every error)."""
+    import json  # only when answering: VERSION imports nothing else (json pulls in re, enum)
+
+    return (json.dumps(obj, indent=2) + "\n").encode()
+
+
+def lean_version(env: Mapping[str, str], stdin: bytes) -> bytes | None:
+    """The answer to a well-formed VERSION call, without the engine (logging, the request's
+    dataclass, typing): runtimes send VERSION before most commands (podman: to every plugin of
+    a network), from namespaces where no agent runs. None for anything the engine would refuse
+    (a stdin that is not a JSON object, an oversized CNI_ARGS): the engine words that error.
+    The same checks as protocol/request.parse_request, which a unit test keeps in step."""
+    if env.get("CNI_COMMAND") != "VERSION" or len(env.get("CNI_ARGS", "")) > MAX_CNI_ARGS:
+        return None
+    config: object = {}
+    if stdin.strip():
+        if len(stdin) > MAX_STDIN_BYTES:
+            return None
+        import json
+
+        try:
+            config = json.loads(stdin)
+        except (ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError
+            return None
+    if not isinstance(config, dict):
+        return None
+    return dump(version_answer(config))
