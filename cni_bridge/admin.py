@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cni_bridge.config import NetConf, load_netconf
 from cni_bridge.domain import DEFAULT_DATA_DIR
 from cni_bridge.errors import CNIError
+from cni_bridge.netconf import NetConf, load_netconf
 from cni_bridge.state import (
     HOST_VETH_PREFIX,
     Attachment,

@@ -3,12 +3,16 @@
 Field names follow the reference `bridge`, `host-local` and `portmap` plugins so a config written
 for that chain keeps working once its `type` says cni-bridge. Unknown fields are ignored, as the
 reference does; wrong types and impossible values are CNI error 7 naming the field.
+
+These models are the definition of the config's structure; the rules themselves live in
+confrules.py, which the lean validator (leanconf.py, used where pydantic is not loaded yet, see
+netconf.load_netconf) calls too. Validators here are those functions, attached as they are
+(a staticmethod), so tests/unit/test_leanconf.py can check that both attach the same ones.
 """
 
 from __future__ import annotations
 
-import ipaddress
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -19,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from cni_bridge import confrules as rules
+from cni_bridge.confrules import DEFAULT_BRIDGE, DEFAULT_DNS_DOMAIN, error_path
 from cni_bridge.domain import (
     DEFAULT_DATA_DIR,
     InterfaceName,
@@ -28,40 +34,23 @@ from cni_bridge.domain import (
     NetworkName,
     Port,
     VlanId,
-    dns_name_problem,
-    port_range_count,
 )
 from cni_bridge.errors import INVALID_CONFIG, CNIError
-from cni_bridge.ipam.ranges import Range, validate_range_sets
-from cni_bridge.protocol.versions import DEFAULT_CONFIG_VERSION, require_supported
+from cni_bridge.ipam.ranges import Range
+from cni_bridge.protocol.versions import DEFAULT_CONFIG_VERSION
 
-DEFAULT_BRIDGE = InterfaceName("cni0")
+if TYPE_CHECKING:
+    from cni_bridge import netconf
 
 
 class _Model(BaseModel):
     # defer_build (pydantic's documented switch): no schema or validator is built when a class
-    # is defined, only at its first validation. A request validates NetConf alone, whose schema
-    # takes in the nested models', so the seven nested validators are never built in a
-    # short-lived process; the agent builds NetConf's once, before it forks (engine.warm).
+    # is defined, only at its first validation. NetConf's schema takes in the nested models',
+    # so their seven validators are never built; the agent builds NetConf's once, before it
+    # forks (engine.warm). An exec'd plugin does not use these models (netconf.load_netconf).
     model_config = ConfigDict(
         extra="ignore", populate_by_name=True, frozen=True, defer_build=True
     )
-
-
-def _network(value: Any, what: str = "subnet") -> IPNetwork:
-    try:
-        return ipaddress.ip_network(str(value), strict=True)
-    except ValueError as exc:
-        if "host bits set" in str(exc):
-            raise ValueError(f"{what} {value!r} has host bits set") from None
-        raise ValueError(f"{what} {value!r} is not a CIDR: {exc}") from None
-
-
-def _address(value: Any) -> IPAddress:
-    try:
-        return ipaddress.ip_address(str(value))
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address") from None
 
 
 class RangeConf(_Model):
@@ -70,38 +59,25 @@ class RangeConf(_Model):
     range_end: IPAddress | None = Field(None, alias="rangeEnd")
     gateway: IPAddress | None = None
 
-    @field_validator("subnet", mode="before")
-    @classmethod
-    def _subnet(cls, v: Any) -> IPNetwork:
-        return _network(v)
-
-    @field_validator("range_start", "range_end", "gateway", mode="before")
-    @classmethod
-    def _addr(cls, v: Any) -> IPAddress | None:
-        return None if v in (None, "") else _address(v)
+    _subnet = field_validator("subnet", mode="before")(staticmethod(rules.subnet))
+    _addr = field_validator("range_start", "range_end", "gateway", mode="before")(
+        staticmethod(rules.optional_address)
+    )
 
     def to_range(self) -> Range:
-        return Range(self.subnet, self.range_start, self.range_end, self.gateway)
+        return rules.to_range(self)
 
 
 class RouteConf(_Model):
     dst: IPNetwork
     gw: IPAddress | None = None
 
-    @field_validator("dst", mode="before")
-    @classmethod
-    def _dst(cls, v: Any) -> IPNetwork:
-        return _network(v, "route dst")
-
-    @field_validator("gw", mode="before")
-    @classmethod
-    def _gw(cls, v: Any) -> IPAddress | None:
-        return None if v in (None, "") else _address(v)
+    _dst = field_validator("dst", mode="before")(staticmethod(rules.route_dst))
+    _gw = field_validator("gw", mode="before")(staticmethod(rules.optional_address))
 
     @model_validator(mode="after")
-    def _same_family(self) -> RouteConf:
-        if self.gw is not None and self.gw.version != self.dst.version:
-            raise ValueError(f"route {self.dst} has a gateway of another IP family ({self.gw})")
+    def _checks(self) -> RouteConf:
+        rules.route_checks(self)
         return self
 
 
@@ -112,12 +88,6 @@ class DNSConf(_Model):
     options: list[str] = Field(default_factory=list)
 
 
-DEFAULT_DNS_DOMAIN = "dns.cni-bridge"
-# dns/aardvark.py's PID_FILE (not imported: the cold path does not load the dns package), in
-# the directory where each containerDNS network has a file named after it.
-_AARDVARK_PID_FILE = "aardvark.pid"
-
-
 class ContainerDNSConf(_Model):
     """`containerDNS`: a name server for the network's containers on its gateway addresses."""
 
@@ -125,24 +95,8 @@ class ContainerDNSConf(_Model):
     # Where other names go; empty: the resolvers of /etc/resolv.conf as the plugin reads it.
     upstream: list[IPAddress] = Field(default_factory=list)
 
-    @field_validator("domain")
-    @classmethod
-    def _domain(cls, v: str) -> str:
-        problem = dns_name_problem(v)
-        if problem is not None:
-            raise ValueError(f"domain {v!r} {problem}")
-        return v.lower()
-
-    @field_validator("upstream", mode="before")
-    @classmethod
-    def _upstream(cls, v: Any) -> list[IPAddress]:
-        if not isinstance(v, list):
-            raise ValueError("upstream must be a list of IP addresses")
-        out = [_address(x) for x in v]
-        for ip in out:
-            if ip.version == 6 and (ip.is_link_local or ip.scope_id is not None):
-                raise ValueError(f"upstream {ip}: link-local and scoped addresses are not usable")
-        return out
+    _domain = field_validator("domain", mode="after")(staticmethod(rules.dns_domain))
+    _upstream = field_validator("upstream", mode="before")(staticmethod(rules.dns_upstream))
 
 
 class IPAMConf(_Model):
@@ -157,29 +111,14 @@ class IPAMConf(_Model):
     data_dir: str = Field(DEFAULT_DATA_DIR, alias="dataDir")
     resolv_conf: str = Field("", alias="resolvConf")
 
-    @field_validator("subnet", mode="before")
-    @classmethod
-    def _subnet(cls, v: Any) -> IPNetwork | None:
-        return None if v in (None, "") else _network(v)
-
-    @field_validator("range_start", "range_end", "gateway", mode="before")
-    @classmethod
-    def _addr(cls, v: Any) -> IPAddress | None:
-        return None if v in (None, "") else _address(v)
-
-    @field_validator("data_dir")
-    @classmethod
-    def _data_dir(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError(f"dataDir {v!r} must be an absolute path")
-        return v
+    _subnet = field_validator("subnet", mode="before")(staticmethod(rules.optional_subnet))
+    _addr = field_validator("range_start", "range_end", "gateway", mode="before")(
+        staticmethod(rules.optional_address)
+    )
+    _data_dir = field_validator("data_dir", mode="after")(staticmethod(rules.data_dir))
 
     def range_sets(self) -> list[tuple[Range, ...]]:
-        if self.ranges:
-            return [tuple(r.to_range() for r in rs) for rs in self.ranges]
-        if self.subnet is not None:
-            return [(Range(self.subnet, self.range_start, self.range_end, self.gateway),)]
-        return []
+        return rules.range_sets(self)
 
 
 class PortMappingConf(_Model):
@@ -190,39 +129,16 @@ class PortMappingConf(_Model):
     # Extension: publish hostPort..hostPortEnd onto containerPort..containerPort+(end-start).
     host_port_end: Port | None = Field(None, alias="hostPortEnd")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _any_case(cls, data: Any) -> Any:
-        # containerd's CRI sends HostPort/ContainerPort/Protocol/HostIP (Go decodes keys
-        # case-insensitively), podman sends camelCase: accept both.
-        if not isinstance(data, dict):
-            return data
-        canon = {
-            "hostport": "hostPort",
-            "containerport": "containerPort",
-            "protocol": "protocol",
-            "hostip": "hostIP",
-            "hostportend": "hostPortEnd",
-        }
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            name = canon.get(str(key).lower())
-            if name is not None:
-                out[name] = value
-        if isinstance(out.get("protocol"), str):
-            out["protocol"] = out["protocol"].lower() or "tcp"
-        if out.get("hostIP") in ("", None):
-            out.pop("hostIP", None)
-        return out
+    _keys = model_validator(mode="before")(staticmethod(rules.port_mapping_keys))
 
     @model_validator(mode="after")
-    def _range(self) -> PortMappingConf:
-        port_range_count(self.host_port, self.host_port_end, self.container_port)
+    def _checks(self) -> PortMappingConf:
+        rules.port_mapping_checks(self)
         return self
 
     @property
     def count(self) -> int:
-        return port_range_count(self.host_port, self.host_port_end, self.container_port)
+        return rules.count(self)
 
 
 class RuntimeConf(_Model):
@@ -233,15 +149,8 @@ class RuntimeConf(_Model):
     # podman's --network-alias: {"<network>": ["alias", ...]} (capability `aliases`).
     aliases: dict[str, list[str]] = Field(default_factory=dict)
 
-    @field_validator("aliases", mode="before")
-    @classmethod
-    def _aliases(cls, v: Any) -> Any:
-        return {} if v is None else v
-
-    @field_validator("mac", mode="before")
-    @classmethod
-    def _no_mac(cls, v: Any) -> Any:
-        return None if v == "" else v
+    _aliases = field_validator("aliases", mode="before")(staticmethod(rules.no_aliases))
+    _no_mac = field_validator("mac", mode="before")(staticmethod(rules.no_mac))
 
 
 class NetConf(_Model):
@@ -286,101 +195,40 @@ class NetConf(_Model):
     runtime_config: RuntimeConf = Field(default_factory=RuntimeConf, alias="runtimeConfig")
     prev_result: dict[str, Any] | None = Field(None, alias="prevResult")
 
-    @field_validator("cni_version")
-    @classmethod
-    def _version(cls, v: str) -> str:
-        return require_supported(v)
-
-    @field_validator("container_dns", mode="before")
-    @classmethod
-    def _container_dns(cls, v: Any) -> Any:
-        if v is None or v is False:
-            return None
-        if v is True:
-            return {}
-        if not isinstance(v, dict):
-            raise ValueError("containerDNS must be true, false or an object")
-        return v
-
-    @field_validator("non_masquerade_cidrs", mode="before")
-    @classmethod
-    def _non_masq(cls, v: Any) -> list[IPNetwork]:
-        if not isinstance(v, list):
-            raise ValueError("nonMasqueradeCIDRs must be a list of CIDRs")
-        return [_network(x, "nonMasqueradeCIDRs entry") for x in v]
-
-    @field_validator("vlan", mode="before")
-    @classmethod
-    def _no_vlan(cls, v: Any) -> Any:
-        return None if v == 0 else v
+    _version = field_validator("cni_version", mode="after")(staticmethod(rules.cni_version))
+    _container_dns = field_validator("container_dns", mode="before")(
+        staticmethod(rules.container_dns)
+    )
+    _non_masq = field_validator("non_masquerade_cidrs", mode="before")(
+        staticmethod(rules.non_masquerade_cidrs)
+    )
+    _no_vlan = field_validator("vlan", mode="before")(staticmethod(rules.no_vlan))
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> NetConf:
-        if self.ipam.type == "host-local":
-            if not self.ipam.ranges and self.ipam.subnet is None:
-                raise ValueError("ipam: host-local needs `ranges` or `subnet`")
-            try:
-                sets = self.ipam.range_sets()
-                validate_range_sets(sets)
-            except ValueError as exc:
-                raise ValueError(f"ipam.ranges: {exc}") from None
-            for route in self.ipam.routes:
-                fams = {r.subnet.version for rs in sets for r in rs}
-                if route.dst.version not in fams:
-                    raise ValueError(f"ipam.routes: {route.dst} has no range of its IP family")
-        if self.container_dns is not None and not self.gateway_mode:
-            raise ValueError("containerDNS needs isGateway: the name server listens on the gateway")
-        if self.container_dns is not None and self.name == _AARDVARK_PID_FILE:
-            raise ValueError(
-                f"containerDNS cannot serve a network named {self.name!r}: its file would be "
-                "the name server's pid file"
-            )
-        if self.vlan and self.vlan_trunk:
-            raise ValueError("vlan and vlanTrunk cannot both be set")
-        if self.ipspoofchk and self.vlan_trunk:
-            # Tagged frames from a guarded port are dropped: the checks cannot see inside them.
-            raise ValueError("ipspoofchk cannot be used with vlanTrunk (tagged frames are dropped)")
+    def _checks(self) -> NetConf:
+        rules.cross_checks(self)
         return self
 
     @property
     def gateway_mode(self) -> bool:
-        # The reference bridge: isDefaultGateway implies isGateway.
-        return self.is_gateway or self.is_default_gateway
+        return rules.gateway_mode(self)
 
-    def port_mappings(self) -> list[PortMappingConf]:
-        if not self.capabilities.get("portMappings"):
-            return []
-        return list(self.runtime_config.port_mappings)
+    def port_mappings(self) -> list[netconf.PortMappingConf]:
+        return rules.port_mappings(self)
 
     def dns_aliases(self) -> list[str]:
         """The container's aliases on this network (capability `aliases`, podman's form)."""
-        if not self.capabilities.get("aliases"):
-            return []
-        return list(self.runtime_config.aliases.get(self.name, []))
+        return rules.dns_aliases(self)
 
     def effective_range_sets(self) -> list[tuple[Range, ...]]:
-        if self.capabilities.get("ipRanges") and self.runtime_config.ip_ranges:
-            return [tuple(r.to_range() for r in rs) for rs in self.runtime_config.ip_ranges]
-        return self.ipam.range_sets()
-
-
-def _loc(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part.startswith("function-after") or part.startswith("function-before"):
-            continue
-        else:
-            out += ("." if out else "") + part
-    return out or "config"
+        return rules.effective_range_sets(self)
 
 
 def format_validation_error(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False):
         msg = str(err.get("msg", "")).removeprefix("Value error, ")
-        parts.append(f"{_loc(tuple(err.get('loc', ())))}: {msg}")
+        parts.append(f"{error_path(tuple(err.get('loc', ())))}: {msg}")
     return "; ".join(parts)
 
 

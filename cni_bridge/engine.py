@@ -151,7 +151,7 @@ def handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
         require_supported(request.cni_version)
         require_verb_allowed(request.command, request.cni_version)
         from cni_bridge.commands import dispatch
-        from cni_bridge.config import load_netconf
+        from cni_bridge.netconf import load_netconf
 
         conf = load_netconf(request.config)
         result = dispatch(request, conf, env)

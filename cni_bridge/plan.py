@@ -14,11 +14,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cni_bridge.config import NetConf, PortMappingConf
 from cni_bridge.dns.names import Entry, NetworkDNS, container_names, entry
 from cni_bridge.domain import InterfaceName, IPAddress, IPInterface, IPNetwork, MacAddress
 from cni_bridge.errors import INVALID_CONFIG, CNIError
 from cni_bridge.firewall.model import AttachmentFw, NetworkFw, PortMapping
+from cni_bridge.netconf import NetConf, PortMappingConf
 from cni_bridge.protocol.cniargs import CniArgs, normalize_mac, parse_cni_args
 from cni_bridge.protocol.request import Request
 from cni_bridge.protocol.result import DNS, Interface, IPConfig, Result, Route

@@ -45,8 +45,8 @@ def title(text: str) -> None:
 
 def show_configs() -> None:
     sys.path.insert(0, str(ROOT))
-    from cni_bridge.config import load_netconf
     from cni_bridge.errors import CNIError
+    from cni_bridge.netconf import load_netconf
 
     for path in sorted((ROOT / "conf").glob("*.conflist")) + sorted((ROOT / "conf" / "invalid").glob("*.conflist")):
         conflist = json.loads(path.read_text())

@@ -12,7 +12,7 @@ import importlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from cni_bridge.config import NetConf
+from cni_bridge.netconf import NetConf
 from cni_bridge.protocol.request import Request
 
 if TYPE_CHECKING:

@@ -36,7 +36,6 @@ from cni_bridge.commands.common import (
 )
 from cni_bridge.commands.deps import Deps
 from cni_bridge.commands.teardown import release_ipam, teardown
-from cni_bridge.config import NetConf
 from cni_bridge.domain import IPAddress
 from cni_bridge.errors import (
     INTERFACE_EXISTS,
@@ -47,6 +46,7 @@ from cni_bridge.errors import (
     CNIError,
 )
 from cni_bridge.net.netns import netns_cookie_of
+from cni_bridge.netconf import NetConf
 from cni_bridge.plan import (
     AddPlan,
     AddRequest,

@@ -11,9 +11,9 @@ from cni_bridge.commands.common import (
     sandbox_path,
 )
 from cni_bridge.commands.deps import Deps
-from cni_bridge.config import NetConf
 from cni_bridge.domain import DomainError, InterfaceName
 from cni_bridge.errors import CHECK_MISMATCH, INVALID_CONFIG, UNKNOWN_CONTAINER, CNIError
+from cni_bridge.netconf import NetConf
 from cni_bridge.protocol.request import Request
 from cni_bridge.protocol.result import Interface, Result, parse_result
 from cni_bridge.state import PHASE_READY

@@ -8,7 +8,6 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from cni_bridge.config import NetConf
 from cni_bridge.domain import IPAddress
 from cni_bridge.errors import (
     ADDRESS_CONFLICT,
@@ -23,6 +22,7 @@ from cni_bridge.errors import (
     CNIError,
 )
 from cni_bridge.ipam.disk import DiskStore
+from cni_bridge.netconf import NetConf
 from cni_bridge.state import Attachment, StateStore
 
 if TYPE_CHECKING:

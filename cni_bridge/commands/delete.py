@@ -10,8 +10,8 @@ from cni_bridge.commands import report
 from cni_bridge.commands.common import NetworkStores, mapping_records
 from cni_bridge.commands.deps import Deps
 from cni_bridge.commands.teardown import teardown
-from cni_bridge.config import NetConf
 from cni_bridge.errors import CLEANUP_FAILED, CNIError
+from cni_bridge.netconf import NetConf
 from cni_bridge.plan import port_mapping
 from cni_bridge.protocol.request import Request
 from cni_bridge.state import Attachment

@@ -14,9 +14,9 @@ from cni_bridge.commands import report
 from cni_bridge.commands.common import NetworkStores, bridge_mark
 from cni_bridge.commands.deps import Deps
 from cni_bridge.commands.teardown import teardown
-from cni_bridge.config import NetConf
 from cni_bridge.domain import DomainError, InterfaceName
 from cni_bridge.errors import CLEANUP_FAILED, INVALID_CONFIG, CNIError
+from cni_bridge.netconf import NetConf
 from cni_bridge.plan import network_fw, network_subnets
 from cni_bridge.protocol.request import Request
 from cni_bridge.state import HOST_VETH_PREFIX, attachment_tag, stand_in

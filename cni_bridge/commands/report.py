@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from cni_bridge.config import NetConf
+    from cni_bridge.netconf import NetConf
 
 log = logging.getLogger("cni_bridge.report")
 

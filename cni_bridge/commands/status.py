@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 from cni_bridge.commands.common import NetworkStores
 from cni_bridge.commands.deps import Deps
-from cni_bridge.config import NetConf
 from cni_bridge.errors import STATUS_LIMITED, STATUS_UNAVAILABLE, CNIError
+from cni_bridge.netconf import NetConf
 from cni_bridge.protocol.request import Request
 
 

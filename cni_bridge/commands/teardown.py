@@ -21,9 +21,9 @@ from cni_bridge.commands.common import (
     record_fw,
 )
 from cni_bridge.commands.deps import Deps
-from cni_bridge.config import NetConf
 from cni_bridge.domain import InterfaceName
 from cni_bridge.ipam.store import UNREADABLE
+from cni_bridge.netconf import NetConf
 from cni_bridge.state import Attachment
 
 log = logging.getLogger(__name__)

@@ -12,10 +12,10 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from cni_bridge.config import NetConf, load_netconf
 from cni_bridge.domain import IPInterface
 from cni_bridge.errors import CNIError
 from cni_bridge.firewall.model import AttachmentFw, NetworkFw
+from cni_bridge.netconf import NetConf, load_netconf
 from cni_bridge.state import PHASE_READY, STATE_DIR, Attachment, StateStore, unusable_files
 
 

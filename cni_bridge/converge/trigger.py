@@ -14,7 +14,7 @@ import socket
 import time
 
 from cni_bridge.commands.deps import Deps
-from cni_bridge.config import NetConf
+from cni_bridge.netconf import NetConf
 from cni_bridge.protocol.request import Request
 from cni_bridge.state import HOST_VETH_PREFIX, host_veth_name
 

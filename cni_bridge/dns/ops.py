@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from cni_bridge.config import NetConf
 from cni_bridge.dns.aardvark import Aardvark
 from cni_bridge.dns.names import (
     Entry,
@@ -21,6 +20,7 @@ from cni_bridge.dns.names import (
     resolvers,
 )
 from cni_bridge.domain import IPAddress
+from cni_bridge.netconf import NetConf
 
 RESOLV_CONF = "/etc/resolv.conf"
 

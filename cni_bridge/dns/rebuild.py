@@ -15,13 +15,13 @@ import os
 import socket
 from collections.abc import Iterable
 
-from cni_bridge.config import NetConf, load_netconf
 from cni_bridge.dns.aardvark import Aardvark, DNSServerError
 from cni_bridge.dns.names import Entry, NetworkDNS, entry, render
 from cni_bridge.dns.ops import upstream
 from cni_bridge.domain import IPAddress, container_id_problem, dns_name_problem
 from cni_bridge.errors import CNIError
 from cni_bridge.ipam.disk import DiskStore
+from cni_bridge.netconf import NetConf, load_netconf
 from cni_bridge.plan import dns_gateways
 from cni_bridge.state import PHASE_READY, STATE_DIR, Attachment, StateStore, boot_id
 

@@ -161,8 +161,8 @@ class KubeMode:
         self.problems = problems + peer_problems + plan.problems
 
     def _write_conf(self, local: NodeInfo) -> None:
-        from cni_bridge.config import load_netconf
         from cni_bridge.errors import CNIError
+        from cni_bridge.netconf import load_netconf
 
         conf = render_conflist(local, self.opts)
         for plugin in conf["plugins"]:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from cni_bridge.config import load_netconf
 from cni_bridge.errors import CNIError
+from tests.unit.confdiff import load_netconf
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 

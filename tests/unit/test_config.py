@@ -3,10 +3,10 @@ from typing import Any
 
 import pytest
 
-from cni_bridge.config import load_netconf
 from cni_bridge.errors import CNIError
 from cni_bridge.plan import requested_ips, requested_mac
 from cni_bridge.protocol.cniargs import parse_cni_args
+from tests.unit.confdiff import load_netconf
 
 BASE: dict[str, Any] = {
     "cniVersion": "1.0.0",

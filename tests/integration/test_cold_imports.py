@@ -1,0 +1,68 @@
+"""A cold exec'd ADD, CHECK and DEL (no agent: CNI_BRIDGE_RESIDENT=0, everything in the exec'd
+process) never imports pydantic: the config is validated by the lean validator (leanconf.py,
+see netconf.load_netconf), which saves ~200 ms of a cold ADD.
+
+Python's own import log (PYTHONPROFILEIMPORTTIME, as `-X importtime`) is read from the plugin's
+stderr, so every import of the process is seen, whatever path it exits by. From source only:
+the bundle's interpreter ignores PYTHON* variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lab.plugin import ROOT, PluginLab, binary_under_test, in_host, plugin_command
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root and network namespaces"),
+    pytest.mark.skipif(binary_under_test(), reason="the bundle ignores PYTHONPROFILEIMPORTTIME"),
+]
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[PluginLab]:
+    lab = PluginLab(tmp_path, prefix="cbCI")
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+def _cold(lab: PluginLab, command: str, conf: dict[str, Any], cid: str, netns: str) -> tuple[Any, set[str]]:
+    env = lab.env(command, cid, netns, extra={"CNI_BRIDGE_RESIDENT": "0", "PYTHONPROFILEIMPORTTIME": "1"})
+    proc = subprocess.run(in_host(lab.host, env, plugin_command()), input=json.dumps(conf),
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert proc.returncode == 0, (proc.stdout, proc.stderr[-2000:])
+    assert "cni_bridge.engine" in imported, proc.stderr[-2000:]  # the log is there
+    return (json.loads(proc.stdout) if proc.stdout.strip() else None), imported
+
+
+def test_cold_add_check_del_do_not_import_pydantic(lab: PluginLab) -> None:
+    conf = lab.conf(
+        cniVersion="1.1.0",
+        capabilities={"portMappings": True},
+        runtimeConfig={"portMappings": [{"hostPort": 18082, "containerPort": 80}]},
+    )
+    ns = lab.netns("c")
+    cid = f"cold{lab.tag}"
+    result, imported = _cold(lab, "ADD", conf, cid, ns.path)
+    seen = {"ADD": imported}
+    _, seen["CHECK"] = _cold(lab, "CHECK", {**conf, "prevResult": result}, cid, ns.path)
+    _, seen["DEL"] = _cold(lab, "DEL", conf, cid, ns.path)
+    for command, modules in seen.items():
+        assert "cni_bridge.leanconf" in modules, command
+        heavy = sorted(m for m in modules
+                       if m.split(".")[0] in ("pydantic", "pydantic_core", "cni_bridge.config")
+                       or m == "cni_bridge.config")
+        assert heavy == [], (command, heavy)
+    assert result["ips"][0]["address"].startswith("10.66.0.")
