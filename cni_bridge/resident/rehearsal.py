@@ -77,13 +77,13 @@ def _descriptors() -> frozenset[str]:
 def _request_and_plan() -> None:
     from cni_bridge.commands.report import guards
     from cni_bridge.config import load_netconf
-    from cni_bridge.engine import _dump
     from cni_bridge.firewall import rules
     from cni_bridge.firewall.model import TableView
     from cni_bridge.plan import build_plan, ipam_result_from, parse_add, render_result
     from cni_bridge.protocol.request import parse_request
     from cni_bridge.protocol.result import DNS
     from cni_bridge.protocol.versions import SUPPORTED_VERSIONS
+    from cni_bridge.protocol.versions import dump as _dump
     from cni_bridge.state import Attachment
 
     env = {
