@@ -7,8 +7,9 @@ request of the same worker does not. The pool therefore runs `rehearse()` in eac
 after `engine.prepare()` and before the worker tells the parent it is free: the first real
 request finds those pages already copied, and the fork's cost falls while no caller waits.
 
-What it touches, as a request would: a representative ADD request read and its config validated
-(`protocol.request`, `config`), ADD's plan and the firewall transaction it would send built
+What it touches, as a request would: the engine's entry path with an ADD that its first step
+refuses (a network namespace, and a data dir, that cannot exist), a representative ADD request
+read and its config validated (`protocol.request`, `config`), ADD's plan and the firewall transaction it would send built
 (`plan`, `firewall.rules`) and DEL's, the result rendered in every version and encoded as the
 engine encodes it, an attachment record encoded, the boot id read (filling `state`'s cache in
 the agent's own mount namespace, not a caller's: `mounts.PROCESS_CACHES`), the capabilities
@@ -26,13 +27,14 @@ import json
 import os
 import socket
 from collections.abc import Callable
+from typing import Any
 
 from cni_bridge.resident.running import log
 
 # A representative request: every feature whose code ADD runs for a typical network (gateway,
 # masquerade, a published port, both families).
 CONTAINER_ID = "cni-bridge-rehearsal"
-CONFIG = {
+CONFIG: dict[str, Any] = {
     "cniVersion": "1.1.0",
     "name": "cni-bridge-rehearsal",
     "type": "cni-bridge",
@@ -75,10 +77,13 @@ def _descriptors() -> frozenset[str]:
 
 
 def _request_and_plan() -> None:
+    from cni_bridge.background import Background
     from cni_bridge.commands.report import guards
     from cni_bridge.config import load_netconf
     from cni_bridge.firewall import rules
     from cni_bridge.firewall.model import TableView
+    from cni_bridge.ipam.allocator import allocate
+    from cni_bridge.ipam.store import MemoryStore
     from cni_bridge.plan import build_plan, ipam_result_from, parse_add, render_result
     from cni_bridge.protocol.request import parse_request
     from cni_bridge.protocol.result import DNS
@@ -115,6 +120,48 @@ def _request_and_plan() -> None:
     att.result = result.render("1.1.0")
     json.dumps(att.to_json(), sort_keys=True)
     guards(conf)
+    # host-local's allocation, over a store in memory.
+    store = MemoryStore()
+    with store.lock():
+        allocate(store, conf.effective_range_sets(), CONTAINER_ID, "eth0", check_duplicate=False)
+        store.release_by_id(CONTAINER_ID, "eth0")
+    Background(lambda: None).join()  # ADD overlaps its firewall transaction in a thread
+
+
+def _protocol() -> None:
+    """The worker's side of the exchange: the request decoded, the policy's questions, the
+    frames it sends."""
+    from cni_bridge.resident import policy, protocol
+
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": CONTAINER_ID, "PATH": "/usr/bin"}
+    request = protocol.decode_request(
+        protocol.encode_request(env, umask=0o022, identity="rehearsal", has_mntns_fd=True)
+    )
+    policy.bundle_reason(request.argv, request.env)
+    policy.forwarded(request.env)
+    protocol.encode_frame(protocol.READY, protocol.encode_ready(policy.request_timeout(env)))
+    protocol.request_version(json.dumps(CONFIG).encode())
+    protocol.encode_frame(protocol.RESULT, protocol.encode_result(0))
+
+
+def _engine_refused_add() -> None:
+    """The engine's whole entry path (logging set-up, request, config, capabilities, dispatch,
+    the per-request dependencies, the error answer) with an ADD refused at its first step:
+    its network namespace does not exist, and neither could its data dir (under /proc)."""
+    from cni_bridge.engine import handle
+    from cni_bridge.errors import INVALID_ENV
+
+    conf = {**CONFIG, "ipam": {**CONFIG["ipam"], "dataDir": f"/proc/{CONTAINER_ID}/ipam"}}
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": CONTAINER_ID,
+        "CNI_NETNS": f"/proc/{CONTAINER_ID}/netns",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "/opt/cni/bin",
+    }
+    code, out = handle(env, json.dumps(conf).encode())
+    if code != 1 or json.loads(out).get("code") != INVALID_ENV:
+        raise RuntimeError(f"expected a refusal, got {code}: {out[:200]!r}")
 
 
 def _host_reads() -> None:
@@ -154,6 +201,8 @@ def _netlink_reads() -> None:
 
 _STEPS: tuple[tuple[str, Callable[[], None]], ...] = (
     ("request and plan", _request_and_plan),
+    ("a refused ADD", _engine_refused_add),
+    ("protocol", _protocol),
     ("host reads", _host_reads),
     ("firewall reads", _firewall_reads),
     ("netlink reads", _netlink_reads),
