@@ -79,11 +79,11 @@ def _descriptors() -> frozenset[str]:
 def _request_and_plan() -> None:
     from cni_bridge.background import Background
     from cni_bridge.commands.report import guards
-    from cni_bridge.config import load_netconf
     from cni_bridge.firewall import rules
     from cni_bridge.firewall.model import TableView
     from cni_bridge.ipam.allocator import allocate
     from cni_bridge.ipam.store import MemoryStore
+    from cni_bridge.netconf import load_netconf
     from cni_bridge.plan import build_plan, ipam_result_from, parse_add, render_result
     from cni_bridge.protocol.request import parse_request
     from cni_bridge.protocol.result import DNS
