@@ -52,6 +52,9 @@ class Lab:
         # Recorded before creation, so a half-done batch is still removed.
         self.namespaces.extend(made)
         netns.add(names)
+        for ns in made:
+            if (ident := ns.identity()) is not None:
+                procs.CREATED[ident] = ns.name
         return made
 
     def container(self) -> Netns:
@@ -59,8 +62,7 @@ class Lab:
 
     def remove(self, namespaces: Sequence[Netns]) -> None:
         """Delete some of the namespaces now (the processes inside them are killed first)."""
-        procs.kill(procs.in_netns(namespaces))
-        netns.delete(namespaces)
+        _delete(namespaces)
         gone = set(namespaces)
         self.namespaces = [ns for ns in self.namespaces if ns not in gone]
 
@@ -147,7 +149,7 @@ class Lab:
         try:
             survivors = self.stop_processes(grace)
         finally:
-            netns.delete(list(reversed(self.namespaces)))
+            survivors += _delete(list(reversed(self.namespaces)))
             self.namespaces.clear()
         return survivors
 
@@ -159,3 +161,13 @@ class Lab:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _delete(namespaces: Sequence[Netns]) -> list[int]:
+    """Kill what lives in the namespaces, delete them, then kill what started inside them
+    meanwhile (a plugin call in flight can still spawn an agent there): such a process would
+    keep the nameless namespace, and itself, alive for good. The pids that would not die."""
+    idents = {ident: ns for ns in namespaces if (ident := ns.identity()) is not None}
+    procs.kill(procs.in_identities(idents))
+    netns.delete(namespaces)
+    return procs.kill(procs.in_identities(idents))

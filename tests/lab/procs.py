@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tests.lab.netns import Netns
+from tests.lab.netns import NETNS_DIR, Netns
 
 Identity = tuple[int, str]  # (pid, start time in clock ticks since boot)
 
@@ -43,9 +43,21 @@ def _pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
+NsIdentity = tuple[int, int]  # a namespace's nsfs (device, inode)
+
+# Every network namespace a lab of this process created, by nsfs identity: a process still in
+# one after the lab deleted its name is one the lab missed (see `orphans`).
+CREATED: dict[NsIdentity, str] = {}
+
+
 def in_netns(namespaces: Sequence[Netns]) -> dict[Identity, Netns]:
     """Processes whose network namespace is one of `namespaces` (matched by nsfs identity)."""
-    wanted = {ident: ns for ns in namespaces if (ident := ns.identity()) is not None}
+    return in_identities({ident: ns for ns in namespaces if (ident := ns.identity()) is not None})
+
+
+def in_identities(wanted: dict[NsIdentity, Netns]) -> dict[Identity, Netns]:
+    """Processes whose network namespace has one of these nsfs identities: also after the
+    namespace lost its name, for as long as a process keeps it alive."""
     found: dict[Identity, Netns] = {}
     if not wanted:
         return found
@@ -108,3 +120,28 @@ def peak_rss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def orphans() -> dict[Identity, str]:
+    """Processes in a network namespace a lab created and has since deleted: started inside it
+    after the lab's last look (an agent a late plugin call spawned), they keep it alive."""
+    named = set()
+    for ns in netns_listing():
+        if (ident := ns.identity()) is not None:
+            named.add(ident)
+    gone = {ident: Netns(name) for ident, name in CREATED.items() if ident not in named}
+    return {proc: ns.name for proc, ns in in_identities(gone).items()}
+
+
+def netns_listing() -> list[Netns]:
+    try:
+        return [Netns(n) for n in os.listdir(NETNS_DIR)]
+    except FileNotFoundError:
+        return []
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "?"
