@@ -1,11 +1,20 @@
-"""Leaks nothing: after every test, no process may be left in a network namespace a lab
-created and deleted (tests/lab/procs.orphans), and at the end no process may still run this
-checkout's built bundle that started during the run (an agent a test's plugin call started and
-nobody ended). Such a process is killed by pid, named with the test after which it was found,
-and fails the run. Processes that were running before the run are never touched."""
+"""Leaks nothing: after every test, no process of this run may be left in a network namespace a
+lab created and deleted (tests/lab/procs.orphans), and at the end no process of this run may
+still run this checkout's built bundle (an agent a test's plugin call started and nobody
+ended). Such a process is killed by pid, named with the test after which it was found, and
+fails the run.
+
+"Of this run": the run makes itself a child subreaper (prctl PR_SET_CHILD_SUBREAPER), so what
+its tests start stays among its descendants even when it daemonizes (an agent forks away from
+the plugin that started it). Nothing else is ever touched: other checkouts' tests run on this
+machine too, and a namespace's nsfs inode is reused once it is freed. Between tests the run
+reaps the zombies of what was handed to it that way, as init would (inside a test it does not:
+a test may still wait for a child of its own)."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +25,16 @@ from tests.lab import procs
 
 BUNDLE = Path(__file__).resolve().parent.parent / "dist" / "cni-bridge"
 _LEAKS: list[str] = []
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def _ours(found: dict[procs.Identity, str]) -> dict[procs.Identity, str]:
+    mine = procs.with_descendants([os.getpid()])
+    return {ident: where for ident, where in found.items() if ident in mine}
 
 
 def _bundle_processes() -> dict[procs.Identity, str]:
@@ -27,17 +46,9 @@ def _bundle_processes() -> dict[procs.Identity, str]:
             exe = os.readlink(f"/proc/{name}/exe")
         except OSError:
             continue
-        ident = procs.identity(int(name))
-        if exe.startswith(f"{BUNDLE}/") and ident is not None and int(ident[1]) >= _started():
+        if exe.startswith(f"{BUNDLE}/") and (ident := procs.identity(int(name))) is not None:
             found[ident] = "this checkout's bundle"
     return found
-
-
-def _started() -> int:
-    """This run's start, in clock ticks since boot (as /proc/PID/stat's starttime)."""
-    me = procs.identity(os.getpid())
-    assert me is not None
-    return int(me[1])
 
 
 def _reap(found: dict[procs.Identity, str], when: str) -> None:
@@ -46,15 +57,31 @@ def _reap(found: dict[procs.Identity, str], when: str) -> None:
     procs.kill(found)
 
 
+def _reap_zombies() -> None:
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if state == "Z" and int(ppid) == me:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(int(name), os.WNOHANG)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
     yield
-    if os.geteuid() == 0 and (found := procs.orphans()):
+    _reap_zombies()
+    if os.geteuid() == 0 and (found := _ours(procs.orphans())):
         _reap(found, f"after {item.nodeid}, in deleted namespace")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if os.geteuid() == 0 and (found := _bundle_processes()):
+    if os.geteuid() == 0 and (found := _ours(_bundle_processes())):
         _reap(found, "at the end of the run")
     if _LEAKS and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
