@@ -305,10 +305,87 @@ NETCONF = opt({}, {
 })
 
 
-@settings(max_examples=600, deadline=None, derandomize=True,
+# Valid configs of many shapes, then 0-2 mutations anywhere in them: most pass the field checks,
+# so the cross checks and the derived values get compared too (NETCONF above is mostly rejected).
+VALID = st.fixed_dictionaries(
+    {
+        "cniVersion": st.sampled_from(["1.0.0", "1.1.0", "0.4.0", "0.3.1"]),
+        "name": st.sampled_from(["n", "net1", "aardvark.pid"]),
+        "type": st.just("cni-bridge"),
+        "ipam": st.one_of(
+            st.fixed_dictionaries(
+                {"type": st.just("host-local"), "ranges": st.sampled_from([
+                    [[{"subnet": "10.0.0.0/24"}]],
+                    [[{"subnet": "10.0.0.0/24"}], [{"subnet": "fd00::/64"}]],
+                    [[{"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.10", "rangeEnd": "10.0.0.20",
+                       "gateway": "10.0.0.1"}, {"subnet": "10.0.1.0/24"}]],
+                    [[{"subnet": "fd00::/64", "gateway": "fd00::1"}]],
+                ])},
+                optional={"routes": st.sampled_from([
+                    [{"dst": "0.0.0.0/0"}], [{"dst": "::/0"}], [{"dst": "10.9.0.0/16", "gw": "10.0.0.1"}],
+                ]), "dataDir": st.just("/tmp/x")},
+            ),
+            st.just({"type": "host-local", "subnet": "10.1.0.0/16", "rangeStart": "10.1.0.5"}),
+            st.just({"type": "dhcp"}),
+            st.just({}),
+        ),
+    },
+    optional={
+        "isGateway": st.booleans(), "isDefaultGateway": st.booleans(), "ipMasq": st.booleans(),
+        "bridge": st.just("cb1"), "mtu": st.sampled_from([1400, 9000]),
+        "vlan": st.integers(0, 3), "vlanTrunk": st.lists(st.integers(1, 3), max_size=2),
+        "ipspoofchk": st.booleans(), "internal": st.booleans(),
+        "containerDNS": st.sampled_from([True, False, {"domain": "Example.Org"},
+                                         {"upstream": ["10.0.0.53", "fd00::53"]}]),
+        "nonMasqueradeCIDRs": st.just(["10.244.0.0/16"]),
+        "capabilities": st.dictionaries(
+            st.sampled_from(["portMappings", "ipRanges", "aliases", "ips", "mac"]), st.booleans()),
+        "runtimeConfig": st.fixed_dictionaries({}, optional={
+            "portMappings": st.just([{"hostPort": 8080, "containerPort": 80},
+                                     {"HostPort": 9000, "ContainerPort": 90, "HostPortEnd": 9002,
+                                      "Protocol": "UDP", "HostIP": "127.0.0.1"}]),
+            "ipRanges": st.just([[{"subnet": "10.5.0.0/24"}]]),
+            "aliases": st.just({"n": ["web", "db"], "other": ["x"]}),
+            "ips": st.just(["10.0.0.9/24"]), "mac": st.just("0A-58-00-00-00-09"),
+        }),
+    },
+)
+
+
+def _slots(value: Any) -> list[tuple[Any, Any]]:
+    """Every (container, key) in a decoded JSON value, nested ones too."""
+    out: list[tuple[Any, Any]] = []
+    items = value.items() if isinstance(value, dict) else enumerate(value) \
+        if isinstance(value, list) else []
+    for key, inner in items:
+        out.append((value, key))
+        out.extend(_slots(inner))
+    return out
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> Any:
+    conf = json.loads(json.dumps(draw(VALID)))
+    for _ in range(draw(st.integers(0, 2))):
+        container, key = draw(st.sampled_from(_slots(conf)))
+        if isinstance(container, dict) and draw(st.booleans()):
+            del container[key]
+        else:
+            container[key] = draw(st.one_of(SCALARS, CIDRS, ADDRS, JSON))
+    return conf
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(NETCONF)
 def test_generated_configs_agree(data: dict[str, Any]) -> None:
+    compare(data)
+
+
+@settings(max_examples=500, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(mutated())
+def test_mutated_valid_configs_agree(data: dict[str, Any]) -> None:
     compare(data)
 
 
