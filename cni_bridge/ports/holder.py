@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import ctypes
 import errno
-import gc
 import json
 import os
 import resource
@@ -34,6 +33,7 @@ from cni_bridge.ports import control, lockfile, lookup, sockets
 from cni_bridge.ports.model import HoldKey, Target, plan
 from cni_bridge.ports.proxy import TcpRelay, UdpRelay
 from cni_bridge.ports.records import Owner, Records
+from cni_bridge.ports.supervisor import detach_from_agent
 
 RESCAN = 30.0
 RETRY = 2.0
@@ -258,27 +258,12 @@ async def _run(holder: Holder, listener: socket.socket) -> None:
             await control_task  # raises what ended the control loop, if it failed
 
 
-def _detach_from_agent() -> None:
-    """In the fresh child: nothing of the agent's but its log (stderr). Its objects are frozen
-    first, so no collection ever closes a descriptor number this process reuses."""
-    gc.freeze()
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
 def child_main() -> NoReturn:
     """The holder process, right after the agent forked it; never returns."""
     code = 1
     try:
         parent = os.getppid()
-        _detach_from_agent()
+        detach_from_agent()
         # Two sockets per published port and two per relayed connection: the soft limit
         # (often 1024) would cap a host at a few hundred published ports.
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -1,10 +1,13 @@
 """The agent's side of the holder (holder.py): fork it at start, fork it again when it dies
 (at most once a RESTART_DELAY), end it when the agent stops. The agent's parent stays
-single-threaded and only forks, reaps and signals: nothing of the holder runs in it.
+single-threaded and only forks, reaps and signals: nothing of the holder runs in it. A duty of
+the agent's parent loop (resident/duty.Duty) with no descriptor of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
 import os
 import signal
@@ -26,6 +29,22 @@ def _holder() -> NoReturn:
     from cni_bridge.ports.holder import child_main
 
     child_main()
+
+
+def detach_from_agent() -> None:
+    """In a child the agent forked for a duty: nothing of the agent's but its log (stderr). Its
+    objects are frozen first, so no collection ever closes a descriptor number this process
+    reuses (nor walks, and copies, the agent's pages)."""
+    gc.freeze()
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class Supervisor:
@@ -67,6 +86,17 @@ class Supervisor:
     def tick(self) -> None:
         if self.due_in() == 0.0:
             self.start()
+
+    def fds(self) -> tuple[int, ...]:
+        return ()
+
+    def readable(self, fd: int) -> None:
+        pass
+
+    def forget(self) -> None:
+        """In another child of the agent: the holder is not its to stop."""
+        self.pid = 0
+        self.stopping = True
 
     def stop(self) -> None:
         self.stopping = True

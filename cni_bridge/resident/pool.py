@@ -37,6 +37,7 @@ from types import FrameType
 from cni_bridge.dns.agent import DnsDuty
 from cni_bridge.ports.supervisor import Supervisor
 from cni_bridge.resident import naming, policy
+from cni_bridge.resident.duty import Duty
 from cni_bridge.resident.sweep import sweep
 from cni_bridge.resident.worker import (
     FREE,
@@ -65,6 +66,10 @@ DEFAULT_MAX_WORKERS = 32
 DEFAULT_HARD_TIMEOUT = 300.0
 DEFAULT_POOL = 2
 DEFAULT_MAX_REQUESTS = 1000
+# Free workers kept once requests stop: each idle worker that has served costs ~7-10 MiB of
+# pages of its own (what it dirtied since its fork), the agent's whole budget being 40 MiB.
+IDLE_POOL = 1
+SHRINK_AFTER = 2.0  # seconds without a request before the pool shrinks to IDLE_POOL
 
 
 def _name_of(listener: socket.socket) -> tuple[str, tuple[int, int]] | None:
@@ -83,11 +88,12 @@ class Pooled:
     """The parent's handle on a worker that may serve more than one request: the channel on
     which it is handed connections and on which it says it is free again."""
 
-    __slots__ = ("pid", "sock")
+    __slots__ = ("pid", "served", "sock")
 
     def __init__(self, pid: int, sock: socket.socket) -> None:
         self.pid = pid
         self.sock = sock
+        self.served = 0  # requests it ran: the one that ran most has touched most of its pages
 
 
 class Server:
@@ -103,9 +109,9 @@ class Server:
         hard_timeout: float = DEFAULT_HARD_TIMEOUT,
         pool: int = DEFAULT_POOL,
         max_requests: int = DEFAULT_MAX_REQUESTS,
-        holder: Supervisor | None = None,
+        holder: Duty | None = None,
         check_interval: float = IDENTITY_CHECK,
-        watcher: Supervisor | None = None,
+        watcher: Duty | None = None,
     ) -> None:
         self.listener = listener
         self.engine = engine
@@ -119,13 +125,15 @@ class Server:
         self.check_interval = check_interval  # code on disk, socket name
         self.holder = holder or Supervisor(enabled=False)  # published ports (cni_bridge/ports)
         self.watcher = watcher or Supervisor(enabled=False)  # the ruleset watch (converge/watch)
-        self._duties = (self.holder, self.watcher)  # child processes the agent keeps running
+        self._duties: tuple[Duty, ...] = (self.holder, self.watcher)
+        self._duty_fds: dict[int, Duty] = {}  # the descriptors the loop polls for them
         self.workers: dict[int, float] = {}  # pid -> start of the request it runs
         self.channels: dict[int, Pooled] = {}  # channel fd -> worker, busy or free
-        self.free: list[Pooled] = []  # most recently freed last: the warmest is used first
+        self.free: list[Pooled] = []  # the warmest last (most served, then most recent): used first
         self.stopping = False
         self.listening = False
         self.last_activity = time.monotonic()
+        self.last_demand = self.last_activity  # the last connection or worker's return
         self._wake_r = self._wake_w = -1
         self._poller: select.poll | None = None
         self._preloaded: frozenset[str] = frozenset()
@@ -166,6 +174,8 @@ class Server:
             if not self.workers:
                 if self.stopping:
                     break
+                if len(self.free) > IDLE_POOL and now - self.last_demand >= SHRINK_AFTER:
+                    self._trim(IDLE_POOL)
                 if self.idle > 0 and now - self.last_activity >= self.idle:
                     if not attachments_present():
                         log("idle, leaving")
@@ -182,20 +192,34 @@ class Server:
                     self.stopping = True
                     continue
             dns.tick(now)
+            self._poll_duties(poller)
             timeout = min(next_check - now, *(duty.due_in() for duty in self._duties), dns.next - now)
             if not self.workers and self.idle > 0:
                 timeout = min(timeout, self.idle - (now - self.last_activity))
+            if not self.workers and len(self.free) > IDLE_POOL:
+                timeout = min(timeout, self.last_demand + SHRINK_AFTER - now)
             for fd, _ in poller.poll(max(1, math.ceil(timeout * 1000))):
                 if fd == self._wake_r:
                     self._drain_wakeups()
                 elif fd in self.channels:
                     self._channel_event(self.channels[fd])
+                elif fd in self._duty_fds:
+                    self._duty_fds[fd].readable(fd)
                 elif self.listening and fd == self.listener.fileno():
                     self._accept()
         self._stop_listening(poller)
         for duty in self._duties:
             duty.stop()
         return 0
+
+    def _poll_duties(self, poller: select.poll) -> None:
+        """Poll exactly the descriptors the duties have now (a watch subscribes late, again)."""
+        now = {fd: duty for duty in self._duties for fd in duty.fds()}
+        for fd in self._duty_fds.keys() - now.keys():
+            poller.unregister(fd)
+        for fd in now.keys() - self._duty_fds.keys():
+            poller.register(fd, select.POLLIN)
+        self._duty_fds = now
 
     def _still_named(self) -> bool:
         """Whether the socket's name still leads to it. Rootless podman removes the private /run
@@ -236,7 +260,7 @@ class Server:
                 return
             if pid == 0:
                 return
-            if any(duty.reaped(pid, status) for duty in self._duties):
+            if [duty for duty in self._duties if duty.reaped(pid, status)]:  # each sees each
                 continue
             busy = self.workers.pop(pid, None) is not None
             for worker in [w for w in self.channels.values() if w.pid == pid]:
@@ -257,6 +281,7 @@ class Server:
             except OSError as exc:  # EMFILE and the like: leave the rest queued
                 log(f"accept failed: {exc}")
                 return
+            self.last_demand = time.monotonic()
             if len(self.workers) >= self.max_workers:
                 refuse(conn, "busy")
                 conn.close()
@@ -343,14 +368,24 @@ class Server:
         if data not in (FREE, FREE_AFTER_RUN):  # it left (or broke the protocol): forget it
             self._close_channel(worker)
             return
-        if self.workers.pop(worker.pid, None) is not None and data == FREE_AFTER_RUN:
-            self.last_activity = time.monotonic()
-        if self.stopping or len(self.free) >= self.pool_size:
+        if self.workers.pop(worker.pid, None) is not None:
+            self.last_demand = time.monotonic()
+            if data == FREE_AFTER_RUN:
+                self.last_activity = self.last_demand
+                worker.served += 1
+        if self.stopping:
             self._close_channel(worker)  # not needed: it reads EOF and leaves
-        elif data == FREE:  # a new worker (or one whose request did not run): used last
-            self.free.insert(0, worker)
-        else:
-            self.free.append(worker)
+            return
+        self.free.append(worker)
+        self._trim(self.pool_size)
+
+    def _trim(self, keep: int) -> None:
+        """Keep the `keep` warmest free workers; the others read EOF and leave. The warmest has
+        served most (a spare that has served nothing pays its copy-on-write faults on its first
+        request); among equals the most recently freed."""
+        self.free.sort(key=lambda w: w.served)  # stable: recency among equals
+        while len(self.free) > keep:
+            self._close_channel(self.free[0])
 
     def _close_channel(self, worker: Pooled) -> None:
         fd = worker.sock.fileno()
@@ -371,3 +406,5 @@ class Server:
             other.sock.close()
         self.channels.clear()
         self.free.clear()
+        for duty in self._duties:
+            duty.forget()

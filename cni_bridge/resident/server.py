@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--pool",
         type=int,
         default=DEFAULT_POOL,
-        help="free workers kept for further requests; 0: a fresh fork for every request",
+        help="free workers kept while requests come (one after 2 s without any); 0: a fresh "
+        "fork for every request",
     )
     # How often the parent looks at the code on disk and its socket's name (tests shorten it).
     parser.add_argument(
@@ -188,6 +189,6 @@ def _serve(
         check_interval=args.check_interval,
         # The ports the engine's records publish: held only for the engine, not a test handler.
         holder=Supervisor(enabled=args.handler == spawn.DEFAULT_HANDLER),
-        watcher=watch.supervisor(enabled=args.handler == spawn.DEFAULT_HANDLER),
+        watcher=watch.duty(enabled=args.handler == spawn.DEFAULT_HANDLER),
     )
     return server.run()

@@ -210,20 +210,84 @@ def test_ruleset_events_name_their_generation_and_committer() -> None:
     assert gens == [nfgen.Generation(42, 4242, "iptables-nft")]
 
 
-def test_the_watch_ignores_its_own_commits_and_its_agents_workers() -> None:
+def _newgen(gen: int, pid: int, name: str) -> bytes:
+    import struct
+
+    from cni_bridge.converge import nfgen
+
+    def attr(kind: int, data: bytes) -> bytes:
+        a = struct.pack("=HH", 4 + len(data), kind) + data
+        return a + b"\0" * (-len(a) % 4)
+
+    body = struct.pack("=BBH", 0, 0, 0) + attr(1, struct.pack(">I", gen))
+    body += attr(2, struct.pack(">I", pid)) + attr(3, name.encode() + b"\0")
+    return _nl((nfgen.NFNL_SUBSYS_NFTABLES << 8) | nfgen.NFT_MSG_NEWGEN, body)
+
+
+def test_the_watch_ignores_the_agent_and_its_children_even_once_reaped() -> None:
     import os
+    import subprocess
 
     from cni_bridge.converge.watch import Watch
 
-    w = Watch(agent=os.getppid())
-    w.own_gen = 7
-    assert w.ours(7, 0)  # the generation its own sync left
-    assert w.ours(8, os.getpid()) and w.ours(8, os.getppid())
-    assert not w.ours(8, 0)
-    assert not w.ours(8, 1)  # init: not a worker of this agent
+    w = Watch()
+    assert w.ours(os.getpid())  # the agent (the parent loop runs the watch)
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert w.ours(child.pid)  # a worker, a heal
+    finally:
+        child.kill()
+        child.wait()
+    assert not w.ours(child.pid)
+    assert not w.reaped(child.pid, 0)  # not a heal of the watch, but its commits are ours
+    assert w.ours(child.pid)
+    assert not w.ours(0)
+    assert not w.ours(1)  # init: not a child of this agent
     # our plugin in-process, or `cni-bridge sync`: it wrote what its records say
-    assert w.ours(8, 1, "cni-bridge")
-    assert not w.ours(8, 1, "nft") and not w.ours(8, 1, "iptables-nft")
+    assert w.ours(1, "cni-bridge")
+    assert not w.ours(1, "nft") and not w.ours(1, "iptables-nft")
+
+
+def test_the_watch_heals_once_a_burst_of_foreign_commits_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import math
+    import os
+    import socket
+    import time
+
+    from cni_bridge.converge import watch
+
+    w = watch.Watch()
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    mine.setblocking(False)
+    w.sock = mine
+    w.healed = time.monotonic()  # started and healed: the next heal is the periodic one
+    try:
+        assert watch.RESYNC_EVERY - 1 < w.due_in() <= watch.RESYNC_EVERY
+        theirs.send(_newgen(5, os.getpid(), "python"))  # the agent's own: nothing due
+        w.readable(mine.fileno())
+        assert w.burst < 0 and w.due_in() > watch.MAX_DELAY
+        theirs.send(_newgen(6, 1, "nft"))
+        w.readable(mine.fileno())
+        assert w.who == {"nft[1]"}
+        assert 0 < w.due_in() <= watch.DEBOUNCE  # once the burst is quiet
+        w.burst -= watch.MAX_DELAY  # a burst that never ends is acted on after MAX_DELAY
+        theirs.send(_newgen(7, 1, "nft"))
+        w.readable(mine.fileno())
+        assert w.due_in() == 0.0
+        monkeypatch.setattr(os, "fork", lambda: 4242)
+        w.tick()  # a heal runs: nothing else until it is reaped
+        assert w.pid == 4242 and w.due_in() == math.inf and not w.who
+        w.started = time.monotonic() - 0.5
+        assert w.reaped(4242, 0) and w.pid == 0
+        # paused as long as the heal took, then the periodic one
+        assert 0.4 < w.not_before - time.monotonic() <= 0.5
+        assert watch.RESYNC_EVERY - 1 < w.due_in() <= watch.RESYNC_EVERY
+    finally:
+        w.forget()
+        theirs.close()
+    assert w.sock is None and mine.fileno() == -1
 
 
 def test_a_killed_watch_lock_is_swept_and_a_live_one_kept(
