@@ -944,6 +944,32 @@ def test_an_attachment_keeps_the_agent_past_its_idle_timeout(env: Env) -> None:
     assert "idle, leaving" in env.server_log(host)
 
 
+def test_a_started_resident_comes_up_only_once_its_caller_has_exited(env: Env) -> None:
+    """The first call runs in-process while the resident it started waits (forked, holding the
+    name, not yet exec'd): its start does not compete with that call's answer."""
+    host = env.netns("host")
+    req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / host))
+    spec = {"root": str(ROOT), "env": req_env, "stdin": stdin, "how": "try", "hold": True,
+            "config": {"mode": "auto", "idle": 30.0, "handler": HANDLER,
+                       "identity": env.identity}}  # fmt: skip
+    caller = subprocess.Popen(
+        ["nsenter", f"--net={NETNS_DIR / host}", sys.executable, "-c", CLIENT_SCRIPT,
+         json.dumps(spec)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+    )  # fmt: skip
+    env.procs.append(caller)
+    assert caller.stdout is not None and caller.stdin is not None
+    assert json.loads(caller.stdout.readline()) is None  # to run in-process, at once
+    time.sleep(1.0)  # a resident exec'd at once would be up by now (it is, right after)
+    assert residents_in(host) == []
+    assert env.call(host, *env.request("VERSION", netns="dummy")[:2]) is None  # name held
+    caller.stdin.close()
+    assert caller.wait(30) == 0
+    assert wait_until(lambda: len(residents_in(host)) == 1)
+    assert wait_until(lambda: env.ping(host) is not None)
+    assert env.calls(rid) == []
+
+
 def test_a_started_resident_does_not_hold_the_callers_stdout(env: Env) -> None:
     host = env.netns("host")
     req_env, stdin, _ = env.request("VERSION", netns="dummy")
