@@ -135,6 +135,6 @@ def test_fresh_mount_namespace_callers_share_one_warm_worker_each_with_its_own_v
     # One worker served all six (each came back from its caller's mount namespace), and no
     # worker was forked for them.
     assert len(set(pids)) == 1, (pids, agent_log(lab))
-    assert children(agent) == workers, agent_log(lab)
+    assert children(agent) <= workers, agent_log(lab)  # the pool may shrink when idle
     assert "worker leaves" not in agent_log(lab)
     assert "rehearsal:" not in agent_log(lab)  # no rehearsal step failed
