@@ -122,6 +122,9 @@ def operator_main(args: list[str], env: "Mapping[str, str]") -> int:
 
         return client_main(rest)
     if cmd == "serve":
+        from cni_bridge.resident import lean
+
+        lean.agent_process()  # before the agent imports anything else
         from cni_bridge.resident.server import main as serve_main
 
         return serve_main(rest)
