@@ -37,6 +37,7 @@ from typing import Any
 
 from bench import agent, report
 from bench.caller import Caller, CallerError
+from cni_bridge.resident.pool import SHRINK_AFTER
 from tests.lab import Lab, netns
 
 REPO = Path(__file__).resolve().parent.parent
@@ -276,6 +277,8 @@ class Bench:
         self.first_add_no_agent()
         progress(f"{args.n} ADD then DEL, caller keeps one mount namespace")
         self.seq("keep", args.n)
+        # Idle: once requests stop the pool keeps its warmest worker alone (SHRINK_AFTER later).
+        time.sleep(SHRINK_AFTER + 1)
         self.put(self.ours, "agent_idle", agent.snapshot(self.ours.host))
         progress(f"{args.n} ADD then DEL, a fresh mount namespace per call")
         self.seq("fresh", args.n, fresh_mnt=True)

@@ -70,6 +70,10 @@ DEFAULT_MAX_REQUESTS = 1000
 # pages of its own (what it dirtied since its fork), the agent's whole budget being 40 MiB.
 IDLE_POOL = 1
 SHRINK_AFTER = 2.0  # seconds without a request before the pool shrinks to IDLE_POOL
+# A spare is forked this long after the last free worker was taken, if it is still busy: most
+# requests are back sooner, and a spare forked at once (and rehearsing) ran beside every
+# request on the same cores, to be sent away as surplus once the worker was back.
+SPARE_DELAY = 0.25
 
 
 def _name_of(listener: socket.socket) -> tuple[str, tuple[int, int]] | None:
@@ -198,6 +202,8 @@ class Server:
                 timeout = min(timeout, self.idle - (now - self.last_activity))
             if not self.workers and len(self.free) > IDLE_POOL:
                 timeout = min(timeout, self.last_demand + SHRINK_AFTER - now)
+            if self._spare_due() > now:
+                timeout = min(timeout, self._spare_due() - now)
             for fd, _ in poller.poll(max(1, math.ceil(timeout * 1000))):
                 if fd == self._wake_r:
                     self._drain_wakeups()
@@ -335,12 +341,20 @@ class Server:
 
     def _keep_a_spare(self) -> None:
         """One free (or starting) worker at all times, so that no request waits for a fork: the
-        first one, a burst's next one, and the one after a worker that left."""
+        first one, a burst's next one, and the one after a worker that left; while a pooled
+        worker is busy, only from SPARE_DELAY after it was taken (it is likely back by then)."""
+        if self._spare_due() <= time.monotonic():
+            self._fork_worker(None)
+
+    def _spare_due(self) -> float:
+        """When a spare is to be forked (inf: none is needed)."""
         if self.pool_size <= 0 or self.stopping:
-            return
+            return math.inf
         if self.free or any(w.pid not in self.workers for w in self.channels.values()):
-            return
-        self._fork_worker(None)
+            return math.inf  # a free or starting one
+        if self.channels:  # pooled workers, all busy
+            return self.last_demand + SPARE_DELAY
+        return 0.0
 
     def _hand_over(self, conn: socket.socket) -> bool:
         while self.free:
