@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterable
 
 from cni_bridge.errors import PORT_CONFLICT, CNIError
 from cni_bridge.firewall.model import PortMapping
-from cni_bridge.ports import control, lookup, sockets
+from cni_bridge.ports import control, sockets
 from cni_bridge.ports.model import HoldKey, keys_for
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def _held_by_our_holder() -> Collection[str]:
 def check(
     mappings: Iterable[PortMapping],
     runtime_holds: bool = False,
-    holders: Holders = lookup.holders_of,
+    holders: Holders | None = None,
     ours: Callable[[], Collection[str]] = _held_by_our_holder,
 ) -> None:
     """Raises CNIError(PORT_CONFLICT) naming the holder of the first port a host program holds.
@@ -40,7 +40,7 @@ def check(
     beside it); `ours` is asked only on a conflict, and the holder's answer spares the scan of
     every process's descriptors. Sockets the runtime holds itself (model.bind_addresses) are
     its to check: podman's conmon holds them already when `podman network reload` repeats
-    the ADD."""
+    the ADD. `holders` defaults to lookup.holders_of."""
     held: Collection[str] | None = None
     for key in keys_for(mappings, runtime_holds):
         try:
@@ -55,10 +55,15 @@ def check(
             held = ours()
         if str(key) in held:
             continue
+        # Imported only here, on a conflict: its /proc parsing (a dataclass, ipaddress) is ~1 %
+        # of every cold ADD's instructions otherwise.
+        from cni_bridge.ports import lookup
+
+        found = (holders or lookup.holders_of)(key)
         raise CNIError(
             PORT_CONFLICT,
             f"host port {key} is already held by a host program: "
-            f"{lookup.describe(holders(key))}",
+            f"{lookup.describe(found)}",
             "a process on the host listens on (or is bound to) the published port; stop it or "
             "publish another host port",
         )
