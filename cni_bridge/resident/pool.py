@@ -14,8 +14,9 @@ process that had run one) and for the engine's per-process set-up (`prepare()`: 
 context). So after a request a worker says it is free on a channel to the parent, and the
 parent hands it the next connection as a descriptor; up to `--pool` free workers are kept, and
 one spare is always forked ahead, so a request finds a prepared worker waiting even after the
-last one left; a connection that finds none (a burst) gets a fresh fork, which may join the pool
-afterwards. A worker the request left unclean leaves after answering (`worker._fit`), as it does
+last one left; a connection that finds none gets a fresh fork, which may join the pool
+afterwards, unless cores + 1 requests run already: then it waits a moment for the next worker to
+come free (`waiting`). A worker the request left unclean leaves after answering (`worker._fit`), as it does
 after `DEFAULT_MAX_REQUESTS`; one that served a caller from another mount namespace comes back
 to the agent's and stays unless that request loaded anything there (`mounts`). A free worker
 that has served is handed the next request before a fresh spare.
@@ -39,6 +40,7 @@ from cni_bridge.ports.supervisor import Supervisor
 from cni_bridge.resident import naming, policy
 from cni_bridge.resident.duty import Duty
 from cni_bridge.resident.sweep import sweep
+from cni_bridge.resident.waiting import Waiting
 from cni_bridge.resident.worker import (
     FREE,
     FREE_AFTER_RUN,
@@ -133,6 +135,7 @@ class Server:
         self._duty_fds: dict[int, Duty] = {}  # the descriptors the loop polls for them
         self.workers: dict[int, float] = {}  # pid -> start of the request it runs
         self.channels: dict[int, Pooled] = {}  # channel fd -> worker, busy or free
+        self.waiting = Waiting()  # a burst's connections, for the next free worker
         self.free: list[Pooled] = []  # the warmest last (most served, then most recent): used first
         self.stopping = False
         self.listening = False
@@ -169,6 +172,9 @@ class Server:
         while True:
             self._reap()
             self._keep_a_spare()
+            for conn in self.waiting.expired(time.monotonic()):
+                self._fork_worker(conn)
+                conn.close()
             for duty in self._duties:
                 duty.tick()
             now = time.monotonic()
@@ -204,6 +210,7 @@ class Server:
                 timeout = min(timeout, self.last_demand + SHRINK_AFTER - now)
             if self._spare_due() > now:
                 timeout = min(timeout, self._spare_due() - now)
+            timeout = min(timeout, self.waiting.due_in(now))
             for fd, _ in poller.poll(max(1, math.ceil(timeout * 1000))):
                 if fd == self._wake_r:
                     self._drain_wakeups()
@@ -246,6 +253,7 @@ class Server:
             poller.unregister(self.listener)
             self.listener.close()
             self.listening = False
+        self.waiting.close_all()
         # A free worker reads EOF and leaves; a busy one finishes its request first.
         for worker in list(self.channels.values()):
             self._close_channel(worker)
@@ -293,6 +301,9 @@ class Server:
                 conn.close()
                 continue
             if not self._hand_over(conn):
+                if self.pool_size > 0 and self.waiting.should_wait(len(self.workers)):
+                    self.waiting.add(conn, self.last_demand)  # see resident/waiting.py
+                    continue
                 self._fork_worker(conn)
             conn.close()
 
@@ -352,6 +363,8 @@ class Server:
             return math.inf
         if self.free or any(w.pid not in self.workers for w in self.channels.values()):
             return math.inf  # a free or starting one
+        if self.waiting.should_wait(len(self.workers)):  # saturated: the next to free serves
+            return math.inf
         if self.channels:  # pooled workers, all busy
             return self.last_demand + SPARE_DELAY
         return 0.0
@@ -391,6 +404,11 @@ class Server:
             self._close_channel(worker)  # not needed: it reads EOF and leaves
             return
         self.free.append(worker)
+        while self.waiting and self.free:
+            conn = self.waiting.pop()
+            if not self._hand_over(conn):
+                self._fork_worker(conn)
+            conn.close()
         self._trim(self.pool_size)
 
     def _trim(self, keep: int) -> None:
@@ -420,5 +438,6 @@ class Server:
             other.sock.close()
         self.channels.clear()
         self.free.clear()
+        self.waiting.close_all()  # other callers' connections: the parent's to hand over
         for duty in self._duties:
             duty.forget()

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from cni_bridge.resident import client, naming, protocol, spawn, worker
+from cni_bridge.resident import client, naming, protocol, spawn, waiting, worker
 from cni_bridge.state import HOST_VETH_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -515,6 +515,29 @@ def test_requests_run_concurrently_each_once(env: Env) -> None:
     calls = [env.calls(rid) for _, _, rid in requests]
     assert all(len(c) == 1 for c in calls)
     assert len({c[0]["pid"] for c in calls}) == len(requests)  # one worker per request
+
+
+def test_a_burst_beyond_the_cores_waits_for_free_workers(env: Env) -> None:
+    """More requests at once than cores + 1: the others wait for a worker to come free instead
+    of a fork each (resident/waiting.py), and each still runs exactly once."""
+    host = env.netns("host")
+    env.start_server(host)
+    count = waiting.busy_limit() + 3
+    requests = [env.request("ADD", mode="hang", seconds=0.3) for _ in range(count)]
+    results: dict[str, Any] = {}
+
+    def run(req: tuple[dict[str, str], str, str]) -> None:
+        results[req[2]] = env.call(host, req[0], req[1])
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in requests]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(results[rid] is not None and results[rid][0] == 0 for _, _, rid in requests)
+    calls = [env.calls(rid) for _, _, rid in requests]
+    assert all(len(c) == 1 for c in calls)
+    assert len({c[0]["pid"] for c in calls}) < count, env.server_log(host)
 
 
 # --- who may call -----------------------------------------------------------------------------
