@@ -34,7 +34,7 @@ from cni_bridge.resident.admission import (
     passed_fds,
     receive_request,
 )
-from cni_bridge.resident.mounts import join_mounts, keep_home, return_home
+from cni_bridge.resident.mounts import join_mounts, keep_home, return_home, settle
 from cni_bridge.resident.running import (
     HANDLER_FAILURES,
     CallerWatch,
@@ -197,6 +197,7 @@ def run(
         while True:
             if conn is None:
                 assert channel is not None
+                settle()  # what a join into a caller's mount namespace starts from
                 try:
                     channel.send(FREE_AFTER_RUN if ran else FREE)
                 except OSError:  # the parent is leaving, or has closed our channel
