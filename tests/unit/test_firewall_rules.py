@@ -806,7 +806,7 @@ def test_a_second_add_of_a_v4_network_lists_only_what_it_needs(fake: FakeNft, fw
         layout.BRIDGES,
         layout.BRIDGE_SELF,
         layout.SAME[4],
-        *layout.PUB[(4, True)].__dict__.values(),
+        *layout.PUB[(4, True)],
     }
     assert {"chains", "ruleset"} <= {k for c in fake.lists for k in c}
     assert other.tag in json.dumps(fake.writes[-1])  # and the transaction went through
