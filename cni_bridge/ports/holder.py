@@ -7,14 +7,13 @@ RESCAN seconds, and one record at a time when an ADD or DEL says it changed
 A port it could not hold (a host program got there first) is retried every RETRY seconds and
 reported by `status`.
 
-An asyncio loop in its own process: the agent's parent stays single-threaded and never waits
-on a relay, and a relay's failure cannot touch the agent. It dies with the agent
+A selector loop (loop.py) in its own process: the agent's parent stays single-threaded and never
+waits on a relay, and a relay's failure cannot touch the agent. It dies with the agent
 (PR_SET_PDEATHSIG) and takes a lock first, so two holders never compete for one namespace.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import errno
@@ -30,6 +29,7 @@ from collections.abc import Iterable
 from typing import Any, NoReturn
 
 from cni_bridge.ports import control, lockfile, lookup, sockets
+from cni_bridge.ports.loop import READ, SHORT_OF, Loop, Timer
 from cni_bridge.ports.model import HoldKey, Target, plan
 from cni_bridge.ports.proxy import TcpRelay, UdpRelay
 from cni_bridge.ports.records import Owner, Records
@@ -39,7 +39,7 @@ RESCAN = 30.0
 RETRY = 2.0
 PR_SET_PDEATHSIG = 1
 ACCEPT_RETRY = 0.5
-_SHORT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+ASK_TIMEOUT = 5.0  # a control client that connected but does not ask is let go
 # Families a host may lack (IPv6 disabled): nothing can bind there, so nothing is to hold.
 _NOT_HERE = (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL)
 
@@ -55,41 +55,30 @@ def _some(keys: list[HoldKey]) -> str:
 
 
 class Held:
-    __slots__ = ("key", "relay", "server", "target", "transport")
+    __slots__ = ("key", "relay", "target")
 
     def __init__(self, key: HoldKey, target: Target | None) -> None:
         self.key = key
         self.target = target
-        self.server: asyncio.AbstractServer | None = None
-        self.transport: asyncio.BaseTransport | None = None
         self.relay: TcpRelay | UdpRelay | None = None
 
     def close(self) -> None:
         if self.relay is not None:
             self.relay.close()
-        if self.server is not None:
-            self.server.close()
-        if self.transport is not None:
-            self.transport.close()
 
 
 class Holder:
-    def __init__(self, records: Records | None = None) -> None:
+    def __init__(self, records: Records | None = None, loop: Loop | None = None) -> None:
         self.want = records or Records()
+        self.loop = loop or Loop(_log)
         self.held: dict[HoldKey, Held] = {}
         self.failed: dict[HoldKey, str] = {}
-        self.lock = asyncio.Lock()
         self.absent: set[HoldKey] = set()  # a family this host does not have
 
     # ------------------------------------------------------------------ the sockets
 
-    async def apply(self, keys: Iterable[HoldKey] | None = None) -> None:
-        """Bring the sockets among `keys` (None: all) to what the records want. One at a time:
-        a rescan and an ADD's change must not both open one socket."""
-        async with self.lock:
-            await self._apply(keys)
-
-    async def _apply(self, keys: Iterable[HoldKey] | None) -> None:
+    def apply(self, keys: Iterable[HoldKey] | None = None) -> None:
+        """Bring the sockets among `keys` (None: all) to what the records want."""
         everything = keys is None
         if keys is None:
             keys = set(self.want.wanting) | set(self.held) | set(self.failed)
@@ -108,7 +97,7 @@ class Holder:
             if key in self.absent:
                 continue
             try:
-                self.held[key] = await self._open(key, target)
+                self.held[key] = self._open(key, target)
             except OSError as exc:
                 if exc.errno in _NOT_HERE and key.wildcard:
                     self.absent.add(key)
@@ -131,24 +120,12 @@ class Holder:
             released = f"released {_some(todo.close)}; " if todo.close else ""
             _log(f"{released}holding {len(self.held)} socket(s)")
 
-    async def _open(self, key: HoldKey, target: Target | None) -> Held:
-        loop = asyncio.get_running_loop()
+    def _open(self, key: HoldKey, target: Target | None) -> Held:
         held = Held(key, target)
         sock = sockets.bind(key, listen=True)
         sock.setblocking(False)
-        try:
-            if key.protocol == "tcp":
-                relay = TcpRelay(lambda: held.target)
-                held.server = await asyncio.start_server(relay, sock=sock)
-            else:
-                udp = UdpRelay(lambda: held.target)
-                held.transport, _ = await loop.create_datagram_endpoint(lambda: udp, sock=sock)
-                held.relay = udp
-                return held
-        except BaseException:
-            sock.close()
-            raise
-        held.relay = relay
+        relay = TcpRelay if key.protocol == "tcp" else UdpRelay
+        held.relay = relay(self.loop, sock, lambda: held.target)
         return held
 
     def close(self) -> None:
@@ -175,7 +152,7 @@ class Holder:
             "failed": {str(k): self.failed[k] for k in sorted(mine) if k in self.failed},
         }
 
-    async def handle(self, message: Any) -> dict[str, Any]:
+    def handle(self, message: Any) -> dict[str, Any]:
         if not isinstance(message, dict):
             return {"error": "not an object"}
         if message.get("op") == "status":
@@ -184,7 +161,7 @@ class Holder:
             net_dir, tag = message.get("dir"), message.get("tag")
             if not isinstance(net_dir, str) or not isinstance(tag, str) or "/" in tag:
                 return {"error": "bad changed message"}
-            await self.apply(self.want.read_one(os.path.abspath(net_dir), tag))
+            self.apply(self.want.read_one(os.path.abspath(net_dir), tag))
             return self.answer_changed((os.path.abspath(net_dir), tag))
         return {"error": "unknown op"}
 
@@ -192,70 +169,97 @@ class Holder:
 # ---------------------------------------------------------------------- the process
 
 
-async def _serve_control(holder: Holder, listener: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        try:
-            conn, _ = await loop.sock_accept(listener)
-        except OSError as exc:
-            if exc.errno not in _SHORT_OF:
-                raise
-            # Relayed connections (anyone's, to [::1]:port) used up the descriptors: answer
-            # once some are back rather than end, which would let every port go.
-            await asyncio.sleep(ACCEPT_RETRY)
-            continue
-        try:
+class Control:
+    """The control socket on the holder's loop: one message in, one answer out, per client."""
+
+    def __init__(self, holder: Holder, listener: socket.socket) -> None:
+        self.holder = holder
+        self.loop = holder.loop
+        self.listener = listener
+        self.loop.watch(listener, READ, self._accept)
+
+    def _accept(self, _ready: int) -> None:
+        for _ in range(16):
+            try:
+                conn, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno not in SHORT_OF:
+                    raise
+                # Relayed connections (anyone's, to [::1]:port) used up the descriptors: answer
+                # once some are back rather than end, which would let every port go.
+                self.loop.pause(self.listener, ACCEPT_RETRY, self._accept)
+                return
             cred = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
             # Our own user only: root, as the agent runs (its directory is root's alone).
             if struct.unpack("iII", cred)[1] != os.geteuid():
+                conn.close()
                 continue
-            raw = await asyncio.wait_for(loop.sock_recv(conn, control.MAX_MESSAGE), 5)
+            conn.setblocking(False)
+            self._wait(conn)
+
+    def _wait(self, conn: socket.socket) -> None:
+        timer = self.loop.later(ASK_TIMEOUT, lambda: self.loop.close(conn))
+        self.loop.watch(conn, READ, lambda _: self._answer(conn, timer))
+
+    def _answer(self, conn: socket.socket, timer: Timer) -> None:
+        try:
+            raw = conn.recv(control.MAX_MESSAGE)
+        except BlockingIOError:
+            return
+        except OSError:
+            raw = b""
+        timer.cancel()
+        self.loop.unwatch(conn)
+        try:
+            if not raw:
+                return
             try:
                 message = json.loads(raw)
             except ValueError:
                 message = None
             try:
-                reply = await holder.handle(message)
+                reply = self.holder.handle(message)
             except Exception:
                 # One request's failure is that request's: ending the loop would let every
                 # port go and cut every relayed connection; the next rescan applies it all.
                 _log(f"a request failed: {str(message)[:200]}\n{traceback.format_exc()}")
                 reply = {"error": "the holder failed on this request (see the agent's log)"}
-            await loop.sock_sendall(conn, json.dumps(reply).encode())
-        except (TimeoutError, OSError):
+            conn.settimeout(ASK_TIMEOUT)
+            conn.sendall(json.dumps(reply).encode())
+        except OSError:
             pass
         finally:
             conn.close()
 
 
-async def _run(holder: Holder, listener: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(sig, stop.set)
+def _run(holder: Holder, listener: socket.socket) -> None:
+    loop = holder.loop
+    loop.stop_on((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     holder.want.scan_all()
-    await holder.apply()  # before any answer: a status or an ADD sees the records' sockets held
-    control_task = loop.create_task(_serve_control(holder, listener))
-    # A bug that ends the control loop ends the holder: the agent starts a fresh one.
-    control_task.add_done_callback(lambda _: stop.set())
+    holder.apply()  # before any answer: a status or an ADD sees the records' sockets held
+    Control(holder, listener)
     next_scan = time.monotonic() + RESCAN
+
+    def tick() -> None:
+        nonlocal next_scan
+        now = time.monotonic()
+        if now >= next_scan:
+            holder.want.scan_all()
+            next_scan = now + RESCAN
+            holder.apply()
+        elif holder.failed:
+            holder.apply(list(holder.failed))
+        wait = RETRY if holder.failed else next_scan - now
+        loop.later(max(0.1, min(wait, RESCAN)), tick)
+
+    loop.later(0, tick)
     try:
-        while not stop.is_set():
-            now = time.monotonic()
-            if now >= next_scan:
-                holder.want.scan_all()
-                next_scan = now + RESCAN
-                await holder.apply()
-            elif holder.failed:
-                await holder.apply(list(holder.failed))
-            wait = RETRY if holder.failed else next_scan - now
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.1, min(wait, RESCAN)))
+        loop.run()  # an exception out of it (a bug) ends the holder: the agent starts another
     finally:
         holder.close()
-        control_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await control_task  # raises what ended the control loop, if it failed
+        loop.shut()
 
 
 def child_main() -> NoReturn:
@@ -290,7 +294,7 @@ def child_main() -> NoReturn:
         listener.listen(64)
         listener.setblocking(False)
         _log("holding published ports")
-        asyncio.run(_run(Holder(), listener))
+        _run(Holder(), listener)
         lockfile.release(lock_fd, lock_path, sock_path)
         code = 0
     except BaseException:

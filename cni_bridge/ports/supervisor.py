@@ -26,12 +26,6 @@ def _log(message: str) -> None:
 
 
 def _holder() -> NoReturn:
-    import sys
-
-    # asyncio does without ssl (it imports it only if it can): the holder relays plain TCP and
-    # UDP, and the ssl module with libssl cost ~1.3 MiB of the holder's own pages.
-    if "ssl" not in sys.modules:
-        sys.modules["ssl"] = None  # type: ignore[assignment]  # import raises ImportError
     from cni_bridge.ports.holder import child_main
 
     child_main()

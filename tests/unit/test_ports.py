@@ -7,7 +7,7 @@ import errno
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import ip_address
 from pathlib import Path
 from typing import NoReturn
@@ -332,52 +332,68 @@ def test_a_malformed_record_costs_its_own_ports_not_the_holder(tmp_path: Path) -
 
 
 
+def _ask_status_from_a_thread(path: str) -> list[object]:
+    """Ask the control socket at `path` for the status, twice, from a thread (the test runs the
+    holder's loop); the answers land in the list."""
+    import socket
+    import threading
+
+    from cni_bridge.ports import control
+
+    answers: list[object] = []
+
+    def ask() -> None:
+        for _ in range(2):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
+                c.settimeout(10)
+                c.connect(path)
+                c.send(json.dumps({"op": "status"}).encode())
+                answers.append(json.loads(c.recv(control.MAX_MESSAGE)))
+
+    threading.Thread(target=ask, daemon=True).start()
+    return answers
+
+
+def _spin(loop: object, done: Callable[[], bool], timeout: float = 20) -> None:
+    from cni_bridge.ports.loop import Loop
+
+    assert isinstance(loop, Loop)
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline
+        loop.run_once(0.05)
+
+
 def test_the_control_loop_outlives_a_lack_of_descriptors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Every relayed connection costs the holder two descriptors, and anyone on the host can
     # open connections to [::1]:port: at its limit accept() fails with EMFILE. That must not
     # end the holder (every port let go, for a host program to take), only delay the answer.
-    import asyncio
     import socket
 
-    from cni_bridge.ports import control
     from cni_bridge.ports import holder as holder_mod
 
+    failures = [OSError(errno.EMFILE, "Too many open files")] * 2
+
+    class Flaky(socket.socket):
+        def accept(self) -> tuple[socket.socket, object]:
+            if failures:
+                raise failures.pop()
+            return super().accept()
+
     path = str(tmp_path / "ctl.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener = Flaky(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     listener.bind(path)
     listener.listen(8)
     listener.setblocking(False)
-    failures = [OSError(errno.EMFILE, "Too many open files")] * 2
-
-    def ask_status() -> object:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
-            c.settimeout(10)
-            c.connect(path)
-            c.send(json.dumps({"op": "status"}).encode())
-            return json.loads(c.recv(control.MAX_MESSAGE))
-
-    async def scenario() -> object:
-        loop = asyncio.get_running_loop()
-        real = loop.sock_accept
-
-        async def flaky(sock: socket.socket) -> tuple[socket.socket, object]:
-            if failures:
-                raise failures.pop()
-            return await real(sock)
-
-        loop.sock_accept = flaky  # type: ignore[method-assign]
-        serving = loop.create_task(holder_mod._serve_control(Holder(Records(list)), listener))
-        try:
-            return await asyncio.wait_for(loop.run_in_executor(None, ask_status), 20)
-        finally:
-            serving.cancel()
-
     monkeypatch.setattr(holder_mod, "ACCEPT_RETRY", 0.01)
-    answer = asyncio.run(scenario())
+    holder = Holder(Records(list))
+    holder_mod.Control(holder, listener)
+    answers = _ask_status_from_a_thread(path)
+    _spin(holder.loop, lambda: len(answers) == 2)
     listener.close()
-    assert isinstance(answer, dict) and answer["held"] == [] and not failures
+    assert isinstance(answers[0], dict) and answers[0]["held"] == [] and not failures
 
 
 def test_a_holder_named_in_any_bytes_is_described(tmp_path: Path) -> None:
@@ -396,11 +412,9 @@ def test_a_holder_named_in_any_bytes_is_described(tmp_path: Path) -> None:
 def test_one_request_failing_does_not_end_the_holder(tmp_path: Path) -> None:
     # An exception out of one request ended the control loop, hence the holder: every port
     # let go (for a host program to take) and every relayed connection cut, for one message.
-    import asyncio
     import socket
     from typing import Any
 
-    from cni_bridge.ports import control
     from cni_bridge.ports import holder as holder_mod
 
     path = str(tmp_path / "ctl.sock")
@@ -412,32 +426,16 @@ def test_one_request_failing_does_not_end_the_holder(tmp_path: Path) -> None:
     real = holder.handle
     failures = [RuntimeError("a bug")]
 
-    async def handle(message: Any) -> dict[str, Any]:
+    def handle(message: Any) -> dict[str, Any]:
         if failures:
             raise failures.pop()
-        return await real(message)
+        return real(message)
 
     holder.handle = handle  # type: ignore[method-assign]
-
-    def ask_status() -> object:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as c:
-            c.settimeout(10)
-            c.connect(path)
-            c.send(json.dumps({"op": "status"}).encode())
-            return json.loads(c.recv(control.MAX_MESSAGE))
-
-    async def scenario() -> tuple[object, object]:
-        loop = asyncio.get_running_loop()
-        serving = loop.create_task(holder_mod._serve_control(holder, listener))
-        try:
-            first = await asyncio.wait_for(loop.run_in_executor(None, ask_status), 20)
-            second = await asyncio.wait_for(loop.run_in_executor(None, ask_status), 20)
-            assert not serving.done()
-            return first, second
-        finally:
-            serving.cancel()
-
-    first, second = asyncio.run(scenario())
+    holder_mod.Control(holder, listener)
+    answers = _ask_status_from_a_thread(path)
+    _spin(holder.loop, lambda: len(answers) == 2)  # the loop ran on: no exception out of it
     listener.close()
+    first, second = answers
     assert isinstance(first, dict) and "error" in first
     assert isinstance(second, dict) and second["held"] == []
