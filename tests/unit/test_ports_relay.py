@@ -253,3 +253,40 @@ def test_udp_replies_go_to_each_client_and_an_idle_flow_is_forgotten(
     spin(loop, lambda: not relay.flows)
     relay.close()
     target_sock.close()
+
+
+def test_a_target_that_does_not_answer_is_given_up_after_the_connect_timeout(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A listener whose accept queue is full drops further SYNs: a connection to it stays in
+    # progress, as to a container that is gone. The client's connection ends at the timeout.
+    monkeypatch.setattr(proxy, "CONNECT_TIMEOUT", 0.5)
+    up = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    up.bind(("127.0.0.1", 0))
+    up.listen(0)
+    target = Target("127.0.0.1", up.getsockname()[1])
+    fillers: list[socket.socket] = []
+    for _ in range(2):  # what the queue takes (backlog 0 takes one)
+        f = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        f.setblocking(False)
+        f.connect_ex((target.address, target.port))
+        fillers.append(f)
+    time.sleep(0.2)
+    sock = held("tcp")
+    relay = TcpRelay(loop, sock, lambda: target)
+    got: list[bytes] = []
+
+    def client() -> None:
+        with socket.create_connection(sock.getsockname()[:2], timeout=TIMEOUT) as c:
+            got.append(recv_all(c))
+
+    results = background(client)
+    spin(loop, lambda: bool(relay.conns) or finished(results))
+    assert not next(iter(relay.conns)).connected  # in progress, not refused
+    spin(loop, lambda: finished(results))
+    raised(results)
+    assert got == [b""] and not relay.conns
+    relay.close()
+    for f in fillers:
+        f.close()
+    up.close()
