@@ -147,6 +147,49 @@ def test_loopback6_reaches_the_container_outside_keeps_its_address(
     assert result["ips"]
 
 
+_SINK = r"""
+import hashlib, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 80))
+s.listen(1)
+print("ready", flush=True)
+conn, _ = s.accept()
+h, n = hashlib.sha256(), 0
+while data := conn.recv(65536):  # until the client's half-close arrives through the relay
+    h.update(data)
+    n += len(data)
+conn.sendall(f"{n} {h.hexdigest()}\n".encode() + bytes(range(256)) * 16384)
+conn.close()
+"""
+
+_SEND = r"""
+import hashlib, socket, sys, threading
+c = socket.create_connection(("::1", int(sys.argv[1])), timeout=30)
+payload = bytes(range(251)) * 20000
+def send():
+    c.sendall(payload)
+    c.shutdown(socket.SHUT_WR)
+t = threading.Thread(target=send)
+t.start()
+got = bytearray()
+while data := c.recv(65536):
+    got += data
+t.join()
+head, _, rest = bytes(got).partition(b"\n")
+print(head.decode(), len(payload), hashlib.sha256(payload).hexdigest(), rest == bytes(range(256)) * 16384)
+"""
+
+
+def test_loopback6_carries_megabytes_both_ways_and_the_half_close(lab: PluginLab) -> None:
+    start_agent(lab)
+    c = lab.container()
+    lab.add(conf(lab, dual=False), "held7", c)
+    lab.spawn(c, [sys.executable, "-c", _SINK], ready="ready")
+    out = lab.python(lab.host, _SEND.replace("sys.argv[1]", str(HOST_PORT))).split()
+    assert out[:2] == out[2:4] and out[4] == "True", (out, agent_log(lab))
+
+
 def test_loopback6_udp_is_relayed(lab: PluginLab) -> None:
     start_agent(lab)
     c = lab.container()
