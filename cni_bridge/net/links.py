@@ -163,12 +163,17 @@ class NetlinkOps(ContainerSide):
         self, rt: NetlinkSocket, index: int, bridge: str, iface: IPInterface
     ) -> None:
         family = AF_INET if iface.version == 4 else AF_INET6
+        host_addrs, host_routes = rtnl.host_addrs(rt, family), rtnl.host_routes(rt, family)
+        # Links last, so every link the addresses and routes name is in it: a concurrent ADD of
+        # this network may have made the bridge (and its address and route) since `index` was
+        # read, and what is on the bridge by its name is this network's own, not a conflict.
         names = {link.index: link.name for link in rtnl.dump_links(rt)}
-        addrs = [(names.get(i, str(i)), a) for i, a in rtnl.host_addrs(rt, family) if i != index]
+        own = {index} | {i for i, name in names.items() if name == bridge}
+        addrs = [(names.get(i, str(i)), a) for i, a in host_addrs if i not in own]
         routes = [
             (names.get(e.oif, "") if e.oif else "", *e.route)
-            for e in rtnl.host_routes(rt, family)
-            if e.oif != index
+            for e in host_routes
+            if e.oif not in own
         ]
         holder = subnet_holder(iface, addrs, routes)
         if holder is not None:

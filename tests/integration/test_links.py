@@ -301,6 +301,24 @@ def test_bridge_addr_conflicts_and_force(env: Env) -> None:
     assert have == {"10.9.0.1/24", "fd01::2/64", "fd02::1/64"}
 
 
+def test_subnet_check_does_not_count_the_networks_own_bridge_made_meanwhile(env: Env) -> None:
+    """The state a concurrent ADD of the same network leaves the check in: it looked the bridge
+    up (absent, index 0), then that ADD made it with the gateway address and its route. Those
+    are this network's own; another link's address or route in the subnet still is not."""
+    out = env.run(
+        """
+        ops.ensure_bridge("cbr0", None, False)
+        ops.ensure_bridge_addrs("cbr0", [I("10.66.0.1/24")], False)
+        rt = ops._rt()
+        out["own"] = err(ops._check_subnet_free, rt, 0, "cbr0", I("10.66.0.1/24"))
+        out["other"] = err(ops._check_subnet_free, rt, 0, "cbr9", I("10.66.0.1/24"))
+        """
+    )
+    assert out["own"] is None
+    assert out["other"][0] == "SubnetInUse"
+    assert "address 10.66.0.1/24 on cbr0" in out["other"][1]
+
+
 def test_port_isolation_and_promisc(env: Env) -> None:
     env.run(
         f"""
