@@ -33,20 +33,21 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _ours(found: dict[procs.Identity, str]) -> dict[procs.Identity, str]:
+    if not found:
+        return found
     mine = procs.with_descendants([os.getpid()])
     return {ident: where for ident, where in found.items() if ident in mine}
 
 
 def _bundle_processes() -> dict[procs.Identity, str]:
+    """This run's processes that run this checkout's bundle."""
     found: dict[procs.Identity, str] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) == os.getpid():
-            continue
+    for ident in procs.with_descendants([os.getpid()]):
         try:
-            exe = os.readlink(f"/proc/{name}/exe")
+            exe = os.readlink(f"/proc/{ident[0]}/exe")
         except OSError:
             continue
-        if exe.startswith(f"{BUNDLE}/") and (ident := procs.identity(int(name))) is not None:
+        if exe.startswith(f"{BUNDLE}/"):
             found[ident] = "this checkout's bundle"
     return found
 
@@ -58,18 +59,9 @@ def _reap(found: dict[procs.Identity, str], when: str) -> None:
 
 
 def _reap_zombies() -> None:
-    me = os.getpid()
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if state == "Z" and int(ppid) == me:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(int(name), os.WNOHANG)
+    for pid in procs.zombie_children(os.getpid()):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -81,7 +73,7 @@ def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if os.geteuid() == 0 and (found := _ours(_bundle_processes())):
+    if os.geteuid() == 0 and (found := _bundle_processes()):
         _reap(found, "at the end of the run")
     if _LEAKS and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -30,6 +30,7 @@ import pytest
 
 from cni_bridge.resident import client, naming, protocol, spawn, waiting, worker
 from cni_bridge.state import HOST_VETH_PREFIX
+from tests.lab.procs import command_line as cmdline
 
 ROOT = Path(__file__).resolve().parents[2]
 HANDLER = "tests.integration.test_resident:fake_handle"
@@ -225,13 +226,6 @@ def pids_in_netns(ns: str) -> list[int]:
             if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
                 pids.append(int(entry))
     return pids
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def residents_in(ns: str) -> list[int]:

@@ -103,10 +103,15 @@ def delete(namespaces: Sequence[Netns]) -> None:
     _batch((f"netns del {ns.name}" for ns in namespaces if ns.exists()), check=False)
 
 
-def stale(prefix: str) -> list[Netns]:
-    """Namespaces named `<prefix>-*` left by a run that was killed hard (SIGKILL, power loss)."""
+def named() -> list[Netns]:
+    """Every namespace that has a name (an `ip netns` mount), sorted."""
     try:
         names = os.listdir(NETNS_DIR)
     except FileNotFoundError:
         return []
-    return [Netns(n) for n in sorted(names) if n.startswith(f"{prefix}-")]
+    return [Netns(n) for n in sorted(names)]
+
+
+def stale(prefix: str) -> list[Netns]:
+    """Namespaces named `<prefix>-*` left by a run that was killed hard (SIGKILL, power loss)."""
+    return [ns for ns in named() if ns.name.startswith(f"{prefix}-")]

@@ -14,7 +14,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from tests.lab.netns import NETNS_DIR, Netns
+from tests.lab import netns
+from tests.lab.netns import Netns
 
 Identity = tuple[int, str]  # (pid, start time in clock ticks since boot)
 
@@ -125,23 +126,23 @@ def peak_rss_kib(pid: int) -> int | None:
 def orphans() -> dict[Identity, str]:
     """Processes in a network namespace a lab created and has since deleted: started inside it
     after the lab's last look (an agent a late plugin call spawned), they keep it alive."""
-    named = set()
-    for ns in netns_listing():
-        if (ident := ns.identity()) is not None:
-            named.add(ident)
+    named = {ident for ns in netns.named() if (ident := ns.identity()) is not None}
     gone = {ident: Netns(name) for ident, name in CREATED.items() if ident not in named}
     return {proc: ns.name for proc, ns in in_identities(gone).items()}
 
 
-def netns_listing() -> list[Netns]:
-    try:
-        return [Netns(n) for n in os.listdir(NETNS_DIR)]
-    except FileNotFoundError:
-        return []
+def zombie_children(parent: int) -> list[int]:
+    """The children of `parent` that have exited and wait to be reaped."""
+    return [
+        pid
+        for pid in _pids()
+        if (fields := _stat_fields(pid)) is not None and fields[0] == "Z" and int(fields[1]) == parent
+    ]
 
 
 def command_line(pid: int) -> str:
+    """Its argv joined by spaces; "" once it is gone."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
-        return "?"
+        return ""
