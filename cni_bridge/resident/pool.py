@@ -12,9 +12,10 @@ Workers are reused. A fresh fork pays for the fork (~2 ms), for ~1500 copy-on-wr
 CPython touches the parent's objects (a warm ADD took 17 ms in a fresh fork, 10.5 ms in a
 process that had run one) and for the engine's per-process set-up (`prepare()`: the libnftables
 context). So after a request a worker says it is free on a channel to the parent, and the
-parent hands it the next connection as a descriptor; up to `--pool` free workers are kept, and
-one spare is always forked ahead, so a request finds a prepared worker waiting even after the
-last one left; a connection that finds none gets a fresh fork, which may join the pool
+parent hands it the next connection as a descriptor; up to `--pool` free workers are kept (one
+once requests stop for SHRINK_AFTER), and a spare is forked ahead when the last free worker is
+still busy SPARE_DELAY after it was taken, so a request finds a prepared worker waiting even
+after the last one left; a connection that finds none gets a fresh fork, which may join the pool
 afterwards, unless cores + 1 requests run already: then it waits a moment for the next worker to
 come free (`waiting`). A worker the request left unclean leaves after answering (`worker._fit`), as it does
 after `DEFAULT_MAX_REQUESTS`; one that served a caller from another mount namespace comes back
