@@ -69,7 +69,7 @@ def check(request: Request, conf: NetConf, deps: Deps, sandbox: str = "") -> lis
         problems.append(f"host veth {att.host_veth} is missing")
     else:
         bridge = deps.net.host_link(conf.bridge)
-        if bridge is None or host.master != bridge.index:
+        if bridge is None or host.master != bridge.ifindex:
             problems.append(f"host veth {att.host_veth} is not attached to bridge {conf.bridge}")
     problems.extend(deps.firewall.check_attachment(*record_fw(conf, att)))
     if conf.ipspoofchk:

@@ -126,7 +126,7 @@ def _net_steps(n: Network, members: Sequence[Member], seen: Observed, out: Plan)
     publishes = any(m.fw.port_mappings for m in members)
     for m in members:
         veth = seen.links[m.record.host_veth]
-        if br is None or veth is None or veth.master != br.index:
+        if br is None or veth is None or veth.master != br.ifindex:
             hairpin = conf.hairpin_mode or bool(m.fw.port_mappings)
             out.steps.append(
                 Step(PORT, f"host veth {m.record.host_veth} of {m.fw.owner} is not on bridge {n.bridge}",

@@ -62,17 +62,17 @@ class ContainerSide:
             link = get_link(ct, name=ifname)
             if link is None:
                 raise LinkNotFound(ifname, netns_path)
-            rtnl.set_container_af(ct, link.index, ifname, link_local=ipv6)
+            rtnl.set_container_af(ct, link.ifindex, ifname, link_local=ipv6)
             for iface in addrs:
-                rtnl.add_addr(ct, link.index, iface, ifname, nodad=not enable_dad)
+                rtnl.add_addr(ct, link.ifindex, iface, ifname, nodad=not enable_dad)
             if not link.up:
-                rtnl.set_link(ct, link.index, f"bringing up {ifname}", up=True)
+                rtnl.set_link(ct, link.ifindex, f"bringing up {ifname}", up=True)
             for dst, gateway in routes:
-                rtnl.add_route(ct, link.index, dst, gateway, ifname)
-            self._wait_ready(ct, link.index, ifname, netns_path)
+                rtnl.add_route(ct, link.ifindex, dst, gateway, ifname)
+            self._wait_ready(ct, link.ifindex, ifname, netns_path)
             wanted6: set[IPInterface] = {a for a in addrs if a.version == 6}
             if enable_dad and wanted6:
-                self._wait_dad(ct, link.index, ifname, wanted6)
+                self._wait_dad(ct, link.ifindex, ifname, wanted6)
 
     def _wait_ready(self, ct: NetlinkSocket, index: int, ifname: str, netns_path: str) -> None:
         """Until the container end is operationally up and the host end forwards on the bridge
@@ -115,14 +115,14 @@ class ContainerSide:
                 return None
             return ContainerView(
                 name=link.name,
-                index=link.index,
+                ifindex=link.ifindex,
                 mac=link.mac,
                 mtu=link.mtu,
                 kind=link.kind,
                 oper_up=link.oper_up,
                 peer_index=link.peer_index,
-                addresses=tuple(a.iface for a in dump_addrs(ct, link.index)),
-                routes=tuple(rtnl.dump_routes(ct, link.index)),
+                addresses=tuple(a.iface for a in dump_addrs(ct, link.ifindex)),
+                routes=tuple(rtnl.dump_routes(ct, link.ifindex)),
             )
 
     def delete_container_link(self, netns_path: str, ifname: InterfaceName) -> bool:

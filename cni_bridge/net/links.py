@@ -109,21 +109,21 @@ class NetlinkOps(ContainerSide):
         if created and mark:
             # The kernel takes no alias in the creating message: set right after. Only a
             # bridge carrying it is ever deleted by us (remove_bridge).
-            rtnl.set_alias(rt, link.index, name, mark)
+            rtnl.set_alias(rt, link.ifindex, name, mark)
         # A bridge takes the lowest MAC of its ports unless its own was set explicitly.
         mac = link.mac if created or not _mac_is_pinned(name) else None
         new_mtu = mtu if mtu and mtu != link.mtu else None
         filtering = vlan_filtering and not link.vlan_filtering
         if mac is not None or new_mtu or filtering or not link.up:
             rtnl.set_link(
-                rt, link.index, f"configuring bridge {name}", up=True, mac=mac, mtu=new_mtu,
+                rt, link.ifindex, f"configuring bridge {name}", up=True, mac=mac, mtu=new_mtu,
                 vlan_filtering=filtering, vlan=vlan_filtering,
             )  # fmt: skip
         # We own the bridge's routes: no router advertisements (as the reference plugin).
         if inet6_conf(link, DEVCONF_ACCEPT_RA) not in (0, None):
             sysctl.write(f"net/ipv6/conf/{name}/accept_ra", "0", missing_ok=True)
         self._bridges[name] = link
-        return LinkInfo(name, link.index, link.mac, mtu or link.mtu, created=created)
+        return LinkInfo(name, link.ifindex, link.mac, mtu or link.mtu, created=created)
 
     def ensure_bridge_addrs(
         self, name: InterfaceName, addrs: Sequence[IPInterface], force: bool
@@ -134,22 +134,22 @@ class NetlinkOps(ContainerSide):
             raise LinkNotFound(name, None)
         seen = self._seen_addrs.pop(name, None)
         # Read once per ADD: a bridge made again meanwhile has another index, and is read anew.
-        if seen is not None and seen[0] == link.index:
+        if seen is not None and seen[0] == link.ifindex:
             existing = seen[1]
         else:
-            existing = [a.iface for a in dump_addrs(rt, link.index)]
+            existing = [a.iface for a in dump_addrs(rt, link.ifindex)]
         remove, add = plan_bridge_addrs(name, existing, addrs, force)
         for iface in remove:
-            rtnl.del_addr(rt, link.index, iface, name)
+            rtnl.del_addr(rt, link.ifindex, iface, name)
         for iface in add:
             # NODAD: the gateway address must answer at once, not after ~1 s of DAD.
-            rtnl.add_addr(rt, link.index, iface, name, nodad=True)
+            rtnl.add_addr(rt, link.ifindex, iface, name, nodad=True)
         return add
 
     def check_subnets_free(self, bridge: InterfaceName, addrs: Sequence[IPInterface]) -> None:
         rt = self._rt()
         link = get_link(rt, name=bridge)
-        index = link.index if link is not None else 0
+        index = link.ifindex if link is not None else 0
         have = [a.iface for a in dump_addrs(rt, index)] if link is not None else []
         if link is not None:
             self._seen_addrs[bridge] = (index, have)
@@ -167,7 +167,7 @@ class NetlinkOps(ContainerSide):
         # Links last, so every link the addresses and routes name is in it: a concurrent ADD of
         # this network may have made the bridge (and its address and route) since `index` was
         # read, and what is on the bridge by its name is this network's own, not a conflict.
-        names = {link.index: link.name for link in rtnl.dump_links(rt)}
+        names = {link.ifindex: link.name for link in rtnl.dump_links(rt)}
         own = {index} | {i for i, name in names.items() if name == bridge}
         addrs = [(names.get(i, str(i)), a) for i, a in host_addrs if i not in own]
         routes = [
@@ -185,14 +185,14 @@ class NetlinkOps(ContainerSide):
         if link is None:
             return
         for iface in addrs:
-            rtnl.del_addr(rt, link.index, iface, name)
+            rtnl.del_addr(rt, link.ifindex, iface, name)
 
     def remove_bridge(self, name: InterfaceName, mark: str) -> bool:
         rt = self._rt()
         link = get_link(rt, name=name)
         if link is None or link.kind != "bridge" or not mark or link.alias != mark:
             return False
-        if rtnl.dump_links(rt, master=link.index):
+        if rtnl.dump_links(rt, master=link.ifindex):
             return False  # a port of someone else's (or a concurrent ADD's) is on it
         self._bridges.pop(name, None)
         return rtnl.delete_link(rt, name)
@@ -224,20 +224,20 @@ class NetlinkOps(ContainerSide):
             if br.kind != "bridge":
                 raise NotABridge(bridge, br.kind)
             try:
-                rtnl.new_veth(rt, host_name, ifname, nsfd, br.index, mtu, container_mac)
+                rtnl.new_veth(rt, host_name, ifname, nsfd, br.ifindex, mtu, container_mac)
             except NetlinkError:  # EEXIST: which of the two names?
                 raise self._existing(rt, nsfd, netns_path, host_name, ifname) from None
             try:
                 host = get_link(rt, name=host_name)
                 if host is None:
                     raise LinkNotFound(host_name, None)
-                rtnl.set_port_af(rt, host.index, host_name)
+                rtnl.set_port_af(rt, host.ifindex, host_name)
                 if hairpin or port_isolation or vlans:
-                    rtnl.set_bridge_port(rt, host.index, host_name, hairpin, port_isolation, vlans)
-                rtnl.set_link(rt, host.index, f"bringing up {host_name}", up=True)
+                    rtnl.set_bridge_port(rt, host.ifindex, host_name, hairpin, port_isolation, vlans)
+                rtnl.set_link(rt, host.ifindex, f"bringing up {host_name}", up=True)
                 if promisc and not br.flags & IFF_PROMISC:
                     what = f"setting promiscuous mode on {bridge}"
-                    rtnl.set_link(rt, br.index, what, promisc=True)
+                    rtnl.set_link(rt, br.ifindex, what, promisc=True)
                 with NetlinkSocket.open_in(nsfd) as ct:
                     peer = get_link(ct, name=ifname)
                 if peer is None:
@@ -249,8 +249,8 @@ class NetlinkOps(ContainerSide):
         finally:
             os.close(nsfd)
         return (
-            LinkInfo(host.name, host.index, host.mac, host.mtu),
-            LinkInfo(peer.name, peer.index, peer.mac, peer.mtu),
+            LinkInfo(host.name, host.ifindex, host.mac, host.mtu),
+            LinkInfo(peer.name, peer.ifindex, peer.mac, peer.mtu),
         )
 
     def _existing(
@@ -272,7 +272,7 @@ class NetlinkOps(ContainerSide):
             return None
         return HostLink(
             name=link.name,
-            index=link.index,
+            ifindex=link.ifindex,
             mac=link.mac,
             mtu=link.mtu,
             kind=link.kind,
@@ -303,7 +303,7 @@ class NetlinkOps(ContainerSide):
         if br is None:
             return []
         # Names the kernel reports pass its own rule, which is the one InterfaceName checks.
-        return sorted(InterfaceName(link.name) for link in rtnl.dump_links(rt, master=br.index))
+        return sorted(InterfaceName(link.name) for link in rtnl.dump_links(rt, master=br.ifindex))
 
     # sysctls (host namespace)
 
@@ -327,16 +327,16 @@ class NetlinkOps(ContainerSide):
 
     def link_addrs(self, name: InterfaceName) -> list[IPInterface]:
         link = get_link(self._rt(), name=name)
-        return [] if link is None else [a.iface for a in dump_addrs(self._rt(), link.index)]
+        return [] if link is None else [a.iface for a in dump_addrs(self._rt(), link.ifindex)]
 
     def attach_port(self, port: InterfaceName, bridge: InterfaceName, hairpin: bool) -> None:
         rt = self._rt()
         br, link = get_link(rt, name=bridge), get_link(rt, name=port)
         if br is None or link is None:
             raise LinkNotFound(bridge if br is None else port, None)
-        rtnl.set_link(rt, link.index, f"attaching {port} to {bridge}", up=True, master=br.index)
+        rtnl.set_link(rt, link.ifindex, f"attaching {port} to {bridge}", up=True, master=br.ifindex)
         if hairpin:
-            rtnl.set_bridge_port(rt, link.index, port, hairpin, bool(link.isolated), [])
+            rtnl.set_bridge_port(rt, link.ifindex, port, hairpin, bool(link.isolated), [])
 
 
 def _conforms(ops: NetlinkOps) -> NetOps:

@@ -8,8 +8,7 @@ namespace is always given as a path (`/run/netns/x`, `/proc/<pid>/ns/net`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from cni_bridge.domain import InterfaceName, MacAddress, VlanId
 
@@ -100,21 +99,22 @@ class LinkNotReady(NetError):
 # --- results --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LinkInfo:
+# NamedTuples, not frozen dataclasses: the same immutable, hashable records without the methods
+# a dataclass compiles at import, and no `dataclasses` (nor the `inspect` it imports) on the
+# exec'd path. A NamedTuple's field cannot be called `index` (tuple's method): hence `ifindex`.
+class LinkInfo(NamedTuple):
     name: str
-    index: int
+    ifindex: int
     mac: str  # lower-case, colon separated
     mtu: int
     created: bool = False  # ensure_bridge made it (rather than found it)
 
 
-@dataclass(frozen=True)
-class HostLink:
+class HostLink(NamedTuple):  # a NamedTuple: see LinkInfo
     """A host link as CHECK needs to see it."""
 
     name: str
-    index: int
+    ifindex: int
     mac: str
     mtu: int
     kind: str | None  # "bridge", "veth", ...; None for devices without a kind (physical)
@@ -128,19 +128,18 @@ class HostLink:
     peer_netnsid: int | None = None  # set when a veth's peer is in another namespace
 
 
-@dataclass(frozen=True)
-class ContainerView:
+class ContainerView(NamedTuple):  # a NamedTuple: see LinkInfo
     """The container interface as it is now (for CHECK)."""
 
     name: str
-    index: int
+    ifindex: int
     mac: str
     mtu: int
     kind: str | None
     oper_up: bool
     peer_index: int | None  # ifindex of the host end, for a veth
-    addresses: tuple[IPInterface, ...] = field(default=())
-    routes: tuple[Route, ...] = field(default=())  # main-table routes through this interface
+    addresses: tuple[IPInterface, ...] = ()
+    routes: tuple[Route, ...] = ()  # main-table routes through this interface
 
 
 # --- the operations -------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from ipaddress import ip_address, ip_interface, ip_network
 from socket import AF_INET, AF_INET6
 from typing import NamedTuple
@@ -198,10 +197,12 @@ def af_spec_msg(index: int, *blocks: bytes) -> bytes:
     return _ifinfo(index) + attr(IFLA_AF_SPEC, b"".join(blocks))
 
 
-@dataclass(frozen=True)
-class Link:
+# NamedTuples (Link, Addr, RouteEntry), not frozen dataclasses: the same immutable, hashable
+# records without the methods a dataclass compiles at import (no `dataclasses`, nor the `inspect`
+# it imports, on the exec'd path). `ifindex`: a NamedTuple's field cannot be called `index`.
+class Link(NamedTuple):
     name: str
-    index: int
+    ifindex: int
     flags: int
     mtu: int
     mac: str
@@ -245,7 +246,7 @@ def parse_link(payload: bytes) -> Link:
     oper = attrs.get(IFLA_OPERSTATE)
     return Link(
         name=as_str(attrs.get(IFLA_IFNAME)) or "",
-        index=index,
+        ifindex=index,
         flags=flags,
         mtu=as_u32(attrs.get(IFLA_MTU)) or 0,
         mac=":".join(f"{b:02x}" for b in attrs.get(IFLA_ADDRESS, b"")),
@@ -297,10 +298,7 @@ def parse_forwarding(payload: bytes) -> int | None:
 # --- addresses ------------------------------------------------------------------------------
 
 
-# NamedTuples, not frozen dataclasses: the same immutable, hashable records, without the six
-# methods a frozen dataclass compiles at import (~2.5 M instructions each of every cold exec).
-# (Link stays a dataclass: a NamedTuple's own `index` method would clash with its field.)
-class Addr(NamedTuple):
+class Addr(NamedTuple):  # a NamedTuple: see Link
     iface: IPInterface
     flags: int
 
@@ -368,7 +366,7 @@ def dump_table_msg(family: int) -> bytes:
     return RTMSG.pack(family, 0, 0, 0, RT_TABLE_MAIN, 0, 0, 0, 0)
 
 
-class RouteEntry(NamedTuple):  # a NamedTuple: see Addr
+class RouteEntry(NamedTuple):  # a NamedTuple: see Link
     route: Route
     oif: int | None
     table: int

@@ -41,7 +41,7 @@ def err(fn, *a, **k):
         return [type(exc).__name__, str(exc)]
     return None
 def info(li):
-    return {"name": li.name, "index": li.index, "mac": li.mac, "mtu": li.mtu}
+    return {"name": li.name, "index": li.ifindex, "mac": li.mac, "mtu": li.mtu}
 NETNS_BEFORE = os.readlink("/proc/thread-self/ns/net")
 """
 
@@ -247,7 +247,7 @@ def test_ensure_bridge_concurrent_creators(env: Env) -> None:
     import time
     start = float(sys.argv[1])
     time.sleep(max(0.0, start - time.time()))
-    out["idx"] = [ops.ensure_bridge(f"cbrace{i}", 1400, False).index for i in range(15)]
+    out["idx"] = [ops.ensure_bridge(f"cbrace{i}", 1400, False).ifindex for i in range(15)]
     """
     prog = PRELUDE + textwrap.dedent(code) + EPILOGUE
     start = str(time.time() + 1.0)
@@ -416,10 +416,10 @@ def test_container_view_and_delete(env: Env) -> None:
         ops.configure_container(p, "eth0", [I("10.3.0.2/24")],
                                 [(N("0.0.0.0/0"), A("10.3.0.1")), (N("10.50.0.0/16"), None)])
         v = ops.container_view(p, "eth0")
-        out["view"] = [v.mac, v.mtu, v.kind, v.oper_up, v.peer_index == h.index,
+        out["view"] = [v.mac, v.mtu, v.kind, v.oper_up, v.peer_index == h.ifindex,
                        sorted(map(str, v.addresses)), sorted((str(d), str(g)) for d, g in v.routes)]
         hl = ops.host_link("vethcbB0")
-        out["host"] = [hl.kind, hl.master == ops.host_link("cbr0").index, hl.peer_index == c.index]
+        out["host"] = [hl.kind, hl.master == ops.host_link("cbr0").ifindex, hl.peer_index == c.ifindex]
         out["missing_if"] = ops.container_view(p, "eth9")
         out["exists"] = [ops.link_exists("vethcbB0"), ops.link_exists("vethcbB9")]
         out["del"] = [ops.delete_container_link(p, "eth0"), ops.delete_container_link(p, "eth0")]

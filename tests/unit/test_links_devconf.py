@@ -9,7 +9,6 @@ import errno
 import os
 import socket
 import struct
-from dataclasses import replace
 from ipaddress import ip_address, ip_interface, ip_network
 from socket import AF_INET, AF_INET6
 from typing import Any
@@ -33,7 +32,7 @@ from cni_bridge.net.netlink import (
 
 BASE = M.Link(
     name="br0",
-    index=3,
+    ifindex=3,
     flags=0,
     mtu=1500,
     mac="",
@@ -208,7 +207,7 @@ def test_link_replies_encoded_by_pyroute2_parse() -> None:
         ("IFLA_LINK", 2), ("IFLA_MASTER", 3), ("IFLA_OPERSTATE", "UP"), ("IFLA_LINKINFO", info),
     )  # fmt: skip
     link = M.parse_link(_payload(msg))
-    assert (link.name, link.index, link.mtu, link.mac) == ("vcb1", 12, 1450, "02:00:00:00:00:01")
+    assert (link.name, link.ifindex, link.mtu, link.mac) == ("vcb1", 12, 1450, "02:00:00:00:00:01")
     assert (link.kind, link.master, link.peer_index) == ("veth", 3, 2)
     assert link.up and link.oper_up
     assert (link.port_state, link.hairpin, link.isolated) == (3, True, None)
@@ -268,7 +267,7 @@ def _af_spec(inet: list[int] | None, inet6: list[int] | None) -> bytes:
 def test_ipv4_settings_are_indexed_by_devconf_id() -> None:
     values = [0] * 33
     values[M.IPV4_DEVCONF_ROUTE_LOCALNET - 1] = 1
-    link = replace(BASE, af_spec=_af_spec(values, None))
+    link = BASE._replace(af_spec=_af_spec(values, None))
     assert M.inet_conf(link, M.IPV4_DEVCONF_ROUTE_LOCALNET) == 1
     assert M.inet_conf(link, M.IPV4_DEVCONF_ARP_NOTIFY) == 0
     assert M.inet6_conf(link, M.DEVCONF_ACCEPT_RA) is None  # IPv6 off on the link
@@ -277,13 +276,13 @@ def test_ipv4_settings_are_indexed_by_devconf_id() -> None:
 def test_ipv6_settings_are_indexed_from_zero() -> None:
     values = [0] * 60
     values[M.DEVCONF_ACCEPT_RA] = 2
-    link = replace(BASE, af_spec=_af_spec([0] * 33, values))
+    link = BASE._replace(af_spec=_af_spec([0] * 33, values))
     assert M.inet6_conf(link, M.DEVCONF_ACCEPT_RA) == 2
 
 
 def test_missing_or_short_blocks_read_as_unknown() -> None:
     assert M.inet_conf(BASE, M.IPV4_DEVCONF_ROUTE_LOCALNET) is None
-    short = replace(BASE, af_spec=_af_spec([1] * 10, None))
+    short = BASE._replace(af_spec=_af_spec([1] * 10, None))
     assert M.inet_conf(short, M.IPV4_DEVCONF_ROUTE_LOCALNET) is None
 
 
