@@ -7,11 +7,11 @@ that need them, so VERSION stays cheap.
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Mapping
 
 from cni_bridge.errors import INTERNAL, CNIError
+from cni_bridge.log import getLogger
+from cni_bridge.log import setup_logging as setup_logging  # cli.py's operator commands
 from cni_bridge.protocol.request import parse_request
 from cni_bridge.protocol.versions import (
     CURRENT_VERSION,
@@ -22,39 +22,7 @@ from cni_bridge.protocol.versions import (
 )
 from cni_bridge.protocol.versions import dump as _dump
 
-log = logging.getLogger("cni_bridge")
-
-
-def setup_logging(env: Mapping[str, str], *, plugin: bool = True) -> None:
-    """CNI_BRIDGE_LOG_LEVEL for everything. Unset: CNI_BRIDGE_LOG_FILE gets INFO and up (an
-    operator who names a file wants the line each ADD/DEL/GC/sync writes, commands/report.py),
-    and stderr WARNING and up for a plugin exec (runtimes show a plugin's stderr). Operator
-    commands (`plugin=False`) leave stderr unlevelled, so that those that raise their own
-    loggers to INFO (`kube`, `routes`) are heard there."""
-    name = env.get("CNI_BRIDGE_LOG_LEVEL", "").upper()
-    level = logging.getLevelName(name) if name else None
-    if not isinstance(level, int):  # getLevelName maps unknown names to strings
-        level = None
-    stderr = logging.StreamHandler(sys.stderr)
-    if plugin:
-        stderr.setLevel(level if level is not None else logging.WARNING)
-    handlers: list[logging.Handler] = [stderr]
-    log_file = env.get("CNI_BRIDGE_LOG_FILE")
-    if log_file:
-        try:
-            handlers.append(logging.FileHandler(log_file))
-            handlers[-1].setLevel(level if level is not None else logging.INFO)
-        except OSError as exc:
-            sys.stderr.write(f"cni-bridge: cannot log to {log_file}: {exc}\n")
-    if level is None:
-        level = logging.INFO if len(handlers) > 1 else logging.WARNING
-    # force: a resident worker inherits its parent's handlers but must follow its caller's env.
-    logging.basicConfig(
-        force=True,
-        level=level,
-        format="%(asctime)s cni-bridge[%(process)d] %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-    )
+log = getLogger("cni_bridge")
 
 
 def warm() -> None:

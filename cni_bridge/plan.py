@@ -10,7 +10,6 @@ attachment, so the effects never reach back into the config or the mutable recor
 from __future__ import annotations
 
 import ipaddress
-import logging
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -18,13 +17,14 @@ from cni_bridge.dns.names import Entry, NetworkDNS, container_names, entry
 from cni_bridge.domain import InterfaceName, IPAddress, IPInterface, IPNetwork, MacAddress
 from cni_bridge.errors import INVALID_CONFIG, CNIError
 from cni_bridge.firewall.model import AttachmentFw, NetworkFw, PortMapping
+from cni_bridge.log import getLogger
 from cni_bridge.netconf import NetConf, PortMappingConf
 from cni_bridge.protocol.cniargs import CniArgs, normalize_mac, parse_cni_args
 from cni_bridge.protocol.request import Request
 from cni_bridge.protocol.result import DNS, Interface, IPConfig, Result, Route
 from cni_bridge.state import attachment_tag, host_veth_name
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 DEFAULT_V4 = ipaddress.ip_network("0.0.0.0/0")
 DEFAULT_V6 = ipaddress.ip_network("::/0")

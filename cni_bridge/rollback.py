@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
-log = logging.getLogger(__name__)
+from cni_bridge.log import getLogger
+
+log = getLogger(__name__)
 
 
 class Rollback:

@@ -14,15 +14,15 @@ import errno
 import hashlib
 import ipaddress
 import json
-import logging
 import os
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 from cni_bridge import atomic
+from cni_bridge.log import getLogger
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 STATE_DIR = ".cni-bridge"
 RECORD_VERSION = 1

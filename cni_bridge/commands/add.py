@@ -18,7 +18,6 @@ The attachment record is written where crash safety needs it, and nowhere else:
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import stat
 from collections.abc import Callable, Iterator, Mapping
@@ -45,6 +44,7 @@ from cni_bridge.errors import (
     TRY_AGAIN_LATER,
     CNIError,
 )
+from cni_bridge.log import getLogger
 from cni_bridge.net.netns import netns_cookie_of
 from cni_bridge.netconf import NetConf
 from cni_bridge.plan import (
@@ -62,7 +62,7 @@ from cni_bridge.protocol.result import DNS, Result, parse_result
 from cni_bridge.rollback import Rollback
 from cni_bridge.state import PHASE_READY, Attachment, boot_id, boot_time
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 
 def run(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> dict[str, Any]:

@@ -7,14 +7,15 @@ the node: `grep ' ADD \\| DEL \\| GC '`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from cni_bridge.log import getLogger
 
 if TYPE_CHECKING:
     from cni_bridge.netconf import NetConf
 
-log = logging.getLogger("cni_bridge.report")
+log = getLogger("cni_bridge.report")
 
 
 def owner(network: str, container_id: str, ifname: str) -> str:

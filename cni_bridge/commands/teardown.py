@@ -8,7 +8,6 @@ needs neither the container's namespace nor prevResult.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 from collections.abc import Mapping
 
@@ -23,10 +22,11 @@ from cni_bridge.commands.common import (
 from cni_bridge.commands.deps import Deps
 from cni_bridge.domain import InterfaceName
 from cni_bridge.ipam.store import UNREADABLE
+from cni_bridge.log import getLogger
 from cni_bridge.netconf import NetConf
 from cni_bridge.state import Attachment
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 
 def release_ipam(

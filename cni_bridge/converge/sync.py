@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,9 +22,10 @@ from cni_bridge.converge.apply import apply
 from cni_bridge.converge.observe import observe
 from cni_bridge.converge.planner import Plan, plan
 from cni_bridge.domain import DomainError, InterfaceName
+from cni_bridge.log import getLogger
 from cni_bridge.net.ops import NetError
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 
 @dataclass

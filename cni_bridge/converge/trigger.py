@@ -9,16 +9,16 @@ network's elements deleted one by one, a deleted bridge) is the agent's watch's,
 
 from __future__ import annotations
 
-import logging
 import socket
 import time
 
 from cni_bridge.commands.deps import Deps
+from cni_bridge.log import getLogger
 from cni_bridge.netconf import NetConf
 from cni_bridge.protocol.request import Request
 from cni_bridge.state import HOST_VETH_PREFIX, host_veth_name
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 
 def others_present(mine: str) -> bool:

@@ -7,9 +7,9 @@ directory listing and a pid check, a restart only when the server is gone.
 
 from __future__ import annotations
 
-import logging
+from cni_bridge.log import getLogger
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 SUPERVISE_EVERY = 5.0
 

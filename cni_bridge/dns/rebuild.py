@@ -10,7 +10,6 @@ periodic look: files and no server, start it.
 from __future__ import annotations
 
 import ipaddress
-import logging
 import os
 import socket
 from collections.abc import Iterable
@@ -21,11 +20,12 @@ from cni_bridge.dns.ops import upstream
 from cni_bridge.domain import IPAddress, container_id_problem, dns_name_problem
 from cni_bridge.errors import CNIError
 from cni_bridge.ipam.disk import DiskStore
+from cni_bridge.log import getLogger
 from cni_bridge.netconf import NetConf, load_netconf
 from cni_bridge.plan import dns_gateways
 from cni_bridge.state import PHASE_READY, STATE_DIR, Attachment, StateStore, boot_id
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 
 def _live(att: Attachment) -> bool:

@@ -22,7 +22,6 @@ DEL decides "last attachment of the network" under the network's lock.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -44,11 +43,12 @@ from cni_bridge.firewall.model import (
     TableView,
 )
 from cni_bridge.firewall.nftcall import NftablesError
+from cni_bridge.log import getLogger
 
 if TYPE_CHECKING:
     from cni_bridge.firewall.ops import FirewallOps
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 
 @contextmanager

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import logging
 import os
 import stat
 import time
@@ -21,8 +20,9 @@ from ipaddress import ip_address
 from cni_bridge import atomic
 from cni_bridge.domain import DEFAULT_DATA_DIR, IPAddress
 from cni_bridge.ipam.store import UNREADABLE, Owner, ReentrantLock
+from cni_bridge.log import getLogger
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 LAST_IP_PREFIX = "last_reserved_ip."
 LOCK_NAME = "lock"
 LINE_BREAK = "\r\n"

@@ -10,15 +10,15 @@ processes holding it. Works with no agent too (the ports are then checked, not h
 from __future__ import annotations
 
 import errno
-import logging
 from collections.abc import Callable, Collection, Iterable
 
 from cni_bridge.errors import PORT_CONFLICT, CNIError
 from cni_bridge.firewall.model import PortMapping
+from cni_bridge.log import getLogger
 from cni_bridge.ports import control, sockets
 from cni_bridge.ports.model import HoldKey, keys_for
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 Holders = Callable[[HoldKey], list[tuple[int, str]]]
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Protocol
 
 from cni_bridge.errors import PORT_CONFLICT, CNIError
 from cni_bridge.firewall.model import PortMapping
+from cni_bridge.log import getLogger
 
-log = logging.getLogger(__name__)
+log = getLogger(__name__)
 
 
 class HostPorts(Protocol):
