@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from cni_bridge.domain import DomainError, IPAddress, MacAddress
 from cni_bridge.errors import INVALID_ENV, CNIError
@@ -23,12 +23,13 @@ _TRUE = {"1", "true", "True", "TRUE", "t", "T"}
 _FALSE = {"0", "false", "False", "FALSE", "f", "F", ""}
 
 
-@dataclass(frozen=True)
-class CniArgs:
-    ips: tuple[IPAddress, ...] = ()
-    mac: MacAddress | None = None
-    pod: dict[str, str] = field(default_factory=dict)
-    ignore_unknown: bool = False
+# A NamedTuple, not a frozen dataclass (see protocol/request.py); built in one place
+# (parse_cni_args), every field given: no shared default for `pod`.
+class CniArgs(NamedTuple):
+    ips: tuple[IPAddress, ...]
+    mac: MacAddress | None
+    pod: dict[str, str]
+    ignore_unknown: bool
 
 
 def parse_cni_args(text: str) -> CniArgs:

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cni_bridge.domain import container_id_problem, ifname_problem
 from cni_bridge.errors import DECODE_FAILURE, INVALID_ENV, CNIError
@@ -20,16 +19,18 @@ from cni_bridge.protocol.versions import (
 )
 
 
-@dataclass(frozen=True)
-class Request:
+# A NamedTuple, not a frozen dataclass: no `dataclasses` (nor the `inspect` it imports) and no
+# compiled methods on the exec'd path. Built in one place (parse_request), every field given:
+# no shared default for `config`.
+class Request(NamedTuple):
     command: str
-    container_id: str = ""
-    netns: str = ""
-    ifname: str = ""
-    args: str = ""
-    path: tuple[str, ...] = ()
-    stdin: bytes = b""
-    config: dict[str, Any] = field(default_factory=dict)
+    container_id: str
+    netns: str
+    ifname: str
+    args: str
+    path: tuple[str, ...]
+    stdin: bytes
+    config: dict[str, Any]
 
     @property
     def cni_version(self) -> str:

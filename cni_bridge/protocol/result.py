@@ -7,16 +7,18 @@ plugins and CHECK/DEL hand us results written in the config's version. Pure, sta
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from cni_bridge.domain import IPAddress, IPInterface, IPNetwork
 from cni_bridge.errors import DECODE_FAILURE, CNIError
 from cni_bridge.protocol.versions import at_least, require_supported
+from cni_bridge.slotted import Slotted
+
+# Not dataclasses (see slotted.py): what is never changed once made is a NamedTuple (Interface,
+# IPConfig, Route); DNS and Result, filled in place, are Slotted.
 
 
-@dataclass
-class Interface:
+class Interface(NamedTuple):
     name: str
     mac: str = ""
     mtu: int = 0
@@ -25,8 +27,7 @@ class Interface:
     pci_id: str = ""
 
 
-@dataclass
-class IPConfig:
+class IPConfig(NamedTuple):
     address: IPInterface
     gateway: IPAddress | None = None
     interface: int | None = None
@@ -36,8 +37,7 @@ class IPConfig:
         return str(self.address.version)
 
 
-@dataclass
-class Route:
+class Route(NamedTuple):
     dst: IPNetwork
     gw: IPAddress | None = None
     mtu: int = 0
@@ -47,12 +47,20 @@ class Route:
     scope: int | None = None
 
 
-@dataclass
-class DNS:
-    nameservers: list[str] = field(default_factory=list)
-    domain: str = ""
-    search: list[str] = field(default_factory=list)
-    options: list[str] = field(default_factory=list)
+class DNS(Slotted):
+    __slots__ = ("domain", "nameservers", "options", "search")
+
+    def __init__(
+        self,
+        nameservers: list[str] | None = None,
+        domain: str = "",
+        search: list[str] | None = None,
+        options: list[str] | None = None,
+    ) -> None:
+        self.nameservers: list[str] = [] if nameservers is None else nameservers
+        self.domain = domain
+        self.search: list[str] = [] if search is None else search
+        self.options: list[str] = [] if options is None else options
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -78,12 +86,20 @@ class DNS:
         )
 
 
-@dataclass
-class Result:
-    interfaces: list[Interface] = field(default_factory=list)
-    ips: list[IPConfig] = field(default_factory=list)
-    routes: list[Route] = field(default_factory=list)
-    dns: DNS = field(default_factory=DNS)
+class Result(Slotted):
+    __slots__ = ("dns", "interfaces", "ips", "routes")
+
+    def __init__(
+        self,
+        interfaces: list[Interface] | None = None,
+        ips: list[IPConfig] | None = None,
+        routes: list[Route] | None = None,
+        dns: DNS | None = None,
+    ) -> None:
+        self.interfaces: list[Interface] = [] if interfaces is None else interfaces
+        self.ips: list[IPConfig] = [] if ips is None else ips
+        self.routes: list[Route] = [] if routes is None else routes
+        self.dns = DNS() if dns is None else dns
 
     def render(self, version: str) -> dict[str, Any]:
         """The result as the given spec version writes it (Go's omitempty rules included)."""
