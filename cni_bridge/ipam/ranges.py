@@ -9,8 +9,8 @@ set, so two range sets (one IPv4, one IPv6) make a dual-stack attachment.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_interface
+from typing import NamedTuple
 
 from cni_bridge.domain import IPAddress, IPInterface, IPNetwork
 
@@ -28,8 +28,17 @@ def _reserved_ints(subnet: IPNetwork) -> tuple[int, ...]:
     return (int(subnet.network_address),)
 
 
-@dataclass(frozen=True, init=False)
-class Range:
+class _RangeFields(NamedTuple):
+    subnet: IPNetwork
+    range_start: IPAddress
+    range_end: IPAddress
+    gateway: IPAddress
+
+
+# A NamedTuple (immutable, hashable, equal by its fields, as the frozen dataclass it was) whose
+# constructor fills in the defaults and validates: no `dataclasses` (nor the `inspect` it
+# imports) on the exec'd path, where every config's ranges are built.
+class Range(_RangeFields):
     """One contiguous range inside a subnet, with host-local's defaults filled in.
 
     Defaults: range_start = network + 1, range_end = last address (IPv4: broadcast - 1),
@@ -37,18 +46,15 @@ class Range:
     itself is inconsistent; checks that involve several ranges are in validate_range_set(s).
     """
 
-    subnet: IPNetwork
-    range_start: IPAddress
-    range_end: IPAddress
-    gateway: IPAddress
+    __slots__ = ()
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         subnet: IPNetwork,
         range_start: IPAddress | None = None,
         range_end: IPAddress | None = None,
         gateway: IPAddress | None = None,
-    ) -> None:
+    ) -> Range:
         if not isinstance(subnet, IPNetwork):
             raise ValueError(f"subnet {subnet!r} is not an IP network")
         if isinstance(subnet, IPv6Network) and subnet.subnet_of(_V4_MAPPED):
@@ -73,12 +79,10 @@ class Range:
             raise ValueError(f"rangeStart {start} is after rangeEnd {end} in network {subnet}")
         if int(gw) in _reserved_ints(subnet):
             raise ValueError(f"gateway {gw} is the network or broadcast address of {subnet}")
-        object.__setattr__(self, "subnet", subnet)
-        object.__setattr__(self, "range_start", start)
-        object.__setattr__(self, "range_end", end)
-        object.__setattr__(self, "gateway", gw)
+        self = super().__new__(cls, subnet, start, end, gw)
         if self.size() == 0:
             raise ValueError(f"range {self} in network {subnet} has no address to hand out")
+        return self
 
     @property
     def version(self) -> int:
