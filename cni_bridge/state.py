@@ -16,11 +16,11 @@ import ipaddress
 import json
 import os
 import time
-from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple
 
 from cni_bridge import atomic
 from cni_bridge.log import getLogger
+from cni_bridge.slotted import Slotted
 
 log = getLogger(__name__)
 
@@ -79,38 +79,73 @@ def process_start(pid: int) -> str:
     return fields[19] if len(fields) > 19 else ""
 
 
-@dataclass
-class Attachment:
-    network: str
-    container_id: str
-    ifname: str
-    netns: str = ""
-    # The namespace's nsfs inode at ADD: liveness the kernel can confirm from any mount
-    # namespace, where the path may not be visible (0 in records from before it was kept).
-    netns_inode: int = 0
-    # Its cookie (SO_NETNS_COOKIE), which unlike the inode number is never reused: an inode
-    # match is a live namespace only if the cookie matches too (0: not kept, or no kernel
-    # support; the inode alone then).
-    netns_cookie: int = 0
-    bridge: str = ""
-    host_veth: str = ""
-    tag: str = ""
-    boot_id: str = ""
-    created: float = 0.0
-    phase: str = PHASE_ADDING
-    ips: list[str] = field(default_factory=list)
-    port_mappings: list[dict[str, Any]] = field(default_factory=list)
-    runtime_holds_ports: bool = False  # podman's conmon holds them (cni_bridge/ports/model.py)
-    mac: str = ""
-    # The names containerDNS serves for it (dns/): withdrawn at DEL, rebuilt from records.
-    dns_names: list[str] = field(default_factory=list)
-    result: dict[str, Any] | None = None
-    # The process doing the ADD, so another ADD, DEL or GC can tell a crashed ADD (clean it up)
-    # from one still running (leave it alone).
-    pid: int = 0
-    pid_start: str = ""
-    # False for a stand-in built without a readable record: what it owns must be searched for.
-    recorded: bool = True
+# The fields of a record, as its JSON names them (and Attachment's attributes).
+_FIELDS = (
+    "network", "container_id", "ifname", "netns", "netns_inode", "netns_cookie", "bridge",
+    "host_veth", "tag", "boot_id", "created", "phase", "ips", "port_mappings",
+    "runtime_holds_ports", "mac", "dns_names", "result", "pid", "pid_start", "recorded",
+)
+
+
+class Attachment(Slotted):
+    """A record as the program holds it (a plain class, not a dataclass: see slotted.py)."""
+
+    __slots__ = _FIELDS
+
+    def __init__(
+        self,
+        network: str,
+        container_id: str,
+        ifname: str,
+        netns: str = "",
+        # The namespace's nsfs inode at ADD: liveness the kernel can confirm from any mount
+        # namespace, where the path may not be visible (0 in records from before it was kept).
+        netns_inode: int = 0,
+        # Its cookie (SO_NETNS_COOKIE), which unlike the inode number is never reused: an inode
+        # match is a live namespace only if the cookie matches too (0: not kept, or no kernel
+        # support; the inode alone then).
+        netns_cookie: int = 0,
+        bridge: str = "",
+        host_veth: str = "",
+        tag: str = "",
+        boot_id: str = "",
+        created: float = 0.0,
+        phase: str = PHASE_ADDING,
+        ips: list[str] | None = None,
+        port_mappings: list[dict[str, Any]] | None = None,
+        runtime_holds_ports: bool = False,  # podman's conmon holds them (cni_bridge/ports/model.py)
+        mac: str = "",
+        # The names containerDNS serves for it (dns/): withdrawn at DEL, rebuilt from records.
+        dns_names: list[str] | None = None,
+        result: dict[str, Any] | None = None,
+        # The process doing the ADD, so another ADD, DEL or GC can tell a crashed ADD (clean it
+        # up) from one still running (leave it alone).
+        pid: int = 0,
+        pid_start: str = "",
+        # False for a stand-in built without a readable record: what it owns must be searched for.
+        recorded: bool = True,
+    ) -> None:
+        self.network = network
+        self.container_id = container_id
+        self.ifname = ifname
+        self.netns = netns
+        self.netns_inode = netns_inode
+        self.netns_cookie = netns_cookie
+        self.bridge = bridge
+        self.host_veth = host_veth
+        self.tag = tag
+        self.boot_id = boot_id
+        self.created = created
+        self.phase = phase
+        self.ips: list[str] = [] if ips is None else ips
+        self.port_mappings: list[dict[str, Any]] = [] if port_mappings is None else port_mappings
+        self.runtime_holds_ports = runtime_holds_ports
+        self.mac = mac
+        self.dns_names: list[str] = [] if dns_names is None else dns_names
+        self.result = result
+        self.pid = pid
+        self.pid_start = pid_start
+        self.recorded = recorded
 
     @classmethod
     def new(cls, network: str, container_id: str, ifname: str, netns: str) -> Attachment:
@@ -148,11 +183,10 @@ class Attachment:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Attachment:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in _KNOWN})
 
 
-_FIELDS = tuple(f.name for f in fields(Attachment))
+_KNOWN = frozenset(_FIELDS)
 
 
 # --------------------------------------------------------------------- reading a record

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -40,16 +39,31 @@ def kill_hook(target: str) -> Callable[[str], None]:
     return hook
 
 
-@dataclass
 class Deps:
-    net_factory: Callable[[], NetOps]
-    firewall_factory: Callable[[], FirewallOps]
-    hook: Callable[[str], None] = _no_hook
-    ports_factory: Callable[[], HostPorts] = field(default=lambda: _no_ports())
-    dns_factory: Callable[[], DnsOps] = _real_dns
-    _net: Any = field(default=None, repr=False)
-    _fw: Any = field(default=None, repr=False)
-    _dns: Any = field(default=None, repr=False)
+    """A plain class, not a dataclass (see cni_bridge/slotted.py): built on every request of
+    the exec'd plugin, which then need not import `dataclasses`."""
+
+    __slots__ = (
+        "_dns", "_fw", "_net", "dns_factory", "firewall_factory", "hook", "net_factory",
+        "ports_factory",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        net_factory: Callable[[], NetOps],
+        firewall_factory: Callable[[], FirewallOps],
+        hook: Callable[[str], None] = _no_hook,
+        ports_factory: Callable[[], HostPorts] | None = None,  # None: no held ports
+        dns_factory: Callable[[], DnsOps] = _real_dns,
+    ) -> None:
+        self.net_factory = net_factory
+        self.firewall_factory = firewall_factory
+        self.hook = hook
+        self.ports_factory = ports_factory or _no_ports
+        self.dns_factory = dns_factory
+        self._net: Any = None
+        self._fw: Any = None
+        self._dns: Any = None
 
     @property
     def net(self) -> NetOps:
