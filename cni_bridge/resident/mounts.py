@@ -27,7 +27,6 @@ logging) is set from the request.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import importlib
 import linecache
@@ -46,7 +45,9 @@ PROCESS_CACHES = (
     ("pydantic.plugin._loader", "_plugins"),  # plugins found through installed distributions
 )
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The program's own symbols, libc's among them: ctypes.util.find_library would import shutil,
+# subprocess, tempfile, bz2 and lzma into the agent, and run `ldconfig -p` to find "libc.so.6".
+_libc = ctypes.CDLL(None, use_errno=True)
 _MISSING = object()
 
 

@@ -13,7 +13,8 @@ CPython touches the parent's objects (a warm ADD took 17 ms in a fresh fork, 10.
 process that had run one) and for the engine's per-process set-up (`prepare()`: the libnftables
 context). So after a request a worker says it is free on a channel to the parent, and the
 parent hands it the next connection as a descriptor; up to `--pool` free workers are kept (one
-once requests stop for SHRINK_AFTER), and a spare is forked ahead when the last free worker is
+once requests stop for SHRINK_AFTER: a fresh fork, which owns far fewer pages than one that
+served), and a spare is forked ahead when the last free worker is
 still busy SPARE_DELAY after it was taken, so a request finds a prepared worker waiting even
 after the last one left; a connection that finds none gets a fresh fork, which may join the pool
 afterwards, unless cores + 1 requests run already: then it waits a moment for the next worker to
@@ -72,7 +73,9 @@ DEFAULT_MAX_REQUESTS = 1000
 # Free workers kept once requests stop: each idle worker that has served costs ~7-10 MiB of
 # pages of its own (what it dirtied since its fork), the agent's whole budget being 40 MiB.
 IDLE_POOL = 1
-SHRINK_AFTER = 2.0  # seconds without a request before the pool shrinks to IDLE_POOL
+# Seconds without a request before the pool shrinks to IDLE_POOL, and that one is a fresh fork
+# that has not rehearsed (see _renew).
+SHRINK_AFTER = 2.0
 # A spare is forked this long after the last free worker was taken, if it is still busy: most
 # requests are back sooner, and a spare forked at once (and rehearsing) ran beside every
 # request on the same cores, to be sent away as surplus once the worker was back.
@@ -185,8 +188,8 @@ class Server:
             if not self.workers:
                 if self.stopping:
                     break
-                if len(self.free) > IDLE_POOL and now - self.last_demand >= SHRINK_AFTER:
-                    self._trim(IDLE_POOL)
+                if now - self.last_demand >= SHRINK_AFTER and self._renewable():
+                    self._renew()
                 if self.idle > 0 and now - self.last_activity >= self.idle:
                     if not attachments_present():
                         log("idle, leaving")
@@ -207,7 +210,7 @@ class Server:
             timeout = min(next_check - now, *(duty.due_in() for duty in self._duties), dns.next - now)
             if not self.workers and self.idle > 0:
                 timeout = min(timeout, self.idle - (now - self.last_activity))
-            if not self.workers and len(self.free) > IDLE_POOL:
+            if not self.workers and self._renewable():
                 timeout = min(timeout, self.last_demand + SHRINK_AFTER - now)
             if self._spare_due() > now:
                 timeout = min(timeout, self._spare_due() - now)
@@ -310,8 +313,9 @@ class Server:
 
     # --- the pool
 
-    def _fork_worker(self, conn: socket.socket | None) -> None:
-        """A new worker for `conn`, or (None) a free one waiting in the pool."""
+    def _fork_worker(self, conn: socket.socket | None, rehearse: bool = True) -> None:
+        """A new worker for `conn`, or (None) a free one waiting in the pool, which rehearses
+        unless told not to."""
         channel = parent_end = None
         if self.pool_size > 0:
             try:
@@ -340,6 +344,7 @@ class Server:
                 max_requests=self.max_requests,
                 preloaded=self._preloaded,
                 forget_parent=self._forget_parent,
+                rehearse=rehearse,
             )
         if channel is not None and parent_end is not None:
             channel.close()
@@ -411,6 +416,25 @@ class Server:
                 self._fork_worker(conn)
             conn.close()
         self._trim(self.pool_size)
+
+    def _renewable(self) -> bool:
+        """Whether the idle pool is more than one worker that has not served (see _renew)."""
+        return len(self.free) > IDLE_POOL or any(w.served for w in self.free)
+
+    def _renew(self) -> None:
+        """Requests stopped: keep one free worker, a fresh fork that has not rehearsed. A worker
+        that served owns the pages it wrote (~9-10 MiB: reference counts of every object its
+        requests touched, its own allocations); a rehearsed spare ~8; a fresh fork that only
+        prepared ~3.5, for ~1100 more copy-on-write faults (a few ms) in the next request. The
+        spare forked at start still rehearses: the first request after the agent started is
+        often the one a runtime waits for, and it stays until it serves."""
+        if not any(w.served for w in self.free):
+            self._trim(IDLE_POOL)
+            return
+        for worker in list(self.free):
+            self._close_channel(worker)
+        if not self.stopping and self.pool_size > 0:
+            self._fork_worker(None, rehearse=False)
 
     def _trim(self, keep: int) -> None:
         """Keep the `keep` warmest free workers; the others read EOF and leave. The warmest has

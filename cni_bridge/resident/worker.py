@@ -169,10 +169,12 @@ def run(
     max_requests: int,
     preloaded: frozenset[str],
     forget_parent: Callable[[], None],
+    rehearse: bool = True,
 ) -> NoReturn:
     """In a fresh fork: serve `conn`, then (with a channel) further connections the parent
     hands over while this process stays fit to: see `_fit`. `forget_parent` closes what the
-    fork inherited of the parent's own state. Never returns."""
+    fork inherited of the parent's own state; `rehearse`: a spare (no `conn`) rehearses.
+    Never returns."""
     status = WORKER_NOT_RUN
     try:
         signal.set_wakeup_fd(-1)
@@ -186,7 +188,7 @@ def run(
                 engine.prepare()
             # A spare, forked ahead of any request, touches what a request will (its pages
             # copied now, not while a caller waits); one forked for a waiting caller does not.
-            if conn is None and engine.rehearse is not None:
+            if conn is None and rehearse and engine.rehearse is not None:
                 started = time.monotonic()
                 engine.rehearse()
                 log(f"spare worker rehearsed in {1000 * (time.monotonic() - started):.1f} ms")

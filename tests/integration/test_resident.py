@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from cni_bridge.resident import client, naming, protocol, spawn, waiting, worker
+from cni_bridge.resident import client, naming, pool, protocol, spawn, waiting, worker
 from cni_bridge.state import HOST_VETH_PREFIX
 from tests.lab.procs import command_line as cmdline
 
@@ -768,6 +768,36 @@ def test_pool_zero_forks_a_worker_per_request(env: Env) -> None:
         assert env.call(host, req_env, stdin)[0] == 0
         pids.add(env.calls(rid)[0]["pid"])
     assert len(pids) == 2
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out.update(int(c) for c in f.read().split())
+    return out
+
+
+def test_once_requests_stop_the_pool_keeps_one_fresh_worker(env: Env) -> None:
+    """A worker that served owns the pages it wrote: once no request came for SHRINK_AFTER,
+    the one worker kept is a fresh fork, and it serves the next request."""
+    host = env.netns("host")
+    agent = env.start_server(host).pid
+    served = set()
+    for _ in range(2):
+        req_env, stdin, rid = env.request("ADD")
+        assert env.call(host, req_env, stdin)[0] == 0
+        served.add(env.calls(rid)[0]["pid"])
+
+    def renewed() -> bool:
+        kids = _children(agent)
+        return len(kids) == 1 and not kids & served
+
+    assert wait_until(renewed, timeout=pool.SHRINK_AFTER + 10), (served, _children(agent))
+    (fresh,) = _children(agent)
+    req_env, stdin, rid = env.request("ADD")
+    assert env.call(host, req_env, stdin)[0] == 0
+    assert env.calls(rid)[0]["pid"] == fresh, env.server_log(host)
 
 
 @pytest.mark.parametrize("mode", ["leak_fd", "raise", "caught"])
