@@ -9,7 +9,7 @@ network's elements deleted one by one, a deleted bridge) is the agent's watch's,
 
 from __future__ import annotations
 
-import socket
+import _socket
 import time
 
 from cni_bridge.commands.deps import Deps
@@ -25,7 +25,7 @@ def others_present(mine: str) -> bool:
     """Whether an attachment of ours other than `mine` (its host veth) exists here: without
     one, a missing table is simply a host's first ADD (or its last DEL), nothing to heal."""
     return any(
-        name.startswith(HOST_VETH_PREFIX) and name != mine for _, name in socket.if_nameindex()
+        name.startswith(HOST_VETH_PREFIX) and name != mine for _, name in _socket.if_nameindex()
     )
 
 

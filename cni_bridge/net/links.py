@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from _socket import AF_INET, AF_INET6
 from collections.abc import Sequence
-from socket import AF_INET, AF_INET6
 
 from cni_bridge.domain import InterfaceName, MacAddress, VlanId
 from cni_bridge.net import rtnl, sysctl

@@ -21,9 +21,9 @@ a helper per socket as pyroute2's `IPRoute(netns=...)` does (about 9 ms).
 
 from __future__ import annotations
 
+import _socket
 import errno
 import os
-import socket
 import struct
 
 from cni_bridge.net.netns import entered
@@ -113,8 +113,9 @@ class NetlinkError(OSError):
     """The kernel refused a request; `errno` is the kernel's, `strerror` includes its message."""
 
 
-def _new_socket(protocol: int) -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
+def _new_socket(protocol: int) -> _socket.socket:
+    # _socket, not socket: the latter builds enums of every constant at import, for nothing here.
+    sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW | _socket.SOCK_CLOEXEC, protocol)
     try:
         # Errors carry the kernel's explanation, without echoing our whole request back.
         sock.setsockopt(_SOL_NETLINK, _NETLINK_EXT_ACK, 1)
@@ -149,7 +150,7 @@ class NetlinkSocket:
     replies are payloads: what follows the netlink header (`rtmsg` and `conntrack` build and
     parse them)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self._sock = sock
         self._seq = 0
 

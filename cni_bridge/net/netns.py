@@ -106,14 +106,16 @@ _SO_NETNS_COOKIE = 71  # include/uapi/asm-generic/socket.h (Linux 5.14+)
 def netns_cookie(netns_fd: int) -> int:
     """The namespace's cookie: a 64-bit number the kernel never gives to another namespace
     (inode numbers are reused as soon as a namespace is freed). 0 when the kernel has none."""
-    import socket
+    import _socket  # not socket: its enums of every constant are built at import
     import struct
 
     try:
         with entered(netns_fd):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        with sock:
-            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8)
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+        try:
+            raw = sock.getsockopt(_socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8)
+        finally:
+            sock.close()
     except (OSError, NetError):
         return 0
     return int(struct.unpack("=Q", raw)[0])

@@ -8,9 +8,9 @@ tests check each one against it); see `netlink` for why pyroute2 is not imported
 from __future__ import annotations
 
 import struct
+from _socket import AF_INET, AF_INET6
 from collections.abc import Sequence
 from ipaddress import ip_address, ip_interface, ip_network
-from socket import AF_INET, AF_INET6
 from typing import NamedTuple
 
 from cni_bridge.net.netlink import (

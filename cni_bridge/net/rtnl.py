@@ -5,8 +5,8 @@ done (absence is an answer where the caller needs one: None, False)."""
 from __future__ import annotations
 
 import errno
+from _socket import AF_INET, AF_INET6
 from collections.abc import Sequence
-from socket import AF_INET, AF_INET6
 
 from cni_bridge.net import rtmsg
 from cni_bridge.net.netlink import NLM_F_CREATE, NLM_F_EXCL, NetlinkError, NetlinkSocket

@@ -9,9 +9,9 @@ Standard library only; every failure means "no holder" and is never an error of 
 
 from __future__ import annotations
 
+import _socket  # not socket: ADD and DEL reach the holder through it (socket's enums cost)
 import json
 import os
-import socket
 from typing import Any
 
 from cni_bridge import datadirs
@@ -32,11 +32,11 @@ def paths(netns_ino: int | None = None, create: bool = False) -> tuple[str, str]
     return f"{directory}/{PREFIX}{ino}.sock", f"{directory}/{PREFIX}{ino}.lock"
 
 
-def _connect(timeout: float) -> socket.socket | None:
+def _connect(timeout: float) -> _socket.socket | None:
     path, _ = paths()
     if not path:
         return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
     try:
         sock.connect(path)

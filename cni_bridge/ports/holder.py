@@ -122,7 +122,7 @@ class Holder:
 
     def _open(self, key: HoldKey, target: Target | None) -> Held:
         held = Held(key, target)
-        sock = sockets.bind(key, listen=True)
+        sock = sockets.hold(key)
         sock.setblocking(False)
         relay = TcpRelay if key.protocol == "tcp" else UdpRelay
         held.relay = relay(self.loop, sock, lambda: held.target)

@@ -9,30 +9,35 @@ IP_FREEBIND, so a hostIP that is not (yet) on the host is held as the firewall p
 
 from __future__ import annotations
 
-import socket
+import _socket  # not socket, on ADD's check: it builds enums of all its constants at import
 
 from cni_bridge.ports.model import HoldKey
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
 
 IP_FREEBIND = 15  # <linux/in.h>
 IPV6_FREEBIND = 78  # <linux/in6.h>
 BACKLOG = 128
 
 
-def bind(key: HoldKey, listen: bool) -> socket.socket:
-    """A socket bound as held; raises OSError (EADDRINUSE: someone holds the port)."""
-    fam = socket.AF_INET6 if key.family == 6 else socket.AF_INET
-    kind = socket.SOCK_STREAM if key.protocol == "tcp" else socket.SOCK_DGRAM
-    sock = socket.socket(fam, kind | socket.SOCK_CLOEXEC)
+def bind(key: HoldKey, listen: bool) -> _socket.socket:
+    """A socket bound as held; raises OSError (EADDRINUSE: someone holds the port). The bare
+    C socket: ADD's check binds it and closes it (the holder takes `hold`)."""
+    fam = _socket.AF_INET6 if key.family == 6 else _socket.AF_INET
+    kind = _socket.SOCK_STREAM if key.protocol == "tcp" else _socket.SOCK_DGRAM
+    sock = _socket.socket(fam, kind | _socket.SOCK_CLOEXEC)
     try:
-        if fam == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if fam == _socket.AF_INET6:
+            sock.setsockopt(_socket.IPPROTO_IPV6, _socket.IPV6_V6ONLY, 1)
         if key.protocol == "tcp":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
         if not key.wildcard:
-            if fam == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
+            if fam == _socket.AF_INET6:
+                sock.setsockopt(_socket.IPPROTO_IPV6, IPV6_FREEBIND, 1)
             else:
-                sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+                sock.setsockopt(_socket.IPPROTO_IP, IP_FREEBIND, 1)
         sock.bind((key.address, key.port))
         if listen and key.protocol == "tcp":
             sock.listen(BACKLOG)
@@ -40,3 +45,10 @@ def bind(key: HoldKey, listen: bool) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def hold(key: HoldKey) -> socket.socket:
+    """The holder's socket: bound as held, listening (TCP), as a full `socket.socket`."""
+    import socket
+
+    return socket.socket(fileno=bind(key, listen=True).detach())
