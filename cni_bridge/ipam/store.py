@@ -7,7 +7,7 @@ takes the lock itself) together with its own look-ups in one critical section.
 
 from __future__ import annotations
 
-import threading
+import _thread  # not threading: the two C primitives below are all a store needs
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -65,7 +65,7 @@ class ReentrantLock:
         acquire: Callable[[], None] | None = None,
         release: Callable[[], None] | None = None,
     ) -> None:
-        self._mutex = threading.RLock()
+        self._mutex = _thread.RLock()
         self._depth = 0
         self._owner: int | None = None
         self._acquire = acquire
@@ -77,7 +77,7 @@ class ReentrantLock:
             if self._depth == 0 and self._acquire is not None:
                 self._acquire()
             self._depth += 1
-            self._owner = threading.get_ident()
+            self._owner = _thread.get_ident()
             try:
                 yield
             finally:
@@ -88,7 +88,7 @@ class ReentrantLock:
                         self._release()
 
     def held(self) -> bool:
-        return self._depth > 0 and self._owner == threading.get_ident()
+        return self._depth > 0 and self._owner == _thread.get_ident()
 
     def require(self, what: str) -> None:
         """Mutations outside the lock would race other plugin processes: fail loudly."""

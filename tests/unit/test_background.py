@@ -32,3 +32,8 @@ def test_an_interrupt_during_join_is_raised_only_once_the_call_has_ended() -> No
     with pytest.raises(KeyboardInterrupt):
         job.join()
     assert done == [True]  # a rollback after the interrupt never races the call
+
+
+def test_join_may_be_called_again() -> None:
+    job = Background(lambda: None)
+    assert job.join() is None and job.join() is None
