@@ -14,10 +14,10 @@ in its own namespace, never rebuild another namespace's bridges or hold its port
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 
+from cni_bridge.digest import sha256_hex
 from cni_bridge.domain import DEFAULT_DATA_DIR
 from cni_bridge.resident.naming import agent_dir
 
@@ -44,7 +44,7 @@ def register(data_dir: str) -> None:
     data_dir = os.path.abspath(data_dir)
     if data_dir == DEFAULT_DATA_DIR:
         return
-    digest = hashlib.sha256(data_dir.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    digest = sha256_hex(data_dir.encode("utf-8", "surrogateescape"))[:16]
     name = _netns_prefix() + digest
     reg = _registry(create=False)
     if reg and os.path.exists(os.path.join(reg, name)):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import ipaddress
 import json
 import os
@@ -19,6 +18,7 @@ import time
 from typing import Any, NamedTuple
 
 from cni_bridge import atomic
+from cni_bridge.digest import sha256_hex
 from cni_bridge.log import getLogger
 from cni_bridge.slotted import Slotted
 
@@ -34,7 +34,7 @@ PHASE_READY = "ready"
 
 def attachment_tag(network: str, container_id: str, ifname: str) -> str:
     """A short stable name for (network, container ID, ifname): nft tags, veth and file names."""
-    digest = hashlib.sha256(f"{network}\0{container_id}\0{ifname}".encode()).hexdigest()
+    digest = sha256_hex(f"{network}\0{container_id}\0{ifname}".encode())
     return digest[:12]
 
 
