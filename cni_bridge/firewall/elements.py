@@ -9,7 +9,6 @@ kernel keeps (COMMENT_MAX bytes).
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import itertools
 import re
@@ -148,7 +147,7 @@ def network_missing(
                 held += [ipaddress.ip_network(str(p)) for p in pair]
     subnets = list(dict.fromkeys([*net.subnets, *held]))
     out: dict[str, list[tuple[Any, Element | None]]] = {}
-    for name, wanted in network_keys(dataclasses.replace(net, subnets=subnets), strict).items():
+    for name, wanted in network_keys(net._replace(subnets=subnets), strict).items():
         have = keys(view, name)
         for key in wanted:
             el = have.get(canon(key, name in INTERVAL_SETS))

@@ -11,7 +11,7 @@ layer and a port mapping's JSON form (as attachment records keep it).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
 from cni_bridge.domain import InterfaceName, NetworkName, Port, port_range_count
@@ -19,13 +19,17 @@ from cni_bridge.domain import InterfaceName, NetworkName, Port, port_range_count
 # Re-exported for the firewall modules that take them from here.
 from cni_bridge.domain import IPAddress as IPAddress
 from cni_bridge.domain import IPNetwork as IPNetwork
+from cni_bridge.slotted import Slotted
 
 Protocol = Literal["tcp", "udp", "sctp"]
 PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp", "sctp")
 
 
-@dataclass(frozen=True)
-class PortMapping:
+# No dataclasses here (every ADD, CHECK and DEL imports this module; see slotted.py): what is
+# immutable is a NamedTuple, what a read fills in (the views) a Slotted.
+
+
+class PortMapping(NamedTuple):
     """hostPort[..hostPortEnd] on host_ip (None: any local address) -> containerPort[..+n].
 
     An unspecified host_ip (0.0.0.0 or ::) means any local address of that family only,
@@ -39,48 +43,55 @@ class PortMapping:
     host_port_end: Port | None = None  # inclusive; None: a single port
 
     @property
-    def count(self) -> int:
+    def port_count(self) -> int:  # not `count`: a NamedTuple's own method
         return port_range_count(self.host_port, self.host_port_end, self.container_port)
 
 
-@dataclass(frozen=True)
-class NetworkFw:
+class NetworkFw(NamedTuple):
     name: NetworkName
     bridge: InterfaceName
     subnets: list[IPNetwork]
     ip_masq: bool
     isolate: bool = True
-    non_masq: list[IPNetwork] = field(default_factory=list)  # destinations ipMasq leaves alone
+    non_masq: Sequence[IPNetwork] = ()  # destinations ipMasq leaves alone
     internal: bool = False  # no forwarding into or out of the bridge, no masquerade
-    dns_gateways: list[IPAddress] = field(default_factory=list)  # containerDNS listens there
+    dns_gateways: Sequence[IPAddress] = ()  # containerDNS listens there
 
 
-@dataclass(frozen=True)
-class AttachmentFw:
+class AttachmentFw(NamedTuple):
     tag: str  # short, safe ASCII, unique per (network, containerID, ifname)
     owner: str  # human text, "network/containerID/ifname"
     ips: list[IPAddress]
-    port_mappings: list[PortMapping] = field(default_factory=list)
+    port_mappings: Sequence[PortMapping] = ()
 
 
 # What the kernel holds, as read back through libnftables.
 
 
-@dataclass(frozen=True)
-class ForeignChain:
-    """A base chain of another table hooked at forward (routed traffic: ip, ip6, inet)."""
+class ForeignChain(NamedTuple):
+    """A base chain of another table hooked at forward (routed traffic: ip, ip6, inet): the
+    chain is its family, table and name; its policy is what was seen (left out of equality)."""
 
     family: str
     table: str
     name: str
-    policy: str = field(default="drop", compare=False)
+    policy: str = "drop"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ForeignChain):
+            return NotImplemented
+        return self[:3] == other[:3]
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self[:3])
 
     def __str__(self) -> str:
         return f"{self.family} {self.table} {self.name}"
 
 
-# NamedTuples, not frozen dataclasses: the same immutable, hashable records, without the six
-# methods a frozen dataclass compiles at import (~2.5 M instructions each of every cold exec).
 class Element(NamedTuple):
     """A set or map element; its comment is "<network> <tag> <owner>" for an
     attachment's element and "<network>" for a network's."""
@@ -104,44 +115,61 @@ class Element(NamedTuple):
         return parts[2] if len(parts) > 2 else self.comment
 
 
-class Rule(NamedTuple):  # a NamedTuple: see Element
+class Rule(NamedTuple):
     handle: int
     comment: str
     expr: list[dict[str, Any]]
 
 
-@dataclass
-class TableView:
+class TableView(Slotted):
     """Our table as read: rule comments by chain, elements by set. A partial read
     leaves out the elements of the sets it did not need."""
 
-    exists: bool = False
-    sets: dict[str, list[Element]] = field(default_factory=dict)
-    chains: dict[str, list[Rule]] = field(default_factory=dict)
+    __slots__ = ("chains", "exists", "sets")
+
+    def __init__(
+        self,
+        exists: bool = False,
+        sets: dict[str, list[Element]] | None = None,
+        chains: dict[str, list[Rule]] | None = None,
+    ) -> None:
+        self.exists = exists
+        self.sets: dict[str, list[Element]] = {} if sets is None else sets
+        self.chains: dict[str, list[Rule]] = {} if chains is None else chains
 
 
-@dataclass
-class ForeignView:
+class ForeignView(Slotted):
     """A foreign forward chain with its rules. `blocking`: it drops what no rule of it
     accepts, by its policy or by final unconditional drop/reject rules (firewalld's style,
     policy accept then `reject`); only those get our accept rules (foreign.py)."""
 
-    chain: ForeignChain
-    rules: list[Rule]
-    blocking: bool = True
+    __slots__ = ("blocking", "chain", "rules")
+
+    def __init__(self, chain: ForeignChain, rules: list[Rule], blocking: bool = True) -> None:
+        self.chain = chain
+        self.rules = rules
+        self.blocking = blocking
 
 
-@dataclass
-class FirewallView:
+class FirewallView(Slotted):
     """Everything of ours the kernel's ruleset holds, as a sync compares it with the records:
     our table, the foreign forward chains (foreign.py), and the macspoofchk guards as
     (host veth, MAC) pairs (None when the bridge table or its rule is missing), and the
     ipspoofchk elements by set (None when its chain or one of its rules is missing)."""
 
-    table: TableView
-    foreign: list[ForeignView]
-    spoofchk: set[tuple[str, str]] | None = None
-    ipspoof: dict[str, list[Element]] | None = None
+    __slots__ = ("foreign", "ipspoof", "spoofchk", "table")
+
+    def __init__(
+        self,
+        table: TableView,
+        foreign: list[ForeignView],
+        spoofchk: set[tuple[str, str]] | None = None,
+        ipspoof: dict[str, list[Element]] | None = None,
+    ) -> None:
+        self.table = table
+        self.foreign = foreign
+        self.spoofchk = spoofchk
+        self.ipspoof = ipspoof
 
 
 # What the pure layer refuses. It knows no CNI error codes: nft.py maps these to them.

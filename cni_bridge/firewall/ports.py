@@ -80,7 +80,7 @@ class PubEntry(NamedTuple):  # a NamedTuple: see PubKey
 def validate_mappings(mappings: Iterable[PortMapping]) -> None:
     """Raises InvalidConfig for what nftables cannot publish: the ports themselves are domain
     values (Port, port_range_count), checked where the mapping was made."""
-    total = sum(pm.count for pm in mappings)
+    total = sum(pm.port_count for pm in mappings)
     if total > MAX_PORTS:
         raise InvalidConfig(f"more than {MAX_PORTS} host ports in port mappings")
 
@@ -106,7 +106,7 @@ def expand_mappings(att: AttachmentFw) -> list[PubEntry]:
         for fam in families:
             if fam not in first:
                 continue
-            for i in range(pm.count):
+            for i in range(pm.port_count):
                 key = PubKey(fam, pm.protocol, pm.host_port + i, host_ip)
                 entry = PubEntry(key, first[fam], pm.container_port + i)
                 for other in entries.values():

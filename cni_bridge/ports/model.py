@@ -75,7 +75,7 @@ def keys_for(mappings: Iterable[PortMapping], runtime_holds: bool = False) -> li
         if pm.protocol not in HELD_PROTOCOLS:
             continue
         for addr in bind_addresses(pm, runtime_holds):
-            for i in range(pm.count):
+            for i in range(pm.port_count):
                 out[HoldKey(pm.protocol, addr, pm.host_port + i)] = None
     return list(out)
 
@@ -100,7 +100,7 @@ def wanted_for(
         for addr in bind_addresses(pm, runtime_holds):
             fam = 6 if ":" in addr else 4
             dest = first.get(fam) or first.get(10 - fam)
-            for i in range(pm.count):
+            for i in range(pm.port_count):
                 key = HoldKey(pm.protocol, addr, pm.host_port + i)
                 out[key] = Target(dest, pm.container_port + i) if dest else None
     return out

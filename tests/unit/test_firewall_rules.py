@@ -875,3 +875,13 @@ def test_model_round_trip_keeps_non_masquerade_cidrs() -> None:
     old = network_to_dict(NET)
     del old["nonMasqueradeCIDRs"]  # a record written before the field existed
     assert network_from_dict(old).non_masq == []
+
+
+def test_a_foreign_chain_is_its_family_table_and_name() -> None:
+    # Its policy is what a read saw, not part of which chain it is (as compare=False was).
+    seen = ForeignChain("ip", "filter", "FORWARD", "accept")
+    assert seen == IPTABLES_FORWARD
+    assert not (seen != IPTABLES_FORWARD)  # noqa: SIM202 (tuple has its own __ne__)
+    assert hash(seen) == hash(IPTABLES_FORWARD) and len({seen, IPTABLES_FORWARD}) == 1
+    assert seen != ForeignChain("ip6", "filter", "FORWARD", "accept")
+    assert str(seen) == "ip filter FORWARD" and seen.policy == "accept"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 
 import pytest
@@ -27,7 +26,7 @@ def test_internal_has_no_default_route_and_no_ports(world: World) -> None:
 
 def test_internal_elements() -> None:
     base = fw_net("n", "br0", [ipaddress.ip_network("10.0.0.0/24")], ip_masq=True)
-    net = dataclasses.replace(base, internal=True)
+    net = base._replace(internal=True)
     keys = network_keys(net, strict=False)
     assert keys[INTERNAL] == ["br0"] and MASQ[4] not in keys
     plain = network_keys(base, strict=False)
