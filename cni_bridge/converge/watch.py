@@ -33,7 +33,7 @@ import traceback
 from typing import NoReturn
 
 from cni_bridge.ports import lockfile
-from cni_bridge.ports.supervisor import STOP_WAIT, detach_from_agent
+from cni_bridge.resident.duty import STOP_WAIT, detach_from_agent
 
 DEBOUNCE = 0.3  # seconds without a ruleset change before a sync
 MAX_DELAY = 2.0  # a change is acted on within this long even if changes keep coming

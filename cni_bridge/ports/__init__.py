@@ -6,9 +6,8 @@
 - check.py: ADD's check that no host program holds a published port (in the plugin).
 - control.py: the holder's control socket, as the plugin and `status` reach it.
 - records.py: the desired state, from the attachment records, indexed by socket.
-- holder.py, proxy.py, loop.py: the holder process (a selector loop the agent forks) and its
-  relays.
-- supervisor.py: the agent's side: start the holder, restart it, stop it.
+- holder.py, proxy.py, loop.py: the holder (a selector loop) and its relays.
+- duty.py: the holder run by the agent's own loop: started, restarted after a failure, stopped.
 
 The socket makes the kernel refuse a host program's bind; DNAT (prerouting and output) still
 takes outside and 127.0.0.1 traffic to the container before it could reach the socket, so

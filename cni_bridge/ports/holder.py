@@ -1,5 +1,6 @@
-"""The holder: one process per host network namespace, forked and supervised by the agent,
-that holds a socket on every published host port and relays what reaches it (proxy.py).
+"""The holder: a socket on every published host port of this host network namespace, and the
+relays of what reaches them (proxy.py), on a selector loop (loop.py) that the agent's own loop
+runs (duty.py).
 
 The records are the desired state (records.py). They are read in full at start and every
 RESCAN seconds, and one record at a time when an ADD or DEL says it changed
@@ -7,37 +8,30 @@ RESCAN seconds, and one record at a time when an ADD or DEL says it changed
 A port it could not hold (a host program got there first) is retried every RETRY seconds and
 reported by `status`.
 
-A selector loop (loop.py) in its own process: the agent's parent stays single-threaded and never
-waits on a relay, and a relay's failure cannot touch the agent. It dies with the agent
-(PR_SET_PDEATHSIG) and takes a lock first, so two holders never compete for one namespace.
+Nothing here blocks: sockets are non-blocking, a control client gets its answer only if it can
+take it at once, and the processes holding a port it could not take are looked up (a walk over
+every process's descriptors) once, when the port first fails, not at every retry or rescan.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import errno
 import json
 import os
-import resource
-import signal
 import socket
 import struct
-import time
 import traceback
 from collections.abc import Iterable
-from typing import Any, NoReturn
+from typing import Any
 
-from cni_bridge.ports import control, lockfile, lookup, sockets
+from cni_bridge.ports import control, lookup, sockets
 from cni_bridge.ports.loop import READ, SHORT_OF, Loop, Timer
 from cni_bridge.ports.model import HoldKey, Target, plan
 from cni_bridge.ports.proxy import TcpRelay, UdpRelay
 from cni_bridge.ports.records import Owner, Records
-from cni_bridge.ports.supervisor import detach_from_agent
 
 RESCAN = 30.0
 RETRY = 2.0
-PR_SET_PDEATHSIG = 1
 ACCEPT_RETRY = 0.5
 ASK_TIMEOUT = 5.0  # a control client that connected but does not ask is let go
 # Families a host may lack (IPv6 disabled): nothing can bind there, so nothing is to hold.
@@ -105,9 +99,9 @@ class Holder:
                 why = exc.strerror or str(exc)
                 if exc.errno == errno.EADDRINUSE:
                     # Naming the holder reads every process's descriptors (~90 ms on a busy
-                    # host): a retry keeps the name found, a full rescan looks again.
+                    # host, the agent's loop waiting): once, while the port stays taken.
                     known = self.failed.get(key, "")
-                    why = known if known.startswith("held by") and not everything else (
+                    why = known if known.startswith("held by") else (
                         f"held by {lookup.describe(lookup.holders_of(key))}"
                     )
                 if self.failed.get(key) != why:
@@ -226,78 +220,9 @@ class Control:
                 # port go and cut every relayed connection; the next rescan applies it all.
                 _log(f"a request failed: {str(message)[:200]}\n{traceback.format_exc()}")
                 reply = {"error": "the holder failed on this request (see the agent's log)"}
-            conn.settimeout(ASK_TIMEOUT)
-            conn.sendall(json.dumps(reply).encode())
+            # One message, taken at once or not at all: the agent's loop never waits on a client.
+            conn.send(json.dumps(reply).encode(), socket.MSG_DONTWAIT)
         except OSError:
             pass
         finally:
-            conn.close()
-
-
-def _run(holder: Holder, listener: socket.socket) -> None:
-    loop = holder.loop
-    loop.stop_on((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
-    holder.want.scan_all()
-    holder.apply()  # before any answer: a status or an ADD sees the records' sockets held
-    Control(holder, listener)
-    next_scan = time.monotonic() + RESCAN
-
-    def tick() -> None:
-        nonlocal next_scan
-        now = time.monotonic()
-        if now >= next_scan:
-            holder.want.scan_all()
-            next_scan = now + RESCAN
-            holder.apply()
-        elif holder.failed:
-            holder.apply(list(holder.failed))
-        wait = RETRY if holder.failed else next_scan - now
-        loop.later(max(0.1, min(wait, RESCAN)), tick)
-
-    loop.later(0, tick)
-    try:
-        loop.run()  # an exception out of it (a bug) ends the holder: the agent starts another
-    finally:
-        holder.close()
-        loop.shut()
-
-
-def child_main() -> NoReturn:
-    """The holder process, right after the agent forked it; never returns."""
-    code = 1
-    try:
-        parent = os.getppid()
-        detach_from_agent()
-        # Two sockets per published port and two per relayed connection: the soft limit
-        # (often 1024) would cap a host at a few hundred published ports.
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(0)
-        sock_path, lock_path = control.paths(create=True)
-        if not sock_path:
-            _log("no usable agent directory: ports are not held")
-            os._exit(0)
-        lock_fd = lockfile.take(lock_path, lambda: os.getppid() == parent)
-        if lock_fd is None:
-            os._exit(0)  # the agent left while a previous holder still ran
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(sock_path)  # a previous holder's, killed: we hold the lock now
-        swept = lockfile.sweep(os.path.dirname(sock_path), control.PREFIX)
-        if swept:
-            _log(f"removed the files of {swept} holder(s) gone with their namespace")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        listener.bind(sock_path)
-        listener.listen(64)
-        listener.setblocking(False)
-        _log("holding published ports")
-        _run(Holder(), listener)
-        lockfile.release(lock_fd, lock_path, sock_path)
-        code = 0
-    except BaseException:
-        _log(f"failed:\n{traceback.format_exc()}")
-    finally:
-        os._exit(code)
+            self.loop.close(conn)

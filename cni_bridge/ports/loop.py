@@ -1,11 +1,16 @@
 """The holder's event loop (holder.py, proxy.py): non-blocking sockets on a selector and timers,
-in one thread. Not asyncio: importing it after the agent's fork made ~4 MiB of the holder's
-pages its own (its modules and their objects), for what a selector and a heap of timers do.
+in one thread. Not asyncio: its modules and objects would be ~4 MiB more in the agent, for what
+a selector and a heap of timers do. The agent's own loop polls the selector's descriptor and
+runs `run_once(0)` when it is readable or a timer is due (duty.py).
 
 A callback gets the events its socket is ready for. A callback watched with a `fault` (a
 relayed connection's) that raises is logged and that fault called (the connection ends), as
-asyncio's loop survives a task's exception; any other exception ends the loop, hence the
-holder, and the agent starts another.
+asyncio's loop survives a task's exception; any other exception goes out of run_once (the
+agent's duty then lets every socket go and starts again).
+
+Every socket the loop has watched (or was given with `adopt`) stays known until `close`: a
+process the agent forks closes them all (`forget`) without touching the selector, whose epoll
+instance it shares with the agent.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import errno
 import heapq
 import itertools
+import math
 import selectors
 import signal
 import socket
@@ -50,11 +56,17 @@ class Loop:
         self.running = False
         self.log = log
         self.wakeup: tuple[socket.socket, socket.socket] | None = None
+        self.owned: set[socket.socket] = set()  # open sockets of the loop's, watched or not
 
     # ------------------------------------------------------------------ descriptors
 
+    def adopt(self, sock: socket.socket) -> None:
+        """`sock` is the loop's to close (`close`, `shut`, `forget`), watched or not yet."""
+        self.owned.add(sock)
+
     def watch(self, sock: socket.socket, events: int, ready: Ready, fault: Fault | None = None) -> None:
         """Call ready(events ready) while `sock` is ready for `events`; 0 stops watching it."""
+        self.owned.add(sock)
         fd = sock.fileno()
         key = self.selector.get_map().get(fd)
         if not events:
@@ -73,6 +85,7 @@ class Loop:
     def close(self, sock: socket.socket) -> None:
         """Stop watching `sock` and close it (a closed socket's number is soon another's)."""
         self.unwatch(sock)
+        self.owned.discard(sock)
         sock.close()
 
     def pause(self, sock: socket.socket, seconds: float, ready: Ready) -> None:
@@ -149,10 +162,28 @@ class Loop:
             if not timer.cancelled:
                 timer.callback()
 
+    def next_due(self) -> float:
+        """When the first timer is due (monotonic; inf: none)."""
+        while self.timers and self.timers[0][2].cancelled:
+            heapq.heappop(self.timers)
+        return self.timers[0][0] if self.timers else math.inf
+
     def shut(self) -> None:
+        """Close every socket of the loop's, then the selector."""
         if self.wakeup is not None:
             signal.set_wakeup_fd(-1)
-            for s in self.wakeup:
-                self.close(s)
             self.wakeup = None
+        for sock in list(self.owned):
+            self.close(sock)
+        self.timers.clear()
         self.selector.close()
+
+    def forget(self) -> None:
+        """In a process forked from the loop's: close its copies of the loop's sockets and of
+        the selector's descriptor. Nothing is unregistered: the epoll instance is the parent's
+        too (closing a copy of a descriptor removes nothing from it)."""
+        for sock in self.owned:
+            sock.close()
+        self.owned.clear()
+        self.timers.clear()
+        self.selector.close()  # epoll: closes the descriptor, unregisters nothing

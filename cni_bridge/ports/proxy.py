@@ -55,6 +55,7 @@ class _Conn:
         self.closed = False
         self.waits = (lambda ready: self._ready(0, ready), lambda ready: self._ready(1, ready))
         self.timer: Timer | None = relay.loop.later(CONNECT_TIMEOUT, self.close)
+        relay.loop.adopt(client)  # watched once connected
         relay.loop.watch(upstream, WRITE, self._connected, self.close)
 
     def _connected(self, _ready: int) -> None:

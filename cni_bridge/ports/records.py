@@ -21,6 +21,10 @@ MAX_RECORD = 1 << 20
 Owner = tuple[str, str]  # (network dir, record tag)
 
 
+Parsed = tuple[Wanted, str, str]  # a ready record's sockets, label and host veth
+FileId = tuple[int, int, int]  # inode, size, mtime: records are replaced by rename
+
+
 class Records:
     def __init__(self, data_dirs: Callable[[], list[str]] = datadirs.in_use) -> None:
         self.data_dirs = data_dirs
@@ -28,25 +32,46 @@ class Records:
         self.records: dict[Owner, Wanted] = {}
         self.wanting: dict[HoldKey, set[Owner]] = {}  # the records' index by socket
         self.labels: dict[Owner, str] = {}
+        # What the last full scan parsed, by path: a rescan (the agent's loop waits for it)
+        # stats each record and parses only those replaced since.
+        self.parsed: dict[str, tuple[FileId, Parsed | None]] = {}
 
     def _read(self, path: str, names: Callable[[str], bool]) -> tuple[Wanted, str]:
         try:
-            with open(path, "rb") as f:
-                data = json.loads(f.read(MAX_RECORD))
+            parsed = self._parse(path)
         except (OSError, ValueError):
             return {}, ""
-        if not isinstance(data, dict) or data.get("phase") != PHASE_READY:
+        if parsed is None:
             return {}, ""
-        veth = data.get("host_veth")
-        if not isinstance(veth, str) or not names(veth):
+        wanted, label, veth = parsed
+        if not names(veth):
             return {}, ""  # another namespace's attachment, or one whose container is gone
-        label = f"{data.get('network')}/{data.get('container_id')}/{data.get('ifname')}"
-        return wanted_from_record(data), label
+        return wanted, label
+
+    def _parse(self, path: str, known: tuple[FileId, Parsed | None] | None = None) -> Parsed | None:
+        with open(path, "rb") as f:
+            if known is not None:
+                st = os.fstat(f.fileno())
+                if known[0] == (st.st_ino, st.st_size, st.st_mtime_ns):
+                    self.parsed[path] = known
+                    return known[1]
+            data = json.loads(f.read(MAX_RECORD))
+            st = os.fstat(f.fileno())
+        parsed: Parsed | None = None
+        if isinstance(data, dict) and data.get("phase") == PHASE_READY:
+            veth = data.get("host_veth")
+            if isinstance(veth, str):
+                label = f"{data.get('network')}/{data.get('container_id')}/{data.get('ifname')}"
+                parsed = wanted_from_record(data), label, veth
+        if known is not None:
+            self.parsed[path] = ((st.st_ino, st.st_size, st.st_mtime_ns), parsed)
+        return parsed
 
     def scan_all(self) -> None:
         present = {name for _, name in socket.if_nameindex()}
         records: dict[Owner, Wanted] = {}
         labels: dict[Owner, str] = {}
+        before, self.parsed = self.parsed, {}
         for data_dir in sorted(set(self.data_dirs()) | self.told):
             try:
                 networks = os.listdir(data_dir)
@@ -62,7 +87,14 @@ class Records:
                 for name in names:
                     if not name.endswith(".json") or name == NETWORK_FILE:
                         continue
-                    wanted, label = self._read(os.path.join(state_dir, name), present.__contains__)
+                    path = os.path.join(state_dir, name)
+                    try:
+                        parsed = self._parse(path, before.get(path, ((-1, -1, -1), None)))
+                    except (OSError, ValueError):
+                        continue
+                    if parsed is None or parsed[2] not in present:
+                        continue
+                    wanted, label = parsed[0], parsed[1]
                     if wanted:
                         owner = (net_dir, name[: -len(".json")])
                         records[owner], labels[owner] = wanted, label

@@ -38,9 +38,8 @@ import time
 from types import FrameType
 
 from cni_bridge.dns.agent import DnsDuty
-from cni_bridge.ports.supervisor import Supervisor
 from cni_bridge.resident import naming, policy
-from cni_bridge.resident.duty import Duty
+from cni_bridge.resident.duty import Duty, NoDuty
 from cni_bridge.resident.sweep import sweep
 from cni_bridge.resident.waiting import Waiting
 from cni_bridge.resident.worker import (
@@ -133,8 +132,8 @@ class Server:
         self.pool_size = pool
         self.max_requests = max_requests
         self.check_interval = check_interval  # code on disk, socket name
-        self.holder = holder or Supervisor(enabled=False)  # published ports (cni_bridge/ports)
-        self.watcher = watcher or Supervisor(enabled=False)  # the ruleset watch (converge/watch)
+        self.holder = holder or NoDuty()  # published ports (cni_bridge/ports/duty.py)
+        self.watcher = watcher or NoDuty()  # the ruleset watch (converge/watch)
         self._duties: tuple[Duty, ...] = (self.holder, self.watcher)
         self._duty_fds: dict[int, Duty] = {}  # the descriptors the loop polls for them
         self.workers: dict[int, float] = {}  # pid -> start of the request it runs

@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Sequence
 
 from cni_bridge.converge import watch
-from cni_bridge.ports.supervisor import Supervisor
+from cni_bridge.ports.duty import HeldPorts
 from cni_bridge.resident import naming, policy, spawn, sweep
 from cni_bridge.resident.pool import (
     DEFAULT_HARD_TIMEOUT,
@@ -188,7 +188,7 @@ def _serve(
         pool=args.pool,
         check_interval=args.check_interval,
         # The ports the engine's records publish: held only for the engine, not a test handler.
-        holder=Supervisor(enabled=args.handler == spawn.DEFAULT_HANDLER),
+        holder=HeldPorts(enabled=args.handler == spawn.DEFAULT_HANDLER),
         watcher=watch.duty(enabled=args.handler == spawn.DEFAULT_HANDLER),
     )
     return server.run()

@@ -1,8 +1,8 @@
 """The agent's processes are what the design says (README "The warm resident", DESIGN section 7),
 and each duty still does its job: the agent's own loop watches the ruleset (the watch's pid is
-the agent's), one child holds the published ports, and once requests stop one pooled worker
-waits; nothing else stays. A held port refuses a host program's bind; `nft flush ruleset` is
-healed by a short-lived heal the agent forks, which leaves when done.
+the agent's) and holds the published ports (the holder's pid is the agent's), and once requests
+stop one pooled worker waits; nothing else stays. A held port refuses a host program's bind;
+`nft flush ruleset` is healed by a short-lived heal the agent forks, which leaves when done.
 
 Through the agent when CNI_BRIDGE_TEST_RESIDENT=1 (the workers then serve the ADDs), in-process
 otherwise (the agent then keeps only its spare).
@@ -37,21 +37,20 @@ def children(pid: int) -> set[int]:
     return out
 
 
-def test_the_agent_is_its_loop_the_holder_and_one_idle_worker(lab: PluginLab) -> None:
+def test_the_agent_is_its_loop_and_one_idle_worker(lab: PluginLab) -> None:
     agent = start_agent(lab).pid
     for i in range(3):
         lab.add(conf(lab, dual=False, hostPort=HOST_PORT + i), f"proc{i}", lab.container())
-    holder = holder_status(lab)["pid"]
-    assert holder in children(agent), agent_log(lab)
+    assert holder_status(lab)["pid"] == agent, agent_log(lab)
 
-    def settled() -> bool:  # the holder and one worker (the pool shrinks after SHRINK_AFTER)
-        return len(children(agent)) == 2 and holder in children(agent)
+    def settled() -> bool:  # one worker (the pool shrinks after SHRINK_AFTER)
+        return len(children(agent)) == 1
 
     assert wait_for(settled, timeout=SHRINK_AFTER + 10, interval=0.2), (
         children(agent),
         agent_log(lab),
     )
-    (worker,) = children(agent) - {holder}
+    (worker,) = children(agent)
     with open(f"/proc/{worker}/cmdline", "rb") as f, open(f"/proc/{agent}/cmdline", "rb") as g:
         assert f.read() == g.read()  # a fork of the agent, not another program
 
@@ -70,7 +69,7 @@ def test_the_agent_is_its_loop_the_holder_and_one_idle_worker(lab: PluginLab) ->
         )
 
     assert wait_for(healed, timeout=30, interval=0.3), agent_log(lab)
-    # the heal left; the holder still holds (the flush did not touch its sockets)
+    # the heal left; the agent still holds (the flush did not touch its sockets)
     assert wait_for(settled, timeout=10, interval=0.2), children(agent)
     assert bind_result(lab, "tcp", "0.0.0.0") == "EADDRINUSE"
     assert len(holder_status(lab)["held"]) == 3 * 2, holder_status(lab)  # tcp4 and tcp6 each

@@ -1,11 +1,10 @@
 """Held ports without root: which sockets records ask for, the plan, /proc/net parsing, ADD's
-check with a fake bind, the status report and the supervisor's restarts."""
+check with a fake bind and the status report (the agent's duty: test_ports_duty.py)."""
 
 from __future__ import annotations
 
 import errno
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from ipaddress import ip_address
@@ -29,7 +28,6 @@ from cni_bridge.ports.model import (
     wanted_from_record,
 )
 from cni_bridge.ports.records import Records
-from cni_bridge.ports.supervisor import Supervisor
 from tests.firewall_json import port_map
 from tests.unit.test_commands import World
 
@@ -189,29 +187,6 @@ def test_status_report() -> None:
     assert report.problems(rep) == [
         "published port tcp/1 on 0.0.0.0 of a/c1/eth0 is not held: held by pid 3 (x)"
     ]
-
-
-def _exit_at_once() -> NoReturn:
-    os._exit(3)
-
-
-def test_supervisor_restarts_a_holder_that_ends_but_not_at_once() -> None:
-    sup = Supervisor(_exit_at_once)
-    sup.tick()
-    first = sup.pid
-    assert first > 0
-    pid, status = os.waitpid(first, 0)
-    assert sup.reaped(pid, status) and sup.pid == 0
-    assert not sup.reaped(pid, status)
-    assert 0 < sup.due_in() <= 1.0
-    sup.tick()
-    assert sup.pid == 0  # not yet: at most one start per RESTART_DELAY
-    sup.started = time.monotonic() - 2
-    sup.tick()
-    assert sup.pid not in (0, first)
-    sup.stop()
-    assert sup.pid == 0 and sup.due_in() == float("inf")
-    assert Supervisor(_exit_at_once, enabled=False).due_in() == float("inf")
 
 
 def _record(path: Path, tag: str, veth: str, phase: str = "ready", port: int = 80) -> None:
