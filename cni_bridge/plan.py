@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from cni_bridge.dns.names import Entry, NetworkDNS, container_names, entry
 from cni_bridge.domain import InterfaceName, IPAddress, IPInterface, IPNetwork, MacAddress
@@ -23,6 +22,7 @@ from cni_bridge.protocol.cniargs import CniArgs, normalize_mac, parse_cni_args
 from cni_bridge.protocol.request import Request
 from cni_bridge.protocol.result import DNS, Interface, IPConfig, Result, Route
 from cni_bridge.state import attachment_tag, host_veth_name
+from cni_bridge.tuples import NamedTuple
 
 log = getLogger(__name__)
 

@@ -15,12 +15,13 @@ import ipaddress
 import json
 import os
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from cni_bridge import atomic
 from cni_bridge.digest import sha256_hex
 from cni_bridge.log import getLogger
 from cni_bridge.slotted import Slotted
+from cni_bridge.tuples import NamedTuple
 
 log = getLogger(__name__)
 

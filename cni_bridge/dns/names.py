@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
 
 from cni_bridge.domain import MAX_DNS_NAME, IPAddress, dns_name_problem
+from cni_bridge.tuples import NamedTuple
 
 SHORT_ID = 12  # as Docker and podman shorten container IDs
 

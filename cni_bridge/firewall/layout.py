@@ -29,9 +29,10 @@ what the kernel holds and rewrites a chain that differs (layout_repairs).
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, NamedTuple
+from typing import Any
 
 from cni_bridge.firewall.model import IPNetwork, TableView
+from cni_bridge.tuples import NamedTuple
 
 Json = dict[str, Any]
 

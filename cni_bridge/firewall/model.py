@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 from cni_bridge.domain import InterfaceName, NetworkName, Port, port_range_count
 
@@ -20,6 +20,7 @@ from cni_bridge.domain import InterfaceName, NetworkName, Port, port_range_count
 from cni_bridge.domain import IPAddress as IPAddress
 from cni_bridge.domain import IPNetwork as IPNetwork
 from cni_bridge.slotted import Slotted
+from cni_bridge.tuples import NamedTuple
 
 Protocol = Literal["tcp", "udp", "sctp"]
 PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp", "sctp")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 from cni_bridge.firewall.elements import add_elems, attachment_comment, canon, elem, keys
 from cni_bridge.firewall.layout import PUB, Json, PubMaps
@@ -26,6 +26,7 @@ from cni_bridge.firewall.model import (
     PortMapping,
     TableView,
 )
+from cni_bridge.tuples import NamedTuple
 
 MAX_PORTS = 4096  # host ports per attachment after expanding ranges
 PROTO_NUMBERS = {6: "tcp", 17: "udp", 132: "sctp"}  # as libnftables may list inet_proto

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 from cni_bridge.domain import IPAddress, IPInterface
 from cni_bridge.ipam.ranges import (
@@ -20,6 +19,7 @@ from cni_bridge.ipam.ranges import (
     validate_range_sets,
 )
 from cni_bridge.ipam.store import Owner, Store
+from cni_bridge.tuples import NamedTuple
 
 Reclaim = Callable[[IPAddress, Owner], bool]
 """Asked about a reserved address when a pool is exhausted (or a requested address is taken):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_interface
-from typing import NamedTuple
 
 from cni_bridge.domain import IPAddress, IPInterface, IPNetwork
+from cni_bridge.tuples import NamedTuple
 
 # host-local canonicalises IPv4-mapped IPv6 addresses to IPv4 and names their files that way;
 # we refuse them rather than write files it would name differently.

@@ -11,7 +11,6 @@ import struct
 from _socket import AF_INET, AF_INET6
 from collections.abc import Sequence
 from ipaddress import ip_address, ip_interface, ip_network
-from typing import NamedTuple
 
 from cni_bridge.net.netlink import (
     NLA_F_NESTED,
@@ -26,6 +25,7 @@ from cni_bridge.net.netlink import (
     attrs_of,
 )
 from cni_bridge.net.ops import IPAddress, IPInterface, IPNetwork, Route
+from cni_bridge.tuples import NamedTuple
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK = 16, 17, 18, 19
 RTM_NEWADDR, RTM_DELADDR, RTM_GETADDR = 20, 21, 22

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import NamedTuple
 
 from cni_bridge.domain import DomainError, IPAddress, MacAddress
 from cni_bridge.errors import INVALID_ENV, CNIError
+from cni_bridge.tuples import NamedTuple
 
 KNOWN_KEYS = frozenset(
     {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from cni_bridge.domain import container_id_problem, ifname_problem
 from cni_bridge.errors import DECODE_FAILURE, INVALID_ENV, CNIError
@@ -17,6 +17,7 @@ from cni_bridge.protocol.versions import (
     REQUIRED_ENV,
     VERBS,
 )
+from cni_bridge.tuples import NamedTuple
 
 
 # A NamedTuple, not a frozen dataclass: no `dataclasses` (nor the `inspect` it imports) and no

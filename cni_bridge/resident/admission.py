@@ -14,9 +14,9 @@ import socket
 import struct
 import time
 from collections.abc import Mapping
-from typing import NamedTuple
 
 from cni_bridge.resident import policy, protocol
+from cni_bridge.tuples import NamedTuple
 
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21

@@ -22,7 +22,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from typing import NamedTuple, NoReturn
+from typing import NoReturn
 
 from cni_bridge.resident import policy, protocol
 from cni_bridge.resident.admission import (
@@ -47,6 +47,7 @@ from cni_bridge.resident.running import (
 )
 from cni_bridge.resident.running import ORIGINAL_NETNS_VAR as ORIGINAL_NETNS_VAR
 from cni_bridge.resident.running import log as log
+from cni_bridge.tuples import NamedTuple
 
 
 class Engine(NamedTuple):
