@@ -8,15 +8,16 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from cni_bridge.ports.model import HoldKey
+from cni_bridge.tuples import NamedTuple
 
 TCP_LISTEN = 0x0A
 
 
-@dataclass(frozen=True)
-class SockEntry:
+# A NamedTuple, not a frozen dataclass: an ADD that finds its port taken imports this module,
+# and with a dataclass the exec'd plugin would import dataclasses and inspect for its answer.
+class SockEntry(NamedTuple):
     address: str
     port: int
     state: int

@@ -51,13 +51,14 @@ OFF_PATH = {
 }
 
 
-def _cold(lab: PluginLab, command: str, conf: dict[str, Any], cid: str, netns: str) -> tuple[Any, set[str]]:
+def _cold(lab: PluginLab, command: str, conf: dict[str, Any], cid: str, netns: str,
+          code: int = 0) -> tuple[Any, set[str]]:
     env = lab.env(command, cid, netns, extra={"CNI_BRIDGE_RESIDENT": "0", "PYTHONPROFILEIMPORTTIME": "1"})
     proc = subprocess.run(in_host(lab.host, env, plugin_command()), input=json.dumps(conf),
                           capture_output=True, text=True, timeout=60, cwd=ROOT)
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()
                 if line.startswith("import time:")}
-    assert proc.returncode == 0, (proc.stdout, proc.stderr[-2000:])
+    assert proc.returncode == code, (proc.stdout, proc.stderr[-2000:])
     assert "cni_bridge.engine" in imported, proc.stderr[-2000:]  # the log is there
     return (json.loads(proc.stdout) if proc.stdout.strip() else None), imported
 
@@ -82,3 +83,14 @@ def test_cold_add_check_del_import_neither_pydantic_nor_what_they_do_without(lab
         assert heavy == [], (command, heavy)
         assert sorted(OFF_PATH & modules) == [], command
     assert result["ips"][0]["address"].startswith("10.66.0.")
+
+
+def test_a_cold_add_refused_for_a_taken_port_does_without_them_too(lab: PluginLab) -> None:
+    # The refusal names the holder (ports/lookup.py, imported only then).
+    lab.server(lab.host, "tcp", 18083, host="127.0.0.1")
+    conf = lab.conf(capabilities={"portMappings": True},
+                    runtimeConfig={"portMappings": [{"hostPort": 18083, "containerPort": 80}]})
+    out, imported = _cold(lab, "ADD", conf, f"taken{lab.tag}", lab.netns("c").path, code=1)
+    assert out["code"] == 100 and f"pid {lab.procs[-1].pid} (" in out["msg"], out
+    assert "cni_bridge.ports.lookup" in imported
+    assert sorted(OFF_PATH & imported) == []
