@@ -12,13 +12,15 @@ see it (netconf.py's views); a ValueError is reported under the field's or objec
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, Any
 
 from cni_bridge.domain import InterfaceName, dns_name_problem, port_range_count
 from cni_bridge.ipam.ranges import Range, validate_range_sets
 from cni_bridge.protocol.versions import require_supported
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from cni_bridge.domain import IPAddress, IPNetwork
     from cni_bridge.netconf import (
         IPAMConf,

@@ -12,9 +12,6 @@ JSON decodes to (leantypes.py). The objects are frozen and satisfy netconf.py's 
 
 from __future__ import annotations
 
-import typing
-from typing import TYPE_CHECKING, Any
-
 from cni_bridge import confrules as rules
 from cni_bridge.domain import (
     DEFAULT_DATA_DIR,
@@ -46,7 +43,11 @@ from cni_bridge.leantypes import (
 )
 from cni_bridge.protocol.versions import DEFAULT_CONFIG_VERSION
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import typing
+    from typing import Any
+
     from cni_bridge import netconf
     from cni_bridge.domain import IPAddress, IPNetwork
     from cni_bridge.ipam.ranges import Range

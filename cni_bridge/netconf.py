@@ -17,10 +17,13 @@ So the switch is "is config.py already loaded": true exactly where pydantic is a
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from cni_bridge.hints import Protocol
+
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Any, Literal
 
     from cni_bridge.domain import (
         InterfaceName,

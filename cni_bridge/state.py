@@ -15,13 +15,16 @@ import ipaddress
 import json
 import os
 import time
-from typing import Any
 
 from cni_bridge import atomic
 from cni_bridge.digest import sha256_hex
 from cni_bridge.log import getLogger
 from cni_bridge.slotted import Slotted
 from cni_bridge.tuples import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = getLogger(__name__)
 

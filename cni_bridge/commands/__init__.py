@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
 
 from cni_bridge.netconf import NetConf
 from cni_bridge.protocol.request import Request
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from cni_bridge.commands.deps import Deps
 
 _MODULES = {

@@ -21,7 +21,6 @@ import contextlib
 import os
 import stat
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 from cni_bridge.background import Background
 from cni_bridge.commands import report
@@ -61,6 +60,10 @@ from cni_bridge.protocol.request import Request
 from cni_bridge.protocol.result import DNS, Result, parse_result
 from cni_bridge.rollback import Rollback
 from cni_bridge.state import PHASE_READY, Attachment, boot_id, boot_time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 log = getLogger(__name__)
 

@@ -6,7 +6,6 @@ import contextlib
 import ipaddress
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
 
 from cni_bridge.domain import IPAddress
 from cni_bridge.errors import (
@@ -25,7 +24,10 @@ from cni_bridge.ipam.disk import DiskStore
 from cni_bridge.netconf import NetConf
 from cni_bridge.state import Attachment, StateStore
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from cni_bridge.firewall.model import AttachmentFw, NetworkFw, PortMapping
     from cni_bridge.protocol.request import Request
 

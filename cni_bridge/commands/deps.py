@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from cni_bridge.dns.ops import DnsOps
     from cni_bridge.firewall.ops import FirewallOps
     from cni_bridge.net.ops import NetOps

@@ -8,11 +8,13 @@ the node: `grep ' ADD \\| DEL \\| GC '`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from cni_bridge.log import getLogger
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from cni_bridge.netconf import NetConf
 
 log = getLogger("cni_bridge.report")

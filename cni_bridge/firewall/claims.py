@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Any
 
 from cni_bridge.firewall.elements import (
     add_elems,
@@ -48,6 +47,10 @@ from cni_bridge.firewall.elements import (
 from cni_bridge.firewall.layout import PORTS, PUB, Json
 from cni_bridge.firewall.model import AttachmentFw, Element, NetworkFw, TableView
 from cni_bridge.firewall.ports import PortId, PubEntry, PubKey, conflict, protocol_name, pub_key
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MARKER = 0  # the data of the claim shared by mappings on specific host addresses
 MARKER_COMMENT = "* published on specific host addresses"  # "*": no network name

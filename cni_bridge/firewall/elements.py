@@ -13,7 +13,6 @@ import ipaddress
 import itertools
 import re
 from collections.abc import Hashable, Sequence
-from typing import Any
 
 from cni_bridge.firewall.layout import (
     BRIDGE_SELF,
@@ -32,6 +31,10 @@ from cni_bridge.firewall.layout import (
     prefix,
 )
 from cni_bridge.firewall.model import AttachmentFw, Element, IPNetwork, NetworkFw, TableView
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 COMMENT_MAX = 127  # bytes; the kernel stores at most 128 including the NUL
 _UNSAFE = re.compile(r'["\\\s]+')

@@ -24,9 +24,12 @@ chain for the bridges in the `strict` set (layout.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from cni_bridge.firewall.model import ForeignView, Rule
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 FOREIGN_TAG = "cni-bridge:"  # + network name: the comment of our rules in foreign chains
 DOCKER_USER = "DOCKER-USER"

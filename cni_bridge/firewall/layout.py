@@ -29,12 +29,15 @@ what the kernel holds and rewrites a chain that differs (layout_repairs).
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 from cni_bridge.firewall.model import IPNetwork, TableView
 from cni_bridge.tuples import NamedTuple
 
-Json = dict[str, Any]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+Json = dict[str, "Any"]  # quoted: Any is for mypy only (no typing at run time, hints.py)
 
 FAMILY = "inet"
 TABLE = "cni_bridge"

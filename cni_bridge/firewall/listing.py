@@ -8,11 +8,14 @@ A listing is the "nftables" array of one `list` command: objects keyed by their 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from cni_bridge.firewall import foreign
 from cni_bridge.firewall.layout import FAMILY, TABLE, Json
 from cni_bridge.firewall.model import Element, ForeignChain, ForeignView, Rule, TableView
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def is_ours(obj: Json) -> bool:

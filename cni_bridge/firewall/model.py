@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import Any, Literal
 
 from cni_bridge.domain import InterfaceName, NetworkName, Port, port_range_count
 
 # Re-exported for the firewall modules that take them from here.
 from cni_bridge.domain import IPAddress as IPAddress
 from cni_bridge.domain import IPNetwork as IPNetwork
+from cni_bridge.hints import Literal
 from cni_bridge.slotted import Slotted
 from cni_bridge.tuples import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 Protocol = Literal["tcp", "udp", "sctp"]
 PROTOCOLS: tuple[Protocol, ...] = ("tcp", "udp", "sctp")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from cni_bridge.errors import INVALID_CONFIG, PORT_CONFLICT, CNIError
 from cni_bridge.firewall import layout, listing, ports, rules
@@ -45,6 +44,7 @@ from cni_bridge.firewall.model import (
 from cni_bridge.firewall.nftcall import NftablesError
 from cni_bridge.log import getLogger
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from cni_bridge.firewall.ops import FirewallOps
 

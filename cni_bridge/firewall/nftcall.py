@@ -7,10 +7,13 @@ import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from cni_bridge.errors import INTERNAL, CNIError
 from cni_bridge.firewall.layout import Json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class NftablesError(CNIError):

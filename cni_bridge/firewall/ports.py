@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import Any
 
 from cni_bridge.firewall.elements import add_elems, attachment_comment, canon, elem, keys
 from cni_bridge.firewall.layout import PUB, Json, PubMaps
@@ -27,6 +26,10 @@ from cni_bridge.firewall.model import (
     TableView,
 )
 from cni_bridge.tuples import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_PORTS = 4096  # host ports per attachment after expanding ranges
 PROTO_NUMBERS = {6: "tcp", 17: "udp", 132: "sctp"}  # as libnftables may list inet_proto

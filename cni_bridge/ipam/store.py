@@ -11,9 +11,9 @@ import _thread  # not threading: the two C primitives below are all a store need
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import Protocol
 
 from cni_bridge.domain import IPAddress
+from cni_bridge.hints import Protocol
 
 Owner = tuple[str, str]
 """(container ID, interface name); the interface name is "" in files written by old

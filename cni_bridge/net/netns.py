@@ -13,9 +13,12 @@ import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 from cni_bridge.net.ops import NetError, NetnsUnavailable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 CLONE_NEWNET = 0x40000000
 _NS_GET_NSTYPE = 0xB703  # ioctl: _IO(0xb7, 0x3), kernel >= 4.11

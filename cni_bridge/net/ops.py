@@ -8,7 +8,6 @@ namespace is always given as a path (`/run/netns/x`, `/proc/<pid>/ns/net`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
 
 from cni_bridge.domain import InterfaceName, MacAddress, VlanId
 
@@ -16,6 +15,7 @@ from cni_bridge.domain import InterfaceName, MacAddress, VlanId
 from cni_bridge.domain import IPAddress as IPAddress
 from cni_bridge.domain import IPInterface as IPInterface
 from cni_bridge.domain import IPNetwork as IPNetwork
+from cni_bridge.hints import Protocol, runtime_checkable
 from cni_bridge.tuples import NamedTuple
 
 # (destination, gateway); a default route has destination 0.0.0.0/0 or ::/0; no gateway = on-link.

@@ -12,10 +12,13 @@ from __future__ import annotations
 import _socket  # not socket: ADD and DEL reach the holder through it (socket's enums cost)
 import json
 import os
-from typing import Any
 
 from cni_bridge import datadirs
 from cni_bridge.resident.naming import agent_dir
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 CHANGED_TIMEOUT = 2.0  # the holder answers in about a millisecond; a busy one is not waited for
 MAX_MESSAGE = 1 << 20

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from cni_bridge.firewall.model import PortMapping, mapping_from_dict
 from cni_bridge.tuples import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 HELD_PROTOCOLS = ("tcp", "udp")
 ANY4, ANY6 = "0.0.0.0", "::"

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 from cni_bridge.errors import PORT_CONFLICT, CNIError
 from cni_bridge.firewall.model import PortMapping
+from cni_bridge.hints import Protocol
 from cni_bridge.log import getLogger
 
 log = getLogger(__name__)

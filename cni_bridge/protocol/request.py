@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
 
 from cni_bridge.domain import container_id_problem, ifname_problem
 from cni_bridge.errors import DECODE_FAILURE, INVALID_ENV, CNIError
@@ -18,6 +17,10 @@ from cni_bridge.protocol.versions import (
     VERBS,
 )
 from cni_bridge.tuples import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 # A NamedTuple, not a frozen dataclass: no `dataclasses` (nor the `inspect` it imports) and no

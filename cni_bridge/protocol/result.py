@@ -7,13 +7,16 @@ plugins and CHECK/DEL hand us results written in the config's version. Pure, sta
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
 
 from cni_bridge.domain import IPAddress, IPInterface, IPNetwork
 from cni_bridge.errors import DECODE_FAILURE, CNIError
 from cni_bridge.protocol.versions import at_least, require_supported
 from cni_bridge.slotted import Slotted
 from cni_bridge.tuples import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Not dataclasses (see slotted.py): what is never changed once made is a NamedTuple (Interface,
 # IPConfig, Route); DNS and Result, filled in place, are Slotted.

@@ -45,6 +45,7 @@ OFF_PATH = {
     "signal",  # commands/deps.py's test hook imports it when it runs
     "threading",  # _thread: background.py, ipam/store.py
     "hashlib",  # digest.py: _sha256 alone
+    "typing",  # annotations only (TYPE_CHECKING); hints.py and tuples.py for the rest
     # the records there are NamedTuples or slotted.Slotted classes: a dataclass compiles its
     # methods at import, and `dataclasses` imports inspect (with ast, dis, tokenize)
     "dataclasses", "inspect", "ast", "dis", "tokenize",
