@@ -7,7 +7,6 @@ the server is reconciled under the host-wide lock of aardvark.py.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 from cni_bridge.dns.aardvark import Aardvark
 from cni_bridge.dns.names import (
@@ -20,6 +19,7 @@ from cni_bridge.dns.names import (
     resolvers,
 )
 from cni_bridge.domain import IPAddress
+from cni_bridge.hints import Protocol
 from cni_bridge.netconf import NetConf
 
 RESOLV_CONF = "/etc/resolv.conf"

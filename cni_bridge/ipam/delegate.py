@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any
 
 from cni_bridge.errors import CNIError
 from cni_bridge.invoke import PluginError, decode_object, invoke
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # The caller holds the network's lock while a delegated plugin runs: a hung one (dhcp without
 # its daemon, say) must not stall every ADD and DEL of the network for good.
