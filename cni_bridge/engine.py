@@ -90,12 +90,12 @@ def prepare() -> None:
     nftcall.prepare()
 
 
-def rehearse() -> None:
+def rehearse(light: bool = False) -> None:
     """Run by a resident's spare worker after prepare(), before it says it is free: a dry run
     of ADD and DEL with no effect on the host (resident/rehearsal.py)."""
     from cni_bridge.resident import rehearsal
 
-    rehearsal.rehearse()
+    rehearsal.rehearse(light)
 
 
 # Internal errors caught at the boundary below, in this process.

@@ -53,10 +53,12 @@ CONFIG: dict[str, Any] = {
 }
 
 
-def rehearse() -> None:
-    """Run every step; a step that fails is logged and the others still run."""
+def rehearse(light: bool = False) -> None:
+    """Run every step (`light`: the pure ones, LIGHT); a step that fails is logged and the
+    others still run."""
     before = _descriptors()
-    failed = [name for name, step in _STEPS if not _step(step)]
+    steps = [(name, step) for name, step in _STEPS if not light or name in LIGHT]
+    failed = [name for name, step in steps if not _step(step)]
     if failed:
         log(f"rehearsal: {', '.join(failed)} failed (the worker only starts colder)")
     if _descriptors() != before:  # a step must close what it opens
@@ -207,3 +209,6 @@ _STEPS: tuple[tuple[str, Callable[[], None]], ...] = (
     ("firewall reads", _firewall_reads),
     ("netlink reads", _netlink_reads),
 )
+# The steps of a light rehearsal (pool._renew): pure Python, and the pages of the next request's
+# they write are most of those they write (~2.6 MiB for ~620 fewer faults in the next ADD).
+LIGHT = ("request and plan", "protocol")

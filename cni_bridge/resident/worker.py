@@ -56,7 +56,8 @@ class Engine(NamedTuple):
     handle: Handler
     prepare: Callable[[], None] | None = None  # once per pooled worker, after its fork
     reusable: Callable[[], bool] | None = None  # after each request: may the worker go on?
-    rehearse: Callable[[], None] | None = None  # once per spare, after prepare: a dry run
+    # Once per spare, after prepare: a dry run (light=True: only its pure, cheapest part).
+    rehearse: Callable[[bool], None] | None = None
 
 
 IO_TIMEOUT = 5.0  # reading a request and waiting for GO: the client is already waiting
@@ -170,11 +171,12 @@ def run(
     max_requests: int,
     preloaded: frozenset[str],
     forget_parent: Callable[[], None],
-    rehearse: bool = True,
+    light: bool = False,
 ) -> NoReturn:
     """In a fresh fork: serve `conn`, then (with a channel) further connections the parent
     hands over while this process stays fit to: see `_fit`. `forget_parent` closes what the
-    fork inherited of the parent's own state; `rehearse`: a spare (no `conn`) rehearses.
+    fork inherited of the parent's own state. A spare (no `conn`) rehearses, only lightly if
+    `light`.
     Never returns."""
     status = WORKER_NOT_RUN
     try:
@@ -189,10 +191,11 @@ def run(
                 engine.prepare()
             # A spare, forked ahead of any request, touches what a request will (its pages
             # copied now, not while a caller waits); one forked for a waiting caller does not.
-            if conn is None and rehearse and engine.rehearse is not None:
+            if conn is None and engine.rehearse is not None:
                 started = time.monotonic()
-                engine.rehearse()
-                log(f"spare worker rehearsed in {1000 * (time.monotonic() - started):.1f} ms")
+                engine.rehearse(light)
+                how = "lightly " if light else ""
+                log(f"spare worker {how}rehearsed in {1000 * (time.monotonic() - started):.1f} ms")
         # As the worker will be between requests: the connection in hand is closed by then.
         baseline = _process_state(ignore=conn)
         served = 0
