@@ -170,4 +170,9 @@ def run() -> "NoReturn":
             pass
     if "logging" in sys.modules:  # log files configured by the engine
         sys.modules["logging"].shutdown()
+    # The agent this call claimed the name of (resident.spawn): forked now, the answer written,
+    # it execs once we have exited; os._exit skips the atexit hook that would do it otherwise.
+    spawn = sys.modules.get("cni_bridge.resident.spawn")
+    if spawn is not None:
+        spawn.start_pending()
     os._exit(code)

@@ -3,12 +3,17 @@ afresh and starts `cni-bridge serve` with both inherited (systemd's LISTEN_FDS c
 a burst of first calls cannot start several. An agent started by systemd
 (build/cni-bridge.service) takes them itself (server.claimed_listener).
 
-The caller does not wait for it: it runs its own request in-process, and the agent is forked at
-once (the lock taken, the socket bound) but execs only when the caller has exited. Its start
-(the imports, the engine's warm-up, its first workers: more CPU than the request in-process)
-then does not compete with the caller's answer: on 2 cores a first ADD took ~1.3x a cold one
-when the agent started alongside, ~1.0x when it started after. Until it listens, later calls
-find its socket bound but not listening, and run in-process too.
+The caller does not wait for it: it claims the name (the lock taken, the socket bound) before
+it runs its own request in-process, and starts the agent as it exits (`start_pending`, called
+by cli.run once the answer is written, or at interpreter exit): the agent is forked then and
+execs only once the caller has exited. Its start (the imports, the engine's warm-up, its first
+workers: more CPU than the request in-process) then does not compete with the caller's answer:
+on 2 cores a first ADD took ~1.3x a cold one when the agent started alongside, ~1.0x when it
+started after. Forking at the end rather than before the request matters too: a fork shares
+every page copy-on-write, so forked first, the caller took a page fault and a copy for every
+page it wrote for the rest of the request (~750 faults per ADD), and waited for a middle child
+to be scheduled; at the end it copies its page tables (~1 ms) and exits. Until the agent
+listens, later calls find its socket bound but not listening, and run in-process too.
 
 The agent inherits the caller's namespaces, runs in its own session with stdio on /dev/null (a
 runtime reading the plugin's stdout until EOF is not held up), and leaves after an idle period
@@ -26,8 +31,10 @@ if TYPE_CHECKING:
     from cni_bridge.resident.client import ClientConfig
 
 DEFAULT_HANDLER = "cni_bridge.engine:handle"
-# The write ends of the pipes a started agent waits on (see spawn): open for this process's life.
+# The write ends of the pipes a started agent waits on (see _start): open for this process's life.
 _EXITED: list[int] = []
+# Names claimed by `spawn`, started by `start_pending`: (lock fd, socket, argv, environ, log).
+_PENDING: "list[tuple[int, _socket.socket, list[str], dict[str, str], str]]" = []
 # Per-request variables a started agent must not inherit from the call that started it.
 REQUEST_VARS = frozenset(
     {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH"}
@@ -63,13 +70,14 @@ def server_environ() -> dict[str, str]:
 
 
 def spawn(cfg: "ClientConfig") -> bool:
-    """Start a resident unless one runs or is starting; True if one was started. It execs
-    when this process has exited (its answer written), see the module's docstring.
+    """Claim the name for a resident unless one runs or is starting; True if claimed. The
+    resident is started by `start_pending`, as this process exits (see the module's docstring).
 
     The lock beside the socket decides: whoever takes it (non-blocking) binds the socket afresh
     and hands both to the resident it starts, which holds the lock for its whole life. A second
     caller, and every caller while the started resident waits or warms up (its socket is bound,
-    not listening, so connections are refused until it is ready), finds the lock taken.
+    not listening, so connections are refused until it is ready), finds the lock taken. Both
+    descriptors are close-on-exec: a plugin the request execs meanwhile does not get them.
     """
     if not sys.executable or not cfg.socket_path:
         return False
@@ -77,41 +85,53 @@ def spawn(cfg: "ClientConfig") -> bool:
     if held is None:
         return False
     lock_fd, sock = held
-    argv = server_argv(cfg)
-    env = server_environ()
+    if not _PENDING:
+        import atexit  # built in: nothing to load
+
+        atexit.register(start_pending)  # cli.run ends with os._exit: it calls start_pending
+    _PENDING.append((lock_fd, sock, server_argv(cfg), server_environ(), cfg.log_path))
+    return True
+
+
+def start_pending() -> None:
+    """Start the residents this process claimed the names of; each execs once this process
+    has exited. Call it last, with the answer written: this process must exit right after
+    (forked processes of it wait for that, and one of them is its child until then)."""
+    while _PENDING:
+        lock_fd, sock, argv, env, log_path = _PENDING.pop()
+        try:
+            _start(lock_fd, sock, argv, env, log_path)
+        finally:  # the resident has its own copies; if none started, the name is free again
+            sock.close()
+            os.close(lock_fd)
+
+
+def _start(
+    lock_fd: int, sock: _socket.socket, argv: list[str], env: dict[str, str], log_path: str
+) -> None:
     try:
         # Its write end stays open in this process only (close-on-exec: a plugin it execs, an
         # aardvark-dns it starts, does not keep it): EOF there means this process has exited.
         exited_r, exited_w = os.pipe2(os.O_CLOEXEC)
     except OSError:
-        sock.close()
-        os.close(lock_fd)
-        return False
+        return
     try:
         pid = os.fork()
     except OSError:
-        sock.close()
-        os.close(lock_fd)
         os.close(exited_r)
         os.close(exited_w)
-        return False
+        return
     if pid == 0:  # pragma: no cover - runs in the child
         try:
             os.setsid()  # leave the caller's session and process group
-            if os.fork() == 0:  # the grandchild is reparented, so nobody has to reap it
+            if os.fork() == 0:  # the grandchild: not a session leader, never owns a terminal
                 os.close(exited_w)
-                _exec_server(sock.fileno(), lock_fd, exited_r, argv, env, cfg.log_path)
+                _exec_server(sock.fileno(), lock_fd, exited_r, argv, env, log_path)
         finally:
             os._exit(0)
-    sock.close()
-    os.close(lock_fd)
+    # Not waited for: this process exits now, and its init (or subreaper) reaps the child.
     os.close(exited_r)
     _EXITED.append(exited_w)  # held until this process exits
-    try:  # noqa: SIM105 - contextlib costs ~3 ms of imports
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-    return True
 
 
 def claim(path: str) -> "tuple[int, _socket.socket] | None":

@@ -992,8 +992,9 @@ def test_an_attachment_keeps_the_agent_past_its_idle_timeout(env: Env) -> None:
 
 
 def test_a_started_resident_comes_up_only_once_its_caller_has_exited(env: Env) -> None:
-    """The first call runs in-process while the resident it started waits (forked, holding the
-    name, not yet exec'd): its start does not compete with that call's answer."""
+    """The first call claims the name and runs in-process; the resident is forked only as that
+    call exits, and execs once it has: its start does not compete with that call's answer, nor
+    does a fork of it make the call's every page written copy-on-write."""
     host = env.netns("host")
     req_env, stdin, rid = env.request("ADD", netns=str(NETNS_DIR / host))
     spec = {"root": str(ROOT), "env": req_env, "stdin": stdin, "how": "try", "hold": True,
@@ -1003,13 +1004,17 @@ def test_a_started_resident_comes_up_only_once_its_caller_has_exited(env: Env) -
         ["nsenter", f"--net={NETNS_DIR / host}", sys.executable, "-c", CLIENT_SCRIPT,
          json.dumps(spec)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+        start_new_session=True,  # so that a failed assertion's cleanup can end it (killpg)
     )  # fmt: skip
     env.procs.append(caller)
     assert caller.stdout is not None and caller.stdin is not None
     assert json.loads(caller.stdout.readline()) is None  # to run in-process, at once
     time.sleep(1.0)  # a resident exec'd at once would be up by now (it is, right after)
     assert residents_in(host) == []
-    assert env.call(host, *env.request("VERSION", netns="dummy")[:2]) is None  # name held
+    # Nothing forked from the caller while the request would run, yet the name is claimed.
+    assert pids_in_netns(host) == [caller.pid]
+    assert not _unheld(naming.lock_path(env.socket_path(host)))
+    assert env.call(host, *env.request("VERSION", netns="dummy")[:2]) is None
     caller.stdin.close()
     assert caller.wait(30) == 0
     assert wait_until(lambda: len(residents_in(host)) == 1)
