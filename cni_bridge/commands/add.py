@@ -17,10 +17,9 @@ The attachment record is written where crash safety needs it, and nowhere else:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 
 from cni_bridge.background import Background
 from cni_bridge.commands import report
@@ -379,16 +378,24 @@ def _dns_upstream(conf: NetConf) -> list[IPAddress]:
     return upstream(conf)
 
 
-@contextlib.contextmanager
-def dns_errors() -> Iterator[None]:
-    from cni_bridge.dns.aardvark import DNSServerError, DNSServerMissing
+class dns_errors:
+    """containerDNS's failures as CNI errors. A class, not a contextlib.contextmanager:
+    contextlib stays off the exec path."""
 
-    try:
-        yield
-    except DNSServerMissing as exc:
-        raise CNIError(INVALID_CONFIG, str(exc)) from None
-    except DNSServerError as exc:
-        raise CNIError(IO_FAILURE, f"containerDNS: {exc}") from None
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, typ: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            return
+        from cni_bridge.dns.aardvark import DNSServerError, DNSServerMissing
+
+        if isinstance(exc, DNSServerMissing):
+            raise CNIError(INVALID_CONFIG, str(exc)) from None
+        if isinstance(exc, DNSServerError):
+            raise CNIError(IO_FAILURE, f"containerDNS: {exc}") from None
 
 
 def network_snapshot(config: Mapping[str, Any]) -> dict[str, Any]:

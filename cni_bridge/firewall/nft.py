@@ -22,8 +22,7 @@ DEL decides "last attachment of the network" under the network's lock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 
 from cni_bridge.errors import INVALID_CONFIG, PORT_CONFLICT, CNIError
 from cni_bridge.firewall import layout, listing, ports, rules
@@ -51,15 +50,20 @@ if TYPE_CHECKING:
 log = getLogger(__name__)
 
 
-@contextmanager
-def _cni_codes() -> Iterator[None]:
-    """The pure layer's refusals as the CNI errors the runtime sees, messages unchanged."""
-    try:
-        yield
-    except PortConflict as exc:
-        raise CNIError(PORT_CONFLICT, str(exc)) from exc
-    except InvalidConfig as exc:
-        raise CNIError(INVALID_CONFIG, str(exc)) from exc
+class _cni_codes:
+    """The pure layer's refusals as the CNI errors the runtime sees, messages unchanged. A
+    class, not a contextlib.contextmanager: contextlib stays off the exec path."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, typ: object, exc: BaseException | None, tb: object) -> None:
+        if isinstance(exc, PortConflict):
+            raise CNIError(PORT_CONFLICT, str(exc)) from exc
+        if isinstance(exc, InvalidConfig):
+            raise CNIError(INVALID_CONFIG, str(exc)) from exc
 
 
 class Firewall(BridgeGuards):

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 from cni_bridge.errors import INTERNAL, CNIError
 from cni_bridge.firewall.layout import Json
@@ -84,15 +83,9 @@ class NftCalls:
         (doc,) = self._call(what, [{"list": cmd}])
         return doc
 
-    @contextmanager
-    def _terse(self) -> Iterator[None]:
+    def _terse(self) -> _Terse:
         """Listings without set elements (honoured by `list ruleset`, not `list table`)."""
-        ctx = self._ctx()
-        ctx.set_terse_output(True)
-        try:
-            yield
-        finally:
-            ctx.set_terse_output(False)
+        return _Terse(self._ctx())
 
     def apply(self, cmds: Sequence[Json], what: str = "transaction") -> None:
         """Run the commands as one atomic transaction (nothing to do: no call)."""
@@ -106,3 +99,18 @@ class NftCalls:
         if rc != 0:
             raise NftablesError(what, str(err))
 
+
+class _Terse:
+    """NftCalls._terse's block. A class, not a contextlib.contextmanager: contextlib stays off
+    the exec path (net/netns.py's entered)."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: Any) -> None:
+        self._ctx = ctx
+
+    def __enter__(self) -> None:
+        self._ctx.set_terse_output(True)
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.set_terse_output(False)

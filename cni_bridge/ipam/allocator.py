@@ -6,7 +6,6 @@ served under one store lock, and a failure part-way releases what this call rese
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 
 from cni_bridge.domain import IPAddress, IPInterface
@@ -124,8 +123,10 @@ def allocate(
         except BaseException:
             for a in done:
                 # Best effort: the original error is the one to report.
-                with contextlib.suppress(Exception):
+                try:  # noqa: SIM105 - contextlib stays off the exec path
                     store.release(a.address.ip)
+                except Exception:
+                    pass
             raise
     return done
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import _thread  # not threading: the two C primitives below are all a store needs
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
 
 from cni_bridge.domain import IPAddress
 from cni_bridge.hints import Protocol
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
 
 Owner = tuple[str, str]
 """(container ID, interface name); the interface name is "" in files written by old
@@ -71,21 +74,31 @@ class ReentrantLock:
         self._acquire = acquire
         self._release = release
 
-    @contextmanager
-    def __call__(self) -> Iterator[None]:
-        with self._mutex:
+    def __call__(self) -> ReentrantLock:
+        """`with lock():` (the state is the guard's own, so the guard is its context manager;
+        not a contextlib.contextmanager: contextlib stays off the exec path)."""
+        return self
+
+    def __enter__(self) -> None:
+        self._mutex.acquire()
+        try:
             if self._depth == 0 and self._acquire is not None:
                 self._acquire()
-            self._depth += 1
-            self._owner = _thread.get_ident()
-            try:
-                yield
-            finally:
-                self._depth -= 1
-                if self._depth == 0:
-                    self._owner = None
-                    if self._release is not None:
-                        self._release()
+        except BaseException:
+            self._mutex.release()
+            raise
+        self._depth += 1
+        self._owner = _thread.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                if self._release is not None:
+                    self._release()
+        finally:
+            self._mutex.release()
 
     def held(self) -> bool:
         return self._depth > 0 and self._owner == _thread.get_ident()

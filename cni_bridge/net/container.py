@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 
 from cni_bridge.domain import InterfaceName
 from cni_bridge.net import rtnl, sysctl
@@ -107,7 +106,7 @@ class ContainerSide:
         raise LinkNotReady(f"IPv6 DAD on {ifname} did not finish within {self.dad_timeout:g}s")
 
     def container_view(self, netns_path: str, ifname: InterfaceName) -> ContainerView | None:
-        with _container_socket(netns_path) as ct:
+        with _ContainerSocket(netns_path) as ct:
             if ct is None:
                 return None
             link = get_link(ct, name=ifname)
@@ -126,7 +125,7 @@ class ContainerSide:
             )
 
     def delete_container_link(self, netns_path: str, ifname: InterfaceName) -> bool:
-        with _container_socket(netns_path) as ct:
+        with _ContainerSocket(netns_path) as ct:
             return ct is not None and rtnl.delete_link(ct, ifname)
 
 
@@ -138,20 +137,30 @@ def _open_inside(netns_fd: int, sysctls: Sequence[tuple[str, str]] = ()) -> Netl
         return NetlinkSocket.open()
 
 
-@contextmanager
-def _container_socket(netns_path: str) -> Iterator[NetlinkSocket | None]:
-    """A socket in the container namespace, or None when the namespace is gone."""
-    try:
-        nsfd = open_netns(netns_path)
-    except NetnsUnavailable:
-        yield None
-        return
-    try:
-        ct = NetlinkSocket.open_in(nsfd)
-    finally:
-        os.close(nsfd)
-    with ct:
-        yield ct
+class _ContainerSocket:
+    """A socket in the container namespace, or None when the namespace is gone. A class, not a
+    contextlib.contextmanager: contextlib stays off the exec path (net/netns.py's entered)."""
+
+    __slots__ = ("_netns_path", "_sock")
+
+    def __init__(self, netns_path: str) -> None:
+        self._netns_path = netns_path
+        self._sock: NetlinkSocket | None = None
+
+    def __enter__(self) -> NetlinkSocket | None:
+        try:
+            nsfd = open_netns(self._netns_path)
+        except NetnsUnavailable:
+            return None
+        try:
+            self._sock = NetlinkSocket.open_in(nsfd)
+        finally:
+            os.close(nsfd)
+        return self._sock
+
+    def __exit__(self, *exc: object) -> None:
+        if self._sock is not None:
+            self._sock.close()
 
 
 def _polls(timeout: float) -> Iterator[None]:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from cni_bridge.net.ops import NetError, NetnsUnavailable
 
@@ -79,27 +77,39 @@ def _return_or_die(original: int) -> None:
         os._exit(70)
 
 
-@contextmanager
-def entered(netns_fd: int) -> Iterator[None]:
+class entered:
     """Run the block with the calling thread inside the given network namespace.
 
     Only the calling thread moves. Keep the block short and free of unrelated work: anything
-    opened inside (sockets, /proc/sys files) belongs to that namespace.
+    opened inside (sockets, /proc/sys files) belongs to that namespace. A class, not a
+    contextlib.contextmanager: contextlib stays off the exec path (~5 M instructions).
     """
-    original = os.open(_SELF_NETNS, os.O_RDONLY | os.O_CLOEXEC)
-    try:
+
+    __slots__ = ("_netns_fd", "_original")
+
+    def __init__(self, netns_fd: int) -> None:
+        self._netns_fd = netns_fd
+        self._original = -1
+
+    def __enter__(self) -> None:
+        original = os.open(_SELF_NETNS, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _setns(netns_fd, CLONE_NEWNET)
+            _setns(self._netns_fd, CLONE_NEWNET)
         except OSError as exc:
+            os.close(original)
             raise NetError(
                 f"cannot enter network namespace: {exc.strerror}", errno=exc.errno
             ) from None
+        except BaseException:
+            os.close(original)
+            raise
+        self._original = original
+
+    def __exit__(self, *exc: object) -> None:
         try:
-            yield
+            _return_or_die(self._original)
         finally:
-            _return_or_die(original)
-    finally:
-        os.close(original)
+            os.close(self._original)
 
 
 
