@@ -365,9 +365,11 @@ def test_the_control_loop_outlives_a_lack_of_descriptors(
     monkeypatch.setattr(holder_mod, "ACCEPT_RETRY", 0.01)
     holder = Holder(Records(list))
     holder_mod.Control(holder, listener)
-    answers = _ask_status_from_a_thread(path)
-    _spin(holder.loop, lambda: len(answers) == 2)
-    listener.close()
+    try:
+        answers = _ask_status_from_a_thread(path)
+        _spin(holder.loop, lambda: len(answers) == 2)
+    finally:
+        holder.loop.shut()  # its epoll descriptor and the listener: nothing left to a later test
     assert isinstance(answers[0], dict) and answers[0]["held"] == [] and not failures
 
 
@@ -408,9 +410,11 @@ def test_one_request_failing_does_not_end_the_holder(tmp_path: Path) -> None:
 
     holder.handle = handle  # type: ignore[method-assign]
     holder_mod.Control(holder, listener)
-    answers = _ask_status_from_a_thread(path)
-    _spin(holder.loop, lambda: len(answers) == 2)  # the loop ran on: no exception out of it
-    listener.close()
+    try:
+        answers = _ask_status_from_a_thread(path)
+        _spin(holder.loop, lambda: len(answers) == 2)  # the loop ran on: no exception out of it
+    finally:
+        holder.loop.shut()
     first, second = answers
     assert isinstance(first, dict) and "error" in first
     assert isinstance(second, dict) and second["held"] == []
