@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 import typing
-from typing import Any
 
 import pytest
 
@@ -86,38 +85,3 @@ def test_what_typing_refuses_is_refused() -> None:
 
             def _replace(self) -> None:  # type: ignore[misc]  # mypy refuses it too
                 pass
-
-
-def _pair(n: int) -> tuple[Any, Any]:
-    """A class of n fields (the last two with defaults) from here and from typing."""
-    fields = [f"f{i}" for i in range(n)]
-    ns: dict[str, Any] = {"__module__": __name__, "__annotations__": dict.fromkeys(fields, "int")}
-    ns.update(dict.fromkeys(fields[-2:], 7) if n > 2 else {})
-    ours: Any = type(NamedTuple)
-    typings: Any = typing.NamedTupleMeta  # type: ignore[attr-defined]
-    return ours(f"Ours{n}", (NamedTuple,), dict(ns)), typings(f"Ours{n}", (typing._NamedTuple,), dict(ns))  # type: ignore[attr-defined]
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 11, 16, 17, 25])
-def test_every_arity_makes_typings_class(n: int) -> None:
-    ours, typings = _pair(n)
-    for attr in ("_fields", "_field_defaults", "__match_args__", "__doc__", "__module__"):
-        assert getattr(ours, attr) == getattr(typings, attr), attr
-    args = list(range(n))
-    assert ours(*args) == typings(*args) and repr(ours(*args)) == repr(typings(*args))
-    kwargs = {f"f{i}": i for i in range(n)}
-    assert ours(**kwargs) == tuple(args) and ours(**kwargs).f0 == 0
-    if n > 2:
-        assert ours(*args[:-2]) == typings(*args[:-2]) == (*args[:-2], 7, 7)
-    r = ours(*args)
-    assert r._replace(f0=9) == typings(*args)._replace(f0=9) and r._asdict() == kwargs
-    bad: list[tuple[list[int], dict[str, int]]] = [([*args, 0], {}), (args, {"f0": 1}), ([], {"nope": 1})]
-    for pos, kw in bad:
-        with pytest.raises(TypeError):
-            ours(*pos, **kw)
-    with pytest.raises(TypeError, match=f"Expected {n} arguments, got {n + 1}"):
-        ours._make([*args, 0])
-    with pytest.raises(ValueError, match="unexpected field names: \\['nope'\\]"):
-        r._replace(nope=1)
-    with pytest.raises(AttributeError):
-        r.f0 = 1
