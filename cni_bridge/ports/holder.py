@@ -10,7 +10,8 @@ reported by `status`.
 
 Nothing here blocks: sockets are non-blocking, a control client gets its answer only if it can
 take it at once, and the processes holding a port it could not take are looked up (a walk over
-every process's descriptors) once, when the port first fails, not at every retry or rescan.
+every process's descriptors) once, when the port first fails, not at every retry or rescan,
+with one walk for all the ports that failed in the same pass.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class Holder:
             if key not in wanted:
                 del self.failed[key]
         opened = 0
+        taken: list[HoldKey] = []
         for key, target in todo.open:
             if key in self.absent:
                 continue
@@ -96,20 +98,24 @@ class Holder:
                 if exc.errno in _NOT_HERE and key.wildcard:
                     self.absent.add(key)
                     continue
-                why = exc.strerror or str(exc)
-                if exc.errno == errno.EADDRINUSE:
-                    # Naming the holder reads every process's descriptors (~90 ms on a busy
-                    # host, the agent's loop waiting): once, while the port stays taken.
-                    known = self.failed.get(key, "")
-                    why = known if known.startswith("held by") else (
-                        f"held by {lookup.describe(lookup.holders_of(key))}"
-                    )
-                if self.failed.get(key) != why:
+                known = self.failed.get(key, "")
+                if exc.errno == errno.EADDRINUSE and not known.startswith("held by"):
+                    taken.append(key)  # named below, with the others
+                    continue
+                why = known if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+                if known != why:
                     _log(f"cannot hold {key}: {why}")
                 self.failed[key] = why
             else:
                 self.failed.pop(key, None)
                 opened += 1
+        if taken:
+            # Naming the holders reads every process's descriptors (~90 ms on a busy host, the
+            # agent's loop waiting): one walk for all the ports that have just been found
+            # taken, none while they stay taken.
+            for key, found in lookup.holders_of_each(taken).items():
+                self.failed[key] = why = f"held by {lookup.describe(found)}"
+                _log(f"cannot hold {key}: {why}")
         if everything and (todo.close or opened):  # ADD and DEL's own changes are not logged
             released = f"released {_some(todo.close)}; " if todo.close else ""
             _log(f"{released}holding {len(self.held)} socket(s)")

@@ -91,10 +91,16 @@ def read_tables(protocol: str, proc_net: str = "/proc/net") -> list[tuple[bool, 
 
 def processes(inodes: Iterable[int], proc: str = "/proc") -> list[tuple[int, str]]:
     """(pid, command name) of every process with a descriptor on one of the sockets."""
-    links = {f"socket:[{i}]" for i in inodes}
+    return sorted({p for found in by_inode(inodes, proc).values() for p in found})
+
+
+def by_inode(inodes: Iterable[int], proc: str = "/proc") -> dict[int, list[tuple[int, str]]]:
+    """For each socket inode, the (pid, command name) of the processes with a descriptor on it:
+    one walk over every process's descriptors (~90 ms on a busy host), whatever their number."""
+    links = {f"socket:[{i}]": i for i in inodes}
+    found: dict[int, list[tuple[int, str]]] = {}
     if not links:
-        return []
-    found = []
+        return found
     for entry in os.listdir(proc):
         if not entry.isdigit():
             continue
@@ -103,13 +109,15 @@ def processes(inodes: Iterable[int], proc: str = "/proc") -> list[tuple[int, str
             names = os.listdir(fd_dir)
         except OSError:
             continue
+        mine = set()
         for fd in names:
             try:
-                if os.readlink(f"{fd_dir}/{fd}") in links:
-                    break
+                inode = links.get(os.readlink(f"{fd_dir}/{fd}"))
             except OSError:
                 continue
-        else:
+            if inode is not None:
+                mine.add(inode)
+        if not mine:
             continue
         try:
             # Bytes: anyone names their process as they like, UTF-8 or not.
@@ -117,8 +125,9 @@ def processes(inodes: Iterable[int], proc: str = "/proc") -> list[tuple[int, str
                 comm = f.read().strip().decode(errors="backslashreplace")
         except OSError:
             comm = "?"
-        found.append((int(entry), comm))
-    return sorted(found)
+        for inode in mine:
+            found.setdefault(inode, []).append((int(entry), comm))
+    return {inode: sorted(pids) for inode, pids in found.items()}
 
 
 def describe(holders: list[tuple[int, str]]) -> str:
@@ -130,3 +139,13 @@ def describe(holders: list[tuple[int, str]]) -> str:
 def holders_of(key: HoldKey) -> list[tuple[int, str]]:
     """The processes holding sockets that `key` collides with, in this network namespace."""
     return processes(colliding(key, read_tables(key.protocol)))
+
+
+def holders_of_each(keys: Iterable[HoldKey]) -> dict[HoldKey, list[tuple[int, str]]]:
+    """holders_of for several keys with one walk over the processes (the holder's loop names
+    the holders of every port that just failed at once, not one walk per port)."""
+    keys = list(keys)
+    tables = {p: read_tables(p) for p in {k.protocol for k in keys}}
+    inodes = {k: colliding(k, tables[k.protocol]) for k in keys}
+    owners = by_inode({i for found in inodes.values() for i in found})
+    return {k: sorted({p for i in found for p in owners.get(i, [])}) for k, found in inodes.items()}
