@@ -7,7 +7,17 @@ nearly all the time.
 What keeps the agent's loop from waiting on it: every socket is non-blocking, with a bound on
 what is buffered per connection (proxy.py); a control client gets its answer at once or not at
 all; the records are reread every RESCAN seconds, only those whose file changed (records.py);
-the processes holding a port that cannot be held are looked up once, when it first fails.
+the processes holding a port that cannot be held are looked up once, when it first fails (one
+walk for all the ports found taken together); relays never take the last loop.AGENT_RESERVE
+descriptors, which stay for the agent's own work.
+
+What it cannot help: the relays move only while the agent's loop polls, so any blocking step of
+that loop pauses every relayed connection. The longest is the name service's duty (dns/agent.py,
+every 5 s): cheap (a listing and a pid check) while aardvark-dns runs, but restarting it when it
+died runs aardvark-dns and waits for its pid file and its sockets (each up to READY_TIMEOUT,
+3 s), under its lock (an ADD reconciling it holds that lock as long). Bytes wait in the kernel's
+buffers meanwhile; nothing is lost. Making it non-blocking means a second, asynchronous way to
+drive aardvark-dns beside the plugin's own synchronous one; not done.
 
 What a holder process gave that this keeps: an exception out of the holder's code (a bug) is
 logged, every socket let go and the holder started again from the records RESTART_DELAY later,

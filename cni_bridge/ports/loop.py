@@ -19,6 +19,7 @@ import errno
 import heapq
 import itertools
 import math
+import resource
 import selectors
 import signal
 import socket
@@ -31,6 +32,10 @@ WRITE = selectors.EVENT_WRITE
 # accept() out of descriptors or memory: retried after a pause (as asyncio's server does), not
 # at once, which would spin while the level-triggered listener stays readable.
 SHORT_OF = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# Descriptors the relays never take: the loop runs in the agent, whose table they share, and
+# anyone on the host can open connections to [::1]:port. This many stay below the soft limit
+# for the agent's own work (its listener, requests, workers' channels, DNS, records, logs).
+AGENT_RESERVE = 256
 
 Ready = Callable[[int], None]
 Fault = Callable[[], None]
@@ -76,6 +81,12 @@ class Loop:
             self.selector.register(fd, events, (ready, fault))
         elif key.events != events or key.data != (ready, fault):
             self.selector.modify(fd, events, (ready, fault))
+
+    def has_room(self, more: int) -> bool:
+        """Whether the loop may open `more` descriptors and leave AGENT_RESERVE to the agent
+        (the loop's own are all in `owned`; the agent's other ones fit in the reserve)."""
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return soft == resource.RLIM_INFINITY or len(self.owned) + more + AGENT_RESERVE <= soft
 
     def unwatch(self, sock: socket.socket) -> None:
         fd = sock.fileno()

@@ -6,7 +6,9 @@ bytes both ways, half-closes passed on; a side is not read while the other side 
 it has not taken yet, so a slow reader slows the writer instead of filling the holder. UDP: per
 client address a connected socket to the target; its replies go back from the held socket to
 that client; a flow idle for UDP_IDLE seconds is closed (docker-proxy's UDPConnTrackTimeout is
-90 s). The target is read when a connection or flow starts, so a retargeted socket serves new
+90 s). Relays never take the last loop.AGENT_RESERVE descriptors below the soft limit: past
+that a TCP listener is paused (its clients wait in the listen queue) and a new UDP flow's
+datagrams are dropped. The target is read when a connection or flow starts, so a retargeted socket serves new
 clients at the new address.
 """
 
@@ -143,6 +145,11 @@ class TcpRelay:
 
     def _accept(self, _ready: int) -> None:
         for _ in range(BATCH):
+            if not self.loop.has_room(2):
+                # The agent's reserve (loop.AGENT_RESERVE) is not for relays: the clients wait
+                # in the listen queue until connections end, as at EMFILE.
+                self.loop.pause(self.sock, ACCEPT_RETRY, self._accept)
+                return
             try:
                 client, _ = self.sock.accept()
             except BlockingIOError:
@@ -217,7 +224,7 @@ class UdpRelay:
 
     def _open(self, client: Any) -> _Flow | None:
         target = self.target_of()
-        if target is None or len(self.flows) >= MAX_UDP_FLOWS:
+        if target is None or len(self.flows) >= MAX_UDP_FLOWS or not self.loop.has_room(1):
             return None
         try:
             sock = socket.socket(_family(target), socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)

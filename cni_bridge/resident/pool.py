@@ -38,6 +38,7 @@ import time
 from types import FrameType
 
 from cni_bridge.dns.agent import DnsDuty
+from cni_bridge.ports.loop import SHORT_OF
 from cni_bridge.resident import naming, policy
 from cni_bridge.resident.duty import Duty, NoDuty
 from cni_bridge.resident.sweep import sweep
@@ -79,6 +80,9 @@ SHRINK_AFTER = 2.0
 # requests are back sooner, and a spare forked at once (and rehearsing) ran beside every
 # request on the same cores, to be sent away as surplus once the worker was back.
 SPARE_DELAY = 0.25
+# accept() out of descriptors: the listener is left out of the poll this long (it is
+# level-triggered: polled again at once, it would spin and fill the log), the callers queued.
+ACCEPT_PAUSE = 0.5
 
 
 def _name_of(listener: socket.socket) -> tuple[str, tuple[int, int]] | None:
@@ -148,6 +152,7 @@ class Server:
         self._poller: select.poll | None = None
         self._preloaded: frozenset[str] = frozenset()
         self._named: tuple[str, tuple[int, int]] | None = None
+        self._accept_paused = 0.0  # until when the listener is out of the poll (0: it is in)
 
     def _request_stop(self, signum: int, frame: FrameType | None) -> None:
         self.stopping = True
@@ -214,6 +219,12 @@ class Server:
             if self._spare_due() > now:
                 timeout = min(timeout, self._spare_due() - now)
             timeout = min(timeout, self.waiting.due_in(now))
+            if self._accept_paused and (self._accept_paused <= now or not self.listening):
+                if self.listening:
+                    poller.register(self.listener, select.POLLIN)
+                self._accept_paused = 0.0
+            if self._accept_paused:
+                timeout = min(timeout, self._accept_paused - now)
             for fd, _ in poller.poll(max(1, math.ceil(timeout * 1000))):
                 if fd == self._wake_r:
                     self._drain_wakeups()
@@ -253,7 +264,8 @@ class Server:
         # Connections still queued are reset: their clients have not had READY, so they fall
         # back in-process, and the next one starts a fresh resident.
         if self.listening:
-            poller.unregister(self.listener)
+            if not self._accept_paused:
+                poller.unregister(self.listener)
             self.listener.close()
             self.listening = False
         self.waiting.close_all()
@@ -295,7 +307,12 @@ class Server:
                 conn, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # EMFILE and the like: leave the rest queued
+            except OSError as exc:
+                if exc.errno in SHORT_OF and self._poller is not None:  # leave the rest queued
+                    log(f"accept failed: {exc}; accepting again in {ACCEPT_PAUSE:g} s")
+                    self._poller.unregister(self.listener)
+                    self._accept_paused = time.monotonic() + ACCEPT_PAUSE
+                    return
                 log(f"accept failed: {exc}")
                 return
             self.last_demand = time.monotonic()

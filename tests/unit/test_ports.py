@@ -456,3 +456,38 @@ def test_ports_found_taken_together_are_named_with_one_walk(monkeypatch: pytest.
         holder.loop.shut()
         for taker in takers:
             taker.close()
+
+
+def test_relays_leave_the_agent_its_reserve_of_descriptors(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The relays share the agent's descriptor table and anyone can connect to [::1]:port: past
+    # the reserve a relay stops accepting (its listener paused), so the agent's own work (its
+    # listener, requests, workers' channels) always finds descriptors.
+    import resource
+    import socket
+
+    from cni_bridge.ports import loop as loop_mod
+    from cni_bridge.ports.proxy import TcpRelay
+
+    loop = loop_mod.Loop(lambda _: None)
+    target = socket.socket()
+    held = socket.socket()
+    clients = [socket.socket() for _ in range(3)]
+    try:
+        target.bind(("127.0.0.1", 0))
+        target.listen(8)  # never accepts: the kernel completes the relays' connects
+        held.bind(("127.0.0.1", 0))
+        held.listen(8)
+        held.setblocking(False)
+        relay = TcpRelay(loop, held, lambda: Target("127.0.0.1", target.getsockname()[1]))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        room_for_one = soft - len(loop.owned) - 2  # one connection: two descriptors
+        monkeypatch.setattr(loop_mod, "AGENT_RESERVE", room_for_one)
+        for client in clients:
+            client.connect(held.getsockname())
+        for _ in range(5):
+            loop.run_once(0.05)
+        assert len(relay.conns) == 1
+    finally:
+        loop.shut()
+        for sock in (target, held, *clients):
+            sock.close()
