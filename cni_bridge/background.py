@@ -1,8 +1,11 @@
 """One call run beside the caller's own work, in a thread, with its outcome collected later.
 
 `_thread`, not `threading`: the module, its imports and a Thread's bookkeeping cost an exec'd
-ADD ~2 M instructions (~0.8 %, callgrind) for what one lock does here. join() returns once the
-call has ended; the agent's checks for running threads (resident/mounts.py) come after it.
+ADD ~2 M instructions (~0.8 %, callgrind) for what one lock does here. Such a thread is not in
+`threading.active_count()`, so the agent's checks for threads left running (resident/mounts.py
+`threads`, used by worker.py) count the kernel's tasks in /proc/self/task instead. join() returns
+once the call has ended, moments before the OS thread exits: those checks give a thread that
+ended a moment to go.
 """
 
 from __future__ import annotations

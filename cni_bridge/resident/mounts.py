@@ -32,7 +32,6 @@ import importlib
 import linecache
 import os
 import sys
-import threading
 import time
 
 from cni_bridge.resident.admission import CLONE_NEWNS, Refused
@@ -107,6 +106,25 @@ def keep_home() -> None:
     _HOME[:] = [mnt, root]
 
 
+def threads(settle: float = 0.05) -> int:
+    """How many threads this process has, as the kernel counts them (/proc/self/task):
+    `threading.active_count()` does not see those started with `_thread` (background.py). A
+    joined thread is still there for its last instants (joins return once its call has ended,
+    before the OS thread exits), so a count above one is read again for up to `settle` seconds
+    before it stands."""
+    deadline = 0.0
+    while True:
+        count = len(os.listdir("/proc/self/task"))
+        if count == 1:
+            return count
+        now = time.monotonic()
+        if not deadline:
+            deadline = now + settle
+        elif now >= deadline:
+            return count
+        time.sleep(0.001)
+
+
 def settle() -> None:
     """Note what the worker holds now, as it is about to say it is free: reading it (mostly
     /proc/self/maps, ~0.8 ms) then costs no caller any time. Nothing loads between then and the
@@ -119,7 +137,7 @@ def join_mounts(mntns_fd: int) -> None:
     single-threaded process (CAP_SYS_ADMIN, CAP_SYS_CHROOT): a worker between requests is one."""
     if os.stat(f"/proc/self/fd/{mntns_fd}").st_ino == os.stat("/proc/self/ns/mnt").st_ino:
         return
-    if threading.active_count() != 1:
+    if threads() != 1:
         raise Refused("cannot join the caller's mount namespace: threads are running")
     before = _SETTLED.pop() if _SETTLED else _Before()
     if _libc.setns(mntns_fd, CLONE_NEWNS) != 0:
@@ -137,7 +155,7 @@ def return_home() -> str:
         return ""
     if not _HOME:
         return "it kept no descriptor of its own mount namespace"
-    if threading.active_count() != 1:
+    if threads() != 1:
         return "threads are running"
     mnt, root = _HOME
     if not _setns_settled(mnt):

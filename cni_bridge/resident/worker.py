@@ -18,7 +18,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -34,7 +33,7 @@ from cni_bridge.resident.admission import (
     passed_fds,
     receive_request,
 )
-from cni_bridge.resident.mounts import join_mounts, keep_home, return_home, settle
+from cni_bridge.resident.mounts import join_mounts, keep_home, return_home, settle, threads
 from cni_bridge.resident.running import (
     HANDLER_FAILURES,
     CallerWatch,
@@ -269,7 +268,7 @@ def _process_state(ignore: socket.socket | None = None) -> tuple[object, ...]:
         fds -= {str(ignore.fileno())}
     return (
         fds,
-        threading.active_count(),
+        threads(),
         os.stat("/proc/self/ns/net").st_ino,
         os.stat("/proc/self/ns/mnt").st_ino,
     )

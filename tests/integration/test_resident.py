@@ -8,6 +8,7 @@ check what really ran, how often, and where. Clients run as separate processes u
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import ctypes
 import fcntl
@@ -28,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from cni_bridge.background import Background
 from cni_bridge.resident import client, naming, pool, protocol, spawn, waiting, worker
 from cni_bridge.state import HOST_VETH_PREFIX
 from tests.lab.procs import command_line as cmdline
@@ -107,6 +109,11 @@ def fake_handle(env: Mapping[str, str], stdin: bytes) -> tuple[int, bytes]:
         raise RuntimeError("fake engine failure")
     elif mode == "leak_fd":  # a descriptor left open, as a forgotten lock file would be
         _LEAKED.append(os.open("/dev/null", os.O_RDONLY))
+    elif mode == "leak_thread":  # as background.Background starts one: invisible to threading
+        _thread.start_new_thread(time.sleep, (60,))
+    elif mode == "background":  # a joined Background job leaves the worker reusable
+        if Background(lambda: None).join() is not None:
+            return 1, json.dumps({"code": 999, "msg": "background job failed"}).encode()
     elif mode == "caught":  # an internal error the engine caught and answered itself
         _UNFIT.append(fake.get("id"))
         return 1, json.dumps({"code": 999, "msg": "internal error"}).encode()
@@ -800,7 +807,7 @@ def test_once_requests_stop_the_pool_keeps_one_fresh_worker(env: Env) -> None:
     assert env.calls(rid)[0]["pid"] == fresh, env.server_log(host)
 
 
-@pytest.mark.parametrize("mode", ["leak_fd", "raise", "caught"])
+@pytest.mark.parametrize("mode", ["leak_fd", "leak_thread", "raise", "caught"])
 def test_a_worker_the_request_left_unclean_serves_no_more(env: Env, mode: str) -> None:
     host = env.netns("host")
     env.start_server(host)
@@ -811,6 +818,18 @@ def test_a_worker_the_request_left_unclean_serves_no_more(env: Env, mode: str) -
     assert env.calls(first)[0]["pid"] != env.calls(second)[0]["pid"]
     if mode == "leak_fd":
         assert "worker leaves after its request: descriptors opened" in env.server_log(host)
+    if mode == "leak_thread":
+        assert "worker leaves after its request: threads/net ns/mount ns (1," in env.server_log(host)
+
+
+def test_a_worker_whose_request_joined_a_background_job_serves_the_next(env: Env) -> None:
+    host = env.netns("host")
+    env.start_server(host)
+    req_env, stdin, first = env.request("ADD", mode="background")
+    assert env.call(host, req_env, stdin)[0] == 0
+    req_env, stdin, second = env.request("ADD")
+    assert env.call(host, req_env, stdin)[0] == 0
+    assert env.calls(first)[0]["pid"] == env.calls(second)[0]["pid"], env.server_log(host)
 
 
 def test_a_hung_engine_gives_try_again_later_and_runs_once(env: Env) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import ctypes
 import linecache
+import subprocess
 import sys
 from pathlib import Path
 
@@ -59,3 +60,38 @@ def test_file_mappings_include_the_interpreter() -> None:
     exe = Path(sys.executable).resolve().stat()
     maps = mounts.file_mappings()
     assert any(ino == exe.st_ino for _dev, ino in maps)
+
+
+_THREADS_PROBE = """
+import _thread, threading
+from cni_bridge.background import Background
+from cni_bridge.resident import mounts
+assert mounts.threads(settle=0) == 1
+release = _thread.allocate_lock()
+release.acquire()
+def leaked():
+    with release:
+        pass
+_thread.start_new_thread(leaked, ())
+assert threading.active_count() == 1  # what the checks used to count
+assert mounts.threads(settle=0.01) == 2  # a thread a request left running is seen
+release.release()
+# A thread whose call has ended, or a joined Background job, is gone once its OS thread
+# exits a moment later: the settle waits for that, and the worker stays reusable.
+assert mounts.threads() == 1
+for _ in range(200):
+    assert Background(lambda: None).join() is None
+    assert mounts.threads() == 1
+print("ok")
+"""
+
+
+def test_threads_counts_those_started_with_thread_which_threading_does_not_see() -> None:
+    """background.Background starts its thread with `_thread`: the worker's checks (join_mounts,
+    return_home, worker._fit) must still see one that a request left running, and not one that
+    was joined. In a fresh process, which has a single thread to start from."""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _THREADS_PROBE], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
