@@ -173,6 +173,8 @@ def run() -> "NoReturn":
     # The agent this call claimed the name of (resident.spawn): forked now, the answer written,
     # it execs once we have exited; os._exit skips the atexit hook that would do it otherwise.
     spawn = sys.modules.get("cni_bridge.resident.spawn")
-    if spawn is not None:
-        spawn.start_pending()
-    os._exit(code)
+    try:
+        if spawn is not None:
+            spawn.start_pending()
+    finally:  # whatever happens there, the exit code is the answer's
+        os._exit(code)

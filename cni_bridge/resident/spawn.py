@@ -123,6 +123,11 @@ def _start(
         return
     if pid == 0:  # pragma: no cover - runs in the child
         try:
+            # The caller's stdout at once: it exits right after this fork, and the runtime
+            # reading its stdout until EOF must not wait for this child and the grandchild.
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.close(null)
             os.setsid()  # leave the caller's session and process group
             if os.fork() == 0:  # the grandchild: not a session leader, never owns a terminal
                 os.close(exited_w)
