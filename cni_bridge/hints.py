@@ -14,16 +14,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Literal as Literal
     from typing import Protocol as Protocol
-    from typing import runtime_checkable as runtime_checkable
 else:
 
     class Protocol:
         """A protocol's base at run time: a plain class (typing.Protocol for mypy)."""
 
         __slots__ = ()
-
-    def runtime_checkable(cls):
-        return cls
 
     class _Literal:
         def __getitem__(self, values):

@@ -19,13 +19,13 @@ class Slotted:
     __slots__: tuple[str, ...] = ()
     _hidden: tuple[str, ...] = ()
 
-    def _fields(self) -> tuple[object, ...]:
+    def _values(self) -> tuple[object, ...]:  # not `_fields`: a NamedTuple's attribute
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Slotted) or other.__class__ is not self.__class__:
             return NotImplemented
-        return self._fields() == other._fields()
+        return self._values() == other._values()
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -15,7 +15,7 @@ from cni_bridge.domain import InterfaceName, MacAddress, VlanId
 from cni_bridge.domain import IPAddress as IPAddress
 from cni_bridge.domain import IPInterface as IPInterface
 from cni_bridge.domain import IPNetwork as IPNetwork
-from cni_bridge.hints import Protocol, runtime_checkable
+from cni_bridge.hints import Protocol
 from cni_bridge.tuples import NamedTuple
 
 # (destination, gateway); a default route has destination 0.0.0.0/0 or ::/0; no gateway = on-link.
@@ -146,7 +146,6 @@ class ContainerView(NamedTuple):  # a NamedTuple: see LinkInfo
 # --- the operations -------------------------------------------------------------------------
 
 
-@runtime_checkable
 class NetOps(Protocol):
     def ensure_bridge(
         self, name: InterfaceName, mtu: int | None, vlan_filtering: bool, mark: str = ""

@@ -50,3 +50,8 @@ def test_result_defaults_are_fresh_lists() -> None:
     one.dns.search.append("x")
     one.routes.append(Route(ip_network("0.0.0.0/0")))
     assert two.dns == DNS() and two.routes == [] and one != two
+
+
+def test_not_taken_for_a_namedtuple() -> None:
+    # hasattr(x, "_fields") is the usual namedtuple test (json encoders, pretty printers).
+    assert not hasattr(_Rec(1, [2]), "_fields")
