@@ -8,11 +8,15 @@ set, so two range sets (one IPv4, one IPv6) make a dual-stack attachment.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from ipaddress import IPv4Network, IPv6Network, ip_interface
 
 from cni_bridge.domain import IPAddress, IPInterface, IPNetwork
 from cni_bridge.tuples import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # host-local canonicalises IPv4-mapped IPv6 addresses to IPv4 and names their files that way;
 # we refuse them rather than write files it would name differently.
@@ -83,6 +87,15 @@ class Range(_RangeFields):
         if self.size() == 0:
             raise ValueError(f"range {self} in network {subnet} has no address to hand out")
         return self
+
+    # namedtuple's own would build the tuple without the checks above (dataclasses.replace,
+    # when this was a dataclass, ran them again).
+    def _replace(self, **changes: Any) -> Range:
+        return Range(**{**dict(zip(self._fields, self, strict=True)), **changes})
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> Range:  # type: ignore[override]  # mypy's is generic
+        return Range(*iterable)
 
     @property
     def version(self) -> int:

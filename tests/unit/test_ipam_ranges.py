@@ -60,6 +60,22 @@ def test_range_is_frozen_and_hashable() -> None:
     assert len({r, rng("10.0.0.0/24")}) == 1
 
 
+def test_replace_and_make_validate_as_the_constructor_does() -> None:
+    r = rng("10.0.0.0/24")
+    moved = r._replace(range_start=a("10.0.0.10"))
+    assert type(moved) is Range and moved == rng("10.0.0.0/24", "10.0.0.10")
+    assert Range._make(tuple(moved)) == moved and type(Range._make(tuple(moved))) is Range
+    with pytest.raises(ValueError, match="not in network"):
+        r._replace(gateway=a("10.0.1.1"))
+    with pytest.raises(ValueError, match="is after rangeEnd"):
+        r._replace(range_start=a("10.0.0.254"), range_end=a("10.0.0.10"))
+    with pytest.raises(ValueError, match="not the same address family"):
+        Range._make((ip_network("10.0.0.0/24"), a("fd00::1"), None, None))
+    assert Range._make((ip_network("10.0.0.0/24"),)) == r  # defaults filled in
+    with pytest.raises(TypeError):
+        r._replace(nope=1)
+
+
 @pytest.mark.parametrize("subnet", ["10.0.0.0/31", "10.0.0.0/32", "fd00::/127", "fd00::/128"])
 def test_too_small_networks_are_refused(subnet: str) -> None:
     with pytest.raises(ValueError, match="too small to allocate from"):
