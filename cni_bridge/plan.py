@@ -141,9 +141,9 @@ def network_fw(conf: NetConf, subnets: Sequence[IPNetwork]) -> NetworkFw:
         subnets=list(subnets),
         ip_masq=conf.ip_masq,
         isolate=conf.isolation,
-        non_masq=list(conf.non_masquerade_cidrs),
+        non_masq=tuple(conf.non_masquerade_cidrs),
         internal=conf.internal,
-        dns_gateways=dns_gateways(conf),
+        dns_gateways=tuple(dns_gateways(conf)),
     )
 
 
@@ -271,7 +271,7 @@ def build_plan(
             tag=ask.tag,
             owner=ask.owner,
             ips=[a.ip for a in addresses],
-            port_mappings=list(ask.port_mappings),
+            port_mappings=tuple(ask.port_mappings),
         ),
         dns_net=dns_net,
         dns_entry=dns_entry,

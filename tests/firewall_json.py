@@ -30,7 +30,7 @@ def fw_net(
 ) -> NetworkFw:
     """A network as config.py would hand it to the firewall (its names checked by domain.py)."""
     return NetworkFw(
-        NetworkName(name), InterfaceName(bridge), list(subnets), ip_masq, isolate, list(non_masq)
+        NetworkName(name), InterfaceName(bridge), list(subnets), ip_masq, isolate, tuple(non_masq)
     )
 
 
@@ -64,7 +64,7 @@ def network_from_dict(d: dict[str, Any]) -> NetworkFw:
         subnets=[ipaddress.ip_network(s, strict=False) for s in d["subnets"]],
         ip_masq=bool(d["ipMasq"]),
         isolate=bool(d.get("isolate", True)),
-        non_masq=[ipaddress.ip_network(s, strict=False) for s in d.get("nonMasqueradeCIDRs", [])],
+        non_masq=tuple(ipaddress.ip_network(s, strict=False) for s in d.get("nonMasqueradeCIDRs", [])),
     )
 
 
@@ -82,5 +82,5 @@ def attachment_from_dict(d: dict[str, Any]) -> AttachmentFw:
         tag=str(d["tag"]),
         owner=str(d["owner"]),
         ips=[ipaddress.ip_address(ip) for ip in d["ips"]],
-        port_mappings=[mapping_from_dict(pm) for pm in d.get("portMappings", [])],
+        port_mappings=tuple(mapping_from_dict(pm) for pm in d.get("portMappings", [])),
     )

@@ -115,7 +115,7 @@ def record_fw(conf: NetConf, att: Attachment) -> tuple[NetworkFw, AttachmentFw]:
         tag=att.tag,
         owner=attachment_owner(att.network, att.container_id, att.ifname),
         ips=[a.ip for a in addresses],
-        port_mappings=[mapping_from_dict(pm) for pm in att.port_mappings],
+        port_mappings=tuple(mapping_from_dict(pm) for pm in att.port_mappings),
     )
 
 

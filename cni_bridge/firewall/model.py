@@ -11,7 +11,6 @@ layer and a port mapping's JSON form (as attachment records keep it).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
 
 from cni_bridge.domain import InterfaceName, NetworkName, Port, port_range_count
 
@@ -58,16 +57,16 @@ class NetworkFw(NamedTuple):
     subnets: list[IPNetwork]
     ip_masq: bool
     isolate: bool = True
-    non_masq: Sequence[IPNetwork] = ()  # destinations ipMasq leaves alone
+    non_masq: tuple[IPNetwork, ...] = ()  # destinations ipMasq leaves alone
     internal: bool = False  # no forwarding into or out of the bridge, no masquerade
-    dns_gateways: Sequence[IPAddress] = ()  # containerDNS listens there
+    dns_gateways: tuple[IPAddress, ...] = ()  # containerDNS listens there
 
 
 class AttachmentFw(NamedTuple):
     tag: str  # short, safe ASCII, unique per (network, containerID, ifname)
     owner: str  # human text, "network/containerID/ifname"
     ips: list[IPAddress]
-    port_mappings: Sequence[PortMapping] = ()
+    port_mappings: tuple[PortMapping, ...] = ()
 
 
 # What the kernel holds, as read back through libnftables.

@@ -77,7 +77,7 @@ class FwError(Exception):
 def attachment(tag: str, container: str, *mappings: PortMapping) -> AttachmentFw:
     net, ip4, ip6 = CONTAINERS[container]
     return AttachmentFw(
-        tag, f"{net.name}/{container}/eth0", [ip_address(ip4), ip_address(ip6)], list(mappings)
+        tag, f"{net.name}/{container}/eth0", [ip_address(ip4), ip_address(ip6)], tuple(mappings)
     )
 
 

@@ -451,6 +451,22 @@ def test_add_firewall_inputs_come_from_the_plan_and_match_the_record(world: Worl
     assert att.port_mappings[0].host_port == 8080
 
 
+def test_firewall_inputs_compare_by_value(world: World) -> None:
+    # Their sequences are tuples whoever builds them (a field left to its default is ()), so
+    # equal inputs are equal records, as when they were dataclasses.
+    from cni_bridge.commands.common import record_fw
+    from cni_bridge.firewall.model import AttachmentFw, NetworkFw
+
+    world.call("ADD")
+    (rec,) = world.records()
+    net, att = record_fw(load_netconf(config(world.tmp)), rec)
+    assert net == NetworkFw(net.name, net.bridge, net.subnets, net.ip_masq, net.isolate)
+    assert att == AttachmentFw(att.tag, att.owner, att.ips, tuple(att.port_mappings))
+    masq = load_netconf(config(world.tmp, nonMasqueradeCIDRs=["192.0.2.0/24"]))
+    net, _ = record_fw(masq, rec)
+    assert net == net._replace(non_masq=(ipaddress.ip_network("192.0.2.0/24"),))
+
+
 def test_unreadable_resolv_conf_is_an_io_failure(world: World, tmp_path: Path) -> None:
     ipam = config(tmp_path)["ipam"] | {"resolvConf": str(tmp_path / "missing")}
     with pytest.raises(CNIError) as err:

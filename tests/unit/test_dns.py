@@ -143,7 +143,7 @@ def test_name_server_guard_elements() -> None:
     from tests.firewall_json import fw_net
 
     base = fw_net("n", "br0", [ipaddress.ip_network("10.0.0.0/24")], ip_masq=True)
-    net = base._replace(dns_gateways=[ipaddress.ip_address("10.0.0.1")])
+    net = base._replace(dns_gateways=(ipaddress.ip_address("10.0.0.1"),))
     keys = network_keys(net, strict=False)
     assert keys[DNS_ADDR[4]] == ["10.0.0.1"]
     assert keys[DNS_GW[4]] == [{"concat": ["br0", "10.0.0.1"]}]

@@ -50,14 +50,14 @@ ATT = AttachmentFw(
     "a1b2c3",
     "netA/0123456789abcdef/eth0",
     [ip_address("10.88.0.2"), ip_address("fd00:88::2")],
-    [
+    (
         port_map(8080, 80),
         port_map(5353, 53, "udp", ip_address("192.0.2.1")),
         port_map(9000, 9100, "sctp", host_port_end=9001),
-    ],
+    ),
 )
-ATT2 = AttachmentFw("d4e5f6", "netA/fedcba/eth0", [ip_address("10.88.0.3")], [port_map(8081, 80)])
-ATT_B = AttachmentFw("b0b0b0", "netB/cafe/eth0", [ip_address("10.89.0.2")], [port_map(7000, 7000)])
+ATT2 = AttachmentFw("d4e5f6", "netA/fedcba/eth0", [ip_address("10.88.0.3")], (port_map(8081, 80),))
+ATT_B = AttachmentFw("b0b0b0", "netB/cafe/eth0", [ip_address("10.89.0.2")], (port_map(7000, 7000),))
 IPTABLES_FORWARD = ForeignChain("ip", "filter", "FORWARD")
 
 
@@ -386,7 +386,7 @@ def test_port_conflicts(fw: Firewall) -> None:
         port_map(8990, 1, "sctp", host_port_end=9000),  # range overlapping a range
     ]
     for pm in taken:
-        att = AttachmentFw("zz", "netB/other/eth0", [ip_address("10.89.0.9")], [pm])
+        att = AttachmentFw("zz", "netB/other/eth0", [ip_address("10.89.0.9")], (pm,))
         with pytest.raises(CNIError) as exc:
             fw.add_attachment(NET_B, att)
         assert exc.value.code == PORT_CONFLICT
@@ -396,18 +396,18 @@ def test_port_conflicts(fw: Firewall) -> None:
         port_map(5353, 53, "udp", ip_address("192.0.2.2")),
         port_map(9002, 1, "sctp"),
     ]
-    fw.add_attachment(NET_B, AttachmentFw("zz", "netB/other/eth0", [ip_address("10.89.0.9")], free))
+    fw.add_attachment(NET_B, AttachmentFw("zz", "netB/other/eth0", [ip_address("10.89.0.9")], tuple(free)))
     # an IPv6-only container does not clash with an IPv4 "any" mapping... but ATT has IPv6
     with pytest.raises(CNIError, match="tcp/8080"):
         fw.add_attachment(
             NET,
-            AttachmentFw("v6", "netA/v6/eth0", [ip_address("fd00:88::9")], [port_map(8080, 1)]),
+            AttachmentFw("v6", "netA/v6/eth0", [ip_address("fd00:88::9")], (port_map(8080, 1),)),
         )
 
 
 def test_conflict_message_mentions_host_ip(fw: Firewall) -> None:
     fw.add_attachment(NET, ATT)
-    att = AttachmentFw("zz", "netA/x/eth0", [ip_address("10.88.0.9")], [port_map(5353, 1, "udp")])
+    att = AttachmentFw("zz", "netA/x/eth0", [ip_address("10.88.0.9")], (port_map(5353, 1, "udp"),))
     with pytest.raises(
         CNIError,
         match=r"host port udp/5353 is already published by netA/0123456789abcdef/eth0 on 192\.0\.2\.1$",
@@ -546,12 +546,12 @@ def test_expand_mappings() -> None:
         "t",
         "n/c/eth0",
         [ip_address("10.0.0.2"), ip_address("10.0.0.3"), ip_address("fd00::2")],
-        [
+        (
             port_map(80, 8080),
             port_map(53, 53, "udp", ip_address("0.0.0.0")),  # any IPv4 address only
             port_map(443, 443, host_ip=ip_address("2001:db8::1")),
             port_map(1000, 2000, host_port_end=1002),
-        ],
+        ),
     )
     got = [str(e) for e in ports.expand_mappings(att)]
     assert got == [
@@ -567,15 +567,15 @@ def test_expand_mappings() -> None:
         "host port tcp/1002 -> [fd00::2]:2002",
     ]
     v4only = AttachmentFw(
-        "t", "o", [ip_address("10.0.0.2")], [port_map(1, 1, host_ip=ip_address("::1"))]
+        "t", "o", [ip_address("10.0.0.2")], (port_map(1, 1, host_ip=ip_address("::1")),)
     )
     assert ports.expand_mappings(v4only) == []  # nothing of that family to publish
 
 
 def test_duplicate_mappings() -> None:
-    same = AttachmentFw("t", "o", [ip_address("10.0.0.2")], [port_map(80, 80), port_map(80, 80)])
+    same = AttachmentFw("t", "o", [ip_address("10.0.0.2")], (port_map(80, 80), port_map(80, 80)))
     assert len(ports.expand_mappings(same)) == 1
-    clash = AttachmentFw("t", "o", [ip_address("10.0.0.2")], [port_map(80, 80), port_map(80, 81)])
+    clash = AttachmentFw("t", "o", [ip_address("10.0.0.2")], (port_map(80, 80), port_map(80, 81)))
     with pytest.raises(PortConflict, match="mapped twice"):
         ports.expand_mappings(clash)
     with pytest.raises(CNIError) as exc:  # through the Firewall: the CNI code, same message
@@ -586,7 +586,7 @@ def test_duplicate_mappings() -> None:
 def test_del_of_a_bad_record_falls_back_to_deleting_by_tag(fake: FakeNft, fw: Firewall) -> None:
     fw.add_attachment(NET, ATT)
     # the record now lists mappings that cannot be expanded: the fast DEL cannot start
-    bad = AttachmentFw(ATT.tag, ATT.owner, ATT.ips, [port_map(80, 80), port_map(80, 81)])
+    bad = AttachmentFw(ATT.tag, ATT.owner, ATT.ips, (port_map(80, 80), port_map(80, 81)))
     fw.del_attachment(NET, bad, last_in_network=False)
     assert fw.owned_tags(NET) == set()
 
@@ -595,7 +595,7 @@ def test_del_of_a_bad_record_falls_back_to_deleting_by_tag(fake: FakeNft, fw: Fi
     ("net", "att", "needle"),
     [
         (NET, AttachmentFw("bad tag", "o", []), "tag"),
-        (NET, AttachmentFw("t", "o", [], [port_map(1, 1, host_port_end=5000)]), "more than"),
+        (NET, AttachmentFw("t", "o", [], (port_map(1, 1, host_port_end=5000),)), "more than"),
     ],
 )
 def test_validation(net: NetworkFw, att: AttachmentFw | None, needle: str) -> None:
@@ -770,7 +770,7 @@ def test_model_json_round_trip() -> None:
             "ips": [],
             "portMappings": [{"hostPort": 1, "containerPort": 2, "protocol": "UDP", "hostIP": ""}],
         }
-    ).port_mappings == [port_map(1, 2, "udp")]
+    ).port_mappings == (port_map(1, 2, "udp"),)
 
 
 # ------------------------------------------------------------------ what ADD's fast path reads
@@ -790,7 +790,7 @@ def test_add_reads_only_the_sets_of_its_network_and_the_maps_of_its_families() -
         *layout.SAME.values(),
     }
     assert families == {4, 6}
-    no_ports = AttachmentFw("e0e0e0", "netA/none/eth0", [ip_address("10.88.0.9")], [])
+    no_ports = AttachmentFw("e0e0e0", "netA/none/eth0", [ip_address("10.88.0.9")], ())
     assert rules.reads_for_add(NET, no_ports, strict=False)[1] == set()
 
 
@@ -798,7 +798,7 @@ def test_a_second_add_of_a_v4_network_lists_only_what_it_needs(fake: FakeNft, fw
     fw.add_attachment(NET_B, ATT_B)
     fake.lists.clear()
     other = AttachmentFw(
-        "b1b1b1", "netB/beef/eth0", [ip_address("10.89.0.3")], [port_map(7001, 80)]
+        "b1b1b1", "netB/beef/eth0", [ip_address("10.89.0.3")], (port_map(7001, 80),)
     )
     fw.add_attachment(NET_B, other)
     listed = {next(iter(c.values()))["name"] for c in fake.lists if "set" in c or "map" in c}
@@ -857,8 +857,8 @@ def test_masquerade_rule_skips_the_non_masquerade_pairs() -> None:
 
 
 def test_non_masquerade_cidrs_add_and_del_touch_only_elements(fake: FakeNft, fw: Firewall) -> None:
-    att = AttachmentFw("k1", "kube/c1/eth0", [ip_address("10.244.1.2")], [])
-    att2 = AttachmentFw("k2", "kube/c2/eth0", [ip_address("10.244.1.3")], [])
+    att = AttachmentFw("k1", "kube/c1/eth0", [ip_address("10.244.1.2")], ())
+    att2 = AttachmentFw("k2", "kube/c2/eth0", [ip_address("10.244.1.3")], ())
     fw.add_attachment(NET_K, att)
     sets = fake.tables[("inet", "cni_bridge")]["sets"]
     assert len(sets["nomasq4"]["elems"]) == 2 and len(sets["nomasq6"]["elems"]) == 1
@@ -874,7 +874,7 @@ def test_model_round_trip_keeps_non_masquerade_cidrs() -> None:
     assert network_from_dict(network_to_dict(NET_K)) == NET_K
     old = network_to_dict(NET)
     del old["nonMasqueradeCIDRs"]  # a record written before the field existed
-    assert network_from_dict(old).non_masq == []
+    assert network_from_dict(old).non_masq == ()
 
 
 def test_a_foreign_chain_is_its_family_table_and_name() -> None:
