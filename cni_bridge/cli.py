@@ -153,9 +153,11 @@ def run() -> "NoReturn":
     import gc
 
     gc.disable()
-    # hashlib without OpenSSL, as in the agent (resident/lean.py): a request hashes a few names
-    # (state.py, datadirs.py), and CPython's own SHA-256 gives the same digests without
-    # mapping and initialising libcrypto: ~7 M instructions, ~1.5 % of a cold ADD (callgrind).
+    # hashlib without OpenSSL, as in the agent (resident/lean.py). The plugin's own digests
+    # (state.py, datadirs.py) go through digest.py, without hashlib; should anything a request
+    # loads import hashlib or hmac (pydantic's `secrets` does), it then gets CPython's own
+    # implementations without mapping and initialising libcrypto (~7 M instructions, ~1.5 % of
+    # a cold ADD, callgrind, when hashlib was on the path).
     if "_hashlib" not in sys.modules:
         sys.modules["_hashlib"] = None  # type: ignore[assignment]  # import raises ImportError
     code = main()

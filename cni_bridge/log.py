@@ -56,25 +56,32 @@ class Logger:
         return self._logger
 
     def debug(self, msg: str, *args: object) -> None:
-        if not _pending or _pending[0] <= DEBUG:
+        if _shown(DEBUG):
             self._real().debug(msg, *args, stacklevel=2)
 
     def info(self, msg: str, *args: object) -> None:
-        if not _pending or _pending[0] <= INFO:
+        if _shown(INFO):
             self._real().info(msg, *args, stacklevel=2)
 
     def warning(self, msg: str, *args: object) -> None:
-        if not _pending or _pending[0] <= WARNING:
+        if _shown(WARNING):
             self._real().warning(msg, *args, stacklevel=2)
 
     def error(self, msg: str, *args: object) -> None:
-        if not _pending or _pending[0] <= ERROR:
+        if _shown(ERROR):
             self._real().error(msg, *args, stacklevel=2)
 
     def exception(self, msg: str, *args: object) -> None:
         """ERROR with the exception being handled, as logging.Logger.exception."""
-        if not _pending or _pending[0] <= ERROR:
+        if _shown(ERROR):
             self._real().exception(msg, *args, stacklevel=2)
+
+
+def _shown(level: int) -> bool:
+    # Read once: another thread (background.py) may apply and clear it between a test of it
+    # and an index into it.
+    pending = _pending[:1]
+    return not pending or pending[0] <= level
 
 
 def getLogger(name: str) -> Logger:
@@ -106,6 +113,11 @@ def _apply_pending() -> None:
 
 
 def _configure(stderr_level: int | None, level: int | None, log_file: str | None) -> None:
+    """Replace the root logger's handlers with ours (basicConfig(force=True)). Deferred (see
+    setup_logging), that happens at the first record: a root handler someone added after
+    setup_logging and before that record is removed then, as it would have been had it been
+    added before setup_logging. Nothing in the plugin adds one. Where logging is imported when
+    setup_logging runs (the agent, the tests), nothing is deferred and later handlers stay."""
     import logging
 
     stderr = logging.StreamHandler(sys.stderr)

@@ -68,7 +68,9 @@ def claimed_listener(identity: str) -> tuple[socket.socket, int] | None:
 
 def load_handler(spec: str) -> Engine:
     """Import `module:attr` and run the module's optional `warm()` (imports, models; no sockets);
-    the module's optional `prepare()`, `reusable()` and `rehearse()` come with the handler."""
+    the module's optional `prepare()`, `reusable()` and `rehearse(light=False)` come with the
+    handler (a spare that rehearses fully calls `rehearse()`, so one without `light` still
+    works)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"handler must be MODULE:ATTR, not {spec!r}")

@@ -56,7 +56,8 @@ class Engine(NamedTuple):
     prepare: Callable[[], None] | None = None  # once per pooled worker, after its fork
     reusable: Callable[[], bool] | None = None  # after each request: may the worker go on?
     # Once per spare, after prepare: a dry run (light=True: only its pure, cheapest part).
-    rehearse: Callable[[bool], None] | None = None
+    # Called without the argument when it is False (a module's older `rehearse()`).
+    rehearse: Callable[..., None] | None = None
 
 
 IO_TIMEOUT = 5.0  # reading a request and waiting for GO: the client is already waiting
@@ -192,7 +193,10 @@ def run(
             # copied now, not while a caller waits); one forked for a waiting caller does not.
             if conn is None and engine.rehearse is not None:
                 started = time.monotonic()
-                engine.rehearse(light)
+                if light:
+                    engine.rehearse(light)
+                else:
+                    engine.rehearse()
                 how = "lightly " if light else ""
                 log(f"spare worker {how}rehearsed in {1000 * (time.monotonic() - started):.1f} ms")
         # As the worker will be between requests: the connection in hand is closed by then.
