@@ -194,6 +194,12 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
             ipam_result = ipam_add(request, ask, conf, env, stores)
             att.ips = [str(ip.address) for ip in ipam_result.ips]
             stores.state.put(att)  # write 1: before any kernel change
+        if not delegated:
+            # Where the agent's duties find this network's records (its watch heals, its DNS
+            # rebuild and held ports read them): every network, not only those with ports or DNS.
+            from cni_bridge import datadirs
+
+            datadirs.register(conf.ipam.data_dir)
         plan = build_plan(ask, conf, ipam_result, _dns_upstream(conf))
         if plan.bridge_addrs:
             # Before the firewall and the datapath change anything: a refusal leaves nothing.
@@ -242,10 +248,6 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
             )
             with stores.lock(), dns_errors():
                 deps.dns.publish(plan.dns_net, plan.dns_entry)
-            if conf.ipam.type == "host-local":
-                from cni_bridge import datadirs
-
-                datadirs.register(conf.ipam.data_dir)  # where a rebuild finds the records
 
         if conf.macspoofchk or conf.ipspoofchk:
             att.mac = result.interfaces[2].mac

@@ -324,3 +324,21 @@ def test_agent_heals_by_itself(watched_host: Host) -> None:
     assert "watch: healed (ruleset changed by nft[" in text, text
     assert "table inet cni_bridge is missing" in text
     assert h.status()[0] == 0
+
+
+def test_a_bare_sync_finds_a_network_without_ports_or_dns(lab: PluginLab) -> None:
+    # The agent's watch heals the data dirs ADDs registered (datadirs.in_use()), as `sync`
+    # with no --data-dir does: every host-local ADD registers its own. Only ADDs with published
+    # ports or container DNS did, so a plain network with its own dataDir was never healed.
+    conf = lab.conf(
+        f"P{lab.tag}",
+        bridge=f"cbP{lab.tag}",
+        ipam={"type": "host-local", "ranges": [[{"subnet": "10.66.9.0/24"}]],
+              "dataDir": str(lab.data_dir)},
+    )
+    lab.add(conf, "p1", lab.container(), extra={"CNI_BRIDGE_WATCH": "0"})
+    lab.host.exec("nft", "flush", "ruleset")
+    assert "cni_bridge" not in lab.host.exec("nft", "list", "tables").stdout
+    proc = lab.cli("sync")
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert "table inet cni_bridge" in lab.host.exec("nft", "list", "tables").stdout, proc.stdout
