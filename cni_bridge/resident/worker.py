@@ -193,10 +193,7 @@ def run(
             # copied now, not while a caller waits); one forked for a waiting caller does not.
             if conn is None and engine.rehearse is not None:
                 started = time.monotonic()
-                if light:
-                    engine.rehearse(light)
-                else:
-                    engine.rehearse()
+                rehearse(engine.rehearse, light)
                 how = "lightly " if light else ""
                 log(f"spare worker {how}rehearsed in {1000 * (time.monotonic() - started):.1f} ms")
         # As the worker will be between requests: the connection in hand is closed by then.
@@ -237,6 +234,15 @@ def run(
         status = 2
     finally:
         os._exit(status)
+
+
+def rehearse(hook: Callable[..., None], light: bool) -> None:
+    """A handler module's `rehearse`: with no argument for a full rehearsal, so a module whose
+    `rehearse()` predates `light` still works."""
+    if light:
+        hook(light)
+    else:
+        hook()
 
 
 def _report_late_imports(preloaded: frozenset[str]) -> None:
