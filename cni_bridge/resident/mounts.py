@@ -106,12 +106,13 @@ def keep_home() -> None:
     _HOME[:] = [mnt, root]
 
 
-def threads(settle: float = 0.05) -> int:
+def threads(settle: float = 2.0) -> int:
     """How many threads this process has, as the kernel counts them (/proc/self/task):
     `threading.active_count()` does not see those started with `_thread` (background.py). A
     joined thread is still there for its last instants (joins return once its call has ended,
     before the OS thread exits), so a count above one is read again for up to `settle` seconds
-    before it stands."""
+    before it stands: long enough for a thread that ended to be scheduled on a busy node; only
+    a thread really left running costs the wait (its worker leaves, after the answer)."""
     deadline = 0.0
     while True:
         count = len(os.listdir("/proc/self/task"))
