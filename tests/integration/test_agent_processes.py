@@ -10,8 +10,6 @@ otherwise (the agent then keeps only its spare).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from cni_bridge.resident.pool import SHRINK_AFTER
@@ -25,16 +23,9 @@ from tests.integration.test_held_ports import (
 )
 from tests.lab.plugin import PluginLab
 from tests.lab.poll import wait_for
+from tests.lab.procs import children
 
 pytestmark = [pytest.mark.integration, pytest.mark.plugin]
-
-
-def children(pid: int) -> set[int]:
-    out: set[int] = set()
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            out.update(int(c) for c in f.read().split())
-    return out
 
 
 def test_the_agent_is_its_loop_and_one_idle_worker(lab: PluginLab) -> None:

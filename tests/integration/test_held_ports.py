@@ -22,6 +22,7 @@ import pytest
 from tests.lab.lab import TEST_NET_1
 from tests.lab.plugin import ROOT, PluginLab, plugin_command
 from tests.lab.poll import wait_for
+from tests.lab.procs import children
 
 pytestmark = [pytest.mark.integration, pytest.mark.plugin]
 
@@ -268,14 +269,6 @@ def _socket_inodes(pid: int) -> set[str]:
     return out
 
 
-def _children(pid: int) -> set[int]:
-    out: set[int] = set()
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            out.update(int(c) for c in f.read().split())
-    return out
-
-
 def test_the_agent_holds_the_ports_and_its_workers_hold_none(lab: PluginLab) -> None:
     """The ports are held by the agent's own loop; a worker it forks closes its copies of the
     held sockets (and of every other of the agent's) before it serves, so a port is let go
@@ -285,7 +278,7 @@ def test_the_agent_holds_the_ports_and_its_workers_hold_none(lab: PluginLab) -> 
     lab.add(conf(lab, dual=False), "held6", c)
     assert holder_status(lab)["pid"] == agent
     assert holder_status(lab)["failed"] == []
-    workers = _children(agent)
+    workers = children(agent)
     assert workers, agent_log(lab)
     for worker in workers:
         assert not _socket_inodes(worker) & _socket_inodes(agent), worker

@@ -32,6 +32,7 @@ import pytest
 from cni_bridge.background import Background
 from cni_bridge.resident import client, naming, pool, protocol, spawn, waiting, worker
 from cni_bridge.state import HOST_VETH_PREFIX
+from tests.lab.procs import children
 from tests.lab.procs import command_line as cmdline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -777,14 +778,6 @@ def test_pool_zero_forks_a_worker_per_request(env: Env) -> None:
     assert len(pids) == 2
 
 
-def _children(pid: int) -> set[int]:
-    out: set[int] = set()
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as f:
-            out.update(int(c) for c in f.read().split())
-    return out
-
-
 def test_once_requests_stop_the_pool_keeps_one_fresh_worker(env: Env) -> None:
     """A worker that served owns the pages it wrote: once no request came for SHRINK_AFTER,
     the one worker kept is a fresh fork, and it serves the next request."""
@@ -797,11 +790,11 @@ def test_once_requests_stop_the_pool_keeps_one_fresh_worker(env: Env) -> None:
         served.add(env.calls(rid)[0]["pid"])
 
     def renewed() -> bool:
-        kids = _children(agent)
+        kids = children(agent)
         return len(kids) == 1 and not kids & served
 
-    assert wait_until(renewed, timeout=pool.SHRINK_AFTER + 10), (served, _children(agent))
-    (fresh,) = _children(agent)
+    assert wait_until(renewed, timeout=pool.SHRINK_AFTER + 10), (served, children(agent))
+    (fresh,) = children(agent)
     req_env, stdin, rid = env.request("ADD")
     assert env.call(host, req_env, stdin)[0] == 0
     assert env.calls(rid)[0]["pid"] == fresh, env.server_log(host)

@@ -131,6 +131,15 @@ def orphans() -> dict[Identity, str]:
     return {proc: ns.name for proc, ns in in_identities(gone).items()}
 
 
+def children(pid: int) -> set[int]:
+    """The pids of `pid`'s living children (and zombies), from the kernel's per-thread lists."""
+    out: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out.update(int(c) for c in f.read().split())
+    return out
+
+
 def zombie_children(parent: int) -> list[int]:
     """The children of `parent` that have exited and wait to be reaped."""
     return [
