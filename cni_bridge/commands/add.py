@@ -194,12 +194,12 @@ def add(request: Request, conf: NetConf, env: Mapping[str, str], deps: Deps) -> 
             ipam_result = ipam_add(request, ask, conf, env, stores)
             att.ips = [str(ip.address) for ip in ipam_result.ips]
             stores.state.put(att)  # write 1: before any kernel change
-        if not delegated:
-            # Where the agent's duties find this network's records (its watch heals, its DNS
-            # rebuild and held ports read them): every network, not only those with ports or DNS.
-            from cni_bridge import datadirs
+        # Where the agent's duties find this network's records (its watch heals, its DNS
+        # rebuild and held ports read them): every network's, delegated IPAM or not (the
+        # records live in conf.ipam.data_dir either way), with or without ports or DNS.
+        from cni_bridge import datadirs
 
-            datadirs.register(conf.ipam.data_dir)
+        datadirs.register(conf.ipam.data_dir)
         plan = build_plan(ask, conf, ipam_result, _dns_upstream(conf))
         if plan.bridge_addrs:
             # Before the firewall and the datapath change anything: a refusal leaves nothing.

@@ -13,7 +13,6 @@ import _socket  # not socket: ADD and DEL reach the holder through it (socket's 
 import json
 import os
 
-from cni_bridge import datadirs
 from cni_bridge.resident.naming import agent_dir
 
 TYPE_CHECKING = False
@@ -68,7 +67,6 @@ def ask(message: dict[str, Any], timeout: float = CHANGED_TIMEOUT) -> dict[str, 
 def changed(network_dir: str, tag: str) -> dict[str, Any] | None:
     """Tell the holder a record of `network_dir` changed; its answer once it holds what the
     records ask for, or None if no holder runs here."""
-    datadirs.register(os.path.dirname(os.path.abspath(network_dir)))
     return ask({"op": "changed", "dir": os.path.abspath(network_dir), "tag": tag})
 
 
