@@ -73,6 +73,9 @@ def test_add_with_malformed_stdin_is_a_decode_error(relocated: Path, tmp_path: P
         "CNI_NETNS": str(tmp_path / "no-such-netns"),
         "CNI_IFNAME": "eth0",
         "CNI_PATH": str(relocated.parent),
+        # In-process: this test runs in the machine's own network namespace, where a first
+        # ADD would otherwise start an agent (and leave it running for its idle timeout).
+        "CNI_BRIDGE_RESIDENT": "0",
     }
     proc = run(relocated, env, b'{"cniVersion": "1.0.0", "name": ')
     assert proc.returncode != 0
