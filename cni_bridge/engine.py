@@ -84,10 +84,15 @@ def warm() -> None:
 
 def prepare() -> None:
     """Run once by each pooled resident worker after its fork, before its first request:
-    per-process set-up its requests would otherwise pay for (see firewall.nftcall.prepare)."""
+    per-process set-up its requests would otherwise pay for (see firewall.nftcall.prepare).
+    It also fills the boot id's cache here, in the agent's own mount namespace: a worker whose
+    first request comes from a fresh mount namespace would otherwise fill it there, and
+    resident.mounts then retires the worker (a light rehearsal does not read it)."""
     from cni_bridge.firewall import nftcall
+    from cni_bridge.state import boot_id
 
     nftcall.prepare()
+    boot_id()
 
 
 def rehearse(light: bool = False) -> None:

@@ -39,6 +39,22 @@ def test_every_module_level_cache_is_checked_after_a_foreign_request() -> None:
     assert ("cni_bridge.state", "_BOOT_ID") in mounts.PROCESS_CACHES  # the scan sees them
 
 
+def test_a_worker_fills_the_engines_caches_before_its_first_caller() -> None:
+    # A cache a worker leaves empty is filled by its first request; from a fresh mount namespace
+    # that retires the worker (a CI failure of test_resident_mounts: _BOOT_ID, in a worker
+    # forked for a waiting caller, which runs prepare() but no rehearsal).
+    code = (
+        "import importlib\n"
+        "from cni_bridge import engine\n"
+        "from cni_bridge.resident import mounts\n"
+        "engine.prepare()\n"
+        "print(' '.join(f'{m}.{a}' for m, a in mounts.PROCESS_CACHES if m.startswith('cni_bridge.')"
+        " and getattr(importlib.import_module(m), a) is None))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", out.stdout
+
+
 def test_traces_name_what_a_request_loaded() -> None:
     before = mounts._Before()
     assert mounts.traces(before) == []
