@@ -39,6 +39,7 @@ def warm() -> None:
     import cni_bridge.commands.gc
     import cni_bridge.commands.status
     import cni_bridge.config
+    import cni_bridge.converge.nfgen  # the agent's watch imports it after the pool's start
     import cni_bridge.converge.sync  # the heal after a verb that saw drift
     import cni_bridge.converge.trigger  # every ADD/DEL/CHECK (commands.dispatch)
     import cni_bridge.datadirs
