@@ -48,6 +48,8 @@ PORT_BASE = 20000
 CNI_VERSION = "1.0.0"
 PREFIX = "cbE"
 SIDES = ("reference", "ours")
+SCALE_ORDER = ("ours", "reference")  # ours first: its calls come closest together (scale())
+SCENARIOS = ("first", "keep", "fresh", "cold", "parallel", "unit", "quiet", "scale")
 UNIT_SETTLE = 2.0  # seconds between the unit-started agent's listening and the first ADD
 
 Json = dict[str, Any]
@@ -86,12 +88,17 @@ def progress(msg: str) -> None:
 class Side:
     """One implementation: its host namespace, its caller, its attachments."""
 
-    def __init__(self, impl: str, args: argparse.Namespace, lab: Lab, tmp: Path) -> None:
+    def __init__(
+        self, impl: str, args: argparse.Namespace, lab: Lab, tmp: Path, variant: str = ""
+    ) -> None:
+        """`variant`: a second host of the same implementation (its namespaces, data dir and
+        agent apart from the first's), as the scale probes use one host per count."""
         self.impl = impl
         self.args = args
         self.lab = lab
-        self.tag = "r" if impl == "reference" else "o"
-        self.dir = tmp / impl
+        # The separator keeps variants' namespace names apart ("ok1-10" vs "ok1000-0").
+        self.tag = ("r" if impl == "reference" else "o") + (f"{variant}-" if variant else "")
+        self.dir = tmp / (f"{impl}-{variant}" if variant else impl)
         self.dir.mkdir()
         self.counter = itertools.count()
         self.host = lab.netns(f"{self.tag}h")
@@ -136,9 +143,12 @@ class Side:
 class Bench:
     def __init__(self, args: argparse.Namespace, lab: Lab, tmp: Path) -> None:
         self.args = args
+        self.lab = lab
+        self.tmp = tmp
         self.ref = Side("reference", args, lab, tmp)
         self.ours = Side("ours", args, lab, tmp)
         self.sides = (self.ref, self.ours)
+        self.scale_sides: list[Side] = []  # the scale probes' hosts, one per side and count
         self.out: Json = {"reference": {}, "ours": {}}
         self.notes: list[str] = []
 
@@ -224,31 +234,47 @@ class Bench:
             self.put(side, "parallel_del", side.parallel("DEL", atts))
 
     def scale(self) -> None:
-        """ADD/DEL probes with k attachments present, for each k of --scale."""
-        present: dict[str, list[Json]] = {s.impl: [] for s in self.sides}
-        probes = {s.impl: s.fresh(self.args.samples) for s in self.sides}
-        for k in sorted(set(self.args.scale)):
-            need = k - len(present["ours"])
-            if need > 0:
-                progress(f"populating to {k} attachments per side")
-                new = {s.impl: s.fresh(need) for s in self.sides}
-                for i in range(need):
-                    for side in self.sides:
-                        side.run("ADD", new[side.impl][i])
-                        present[side.impl].append(new[side.impl][i])
-                    if (i + 1) % 200 == 0:
-                        progress(f"  {len(present['ours'])}/{k}")
-            walls: dict[tuple[str, str], list[float]] = {}
-            for i in range(self.args.samples):
-                for verb in ("ADD", "DEL"):
-                    for side in self.sides:
-                        walls.setdefault((side.impl, verb), []).append(
-                            side.run(verb, probes[side.impl][i]))
-            for side in self.sides:
-                slot = self.out[side.impl].setdefault("scale", {})
-                slot[str(k)] = {"present": len(present[side.impl]),
-                                "add": report.summary(walls[side.impl, "ADD"]),
-                                "del": report.summary(walls[side.impl, "DEL"])}
+        """ADD/DEL probes with k attachments present, for each k of --scale: one host per side
+        and count, populated first, then the probes taken in turns across all of them (sample
+        i at every count before sample i+1 at any), so that a load that comes and goes, or the
+        machine's drift over the minutes populating takes, weighs on every count alike; probing
+        one count after the other compared two different moments. Within a sample each side
+        runs its counts back to back, in turn first and last (by the sample's parity): what the
+        kernel still does after the other side's call (the reference's ADD at 1000 is ~0.8 s
+        of iptables work) lands on every count alike, and every host of ours gets a call at
+        least every ~1.5 s, so each agent's pool stays as warm as in the other rows (an agent
+        quiet for SHRINK_AFTER, 2 s, renews its worker) whatever the count."""
+        counts = sorted(set(self.args.scale))
+        hosts: dict[tuple[str, int], Side] = {}
+        for k in counts:
+            for impl in SIDES:
+                side = Side(impl, self.args, self.lab, self.tmp, variant=f"k{k}")
+                self.scale_sides.append(side)
+                hosts[impl, k] = side
+            progress(f"populating to {k} attachments per side")
+            present = {impl: hosts[impl, k].fresh(k) for impl in SIDES}
+            for i in range(k):
+                for impl in SIDES:
+                    hosts[impl, k].run("ADD", present[impl][i])
+                if (i + 1) % 200 == 0:
+                    progress(f"  {i + 1}/{k}")
+        samples = self.args.scale_samples
+        probes = {key: side.fresh(samples) for key, side in hosts.items()}
+        walls: dict[tuple[str, int, str], list[float]] = {}
+        progress(f"{samples} probes at each of {counts} attachments, in turns")
+        for i in range(samples):
+            order = counts if i % 2 == 0 else counts[::-1]
+            for verb in ("ADD", "DEL"):
+                for impl in SCALE_ORDER:
+                    for k in order:
+                        walls.setdefault((impl, k, verb), []).append(
+                            hosts[impl, k].run(verb, probes[impl, k][i]))
+        for side in self.sides:
+            slot = self.out[side.impl].setdefault("scale", {})
+            for k in counts:
+                slot[str(k)] = {"present": k,
+                                "add": report.summary(walls[side.impl, k, "ADD"]),
+                                "del": report.summary(walls[side.impl, k, "DEL"])}
 
     def quiet(self) -> None:
         """An ADD after --quiet seconds without any call, with an attachment present (the agent
@@ -273,23 +299,33 @@ class Bench:
 
     def execute(self) -> Json:
         args = self.args
-        progress("first ADD with no agent running (the plugin starts it)")
-        self.first_add_no_agent()
-        progress(f"{args.n} ADD then DEL, caller keeps one mount namespace")
-        self.seq("keep", args.n)
-        # Idle: once requests stop the pool keeps its warmest worker alone (SHRINK_AFTER later).
-        time.sleep(SHRINK_AFTER + 1)
-        self.put(self.ours, "agent_idle", agent.snapshot(self.ours.host))
-        progress(f"{args.n} ADD then DEL, a fresh mount namespace per call")
-        self.seq("fresh", args.n, fresh_mnt=True)
-        progress(f"{args.samples} cold ADD then DEL (ours: CNI_BRIDGE_RESIDENT=0)")
-        self.seq("cold", args.samples, env={"CNI_BRIDGE_RESIDENT": "0"})
-        progress(f"{args.parallel} parallel ADD, then DEL")
-        self.parallel()
-        progress("first ADD after the agent's start by the unit's ExecStart")
-        self.first_add_after_unit_start()
-        self.quiet()
-        self.scale()
+        run = set(args.only or SCENARIOS)
+        if "first" in run:
+            progress("first ADD with no agent running (the plugin starts it)")
+            self.first_add_no_agent()
+        if "keep" in run:
+            progress(f"{args.n} ADD then DEL, caller keeps one mount namespace")
+            self.seq("keep", args.n)
+            # Idle: once requests stop the pool keeps its warmest worker alone (SHRINK_AFTER
+            # later).
+            time.sleep(SHRINK_AFTER + 1)
+            self.put(self.ours, "agent_idle", agent.snapshot(self.ours.host))
+        if "fresh" in run:
+            progress(f"{args.n} ADD then DEL, a fresh mount namespace per call")
+            self.seq("fresh", args.n, fresh_mnt=True)
+        if "cold" in run:
+            progress(f"{args.samples} cold ADD then DEL (ours: CNI_BRIDGE_RESIDENT=0)")
+            self.seq("cold", args.samples, env={"CNI_BRIDGE_RESIDENT": "0"})
+        if "parallel" in run:
+            progress(f"{args.parallel} parallel ADD, then DEL")
+            self.parallel()
+        if "unit" in run:
+            progress("first ADD after the agent's start by the unit's ExecStart")
+            self.first_add_after_unit_start()
+        if "quiet" in run:
+            self.quiet()
+        if "scale" in run:
+            self.scale()
         self.put(self.ours, "agent_end", agent.snapshot(self.ours.host))
         return self.out
 
@@ -305,6 +341,14 @@ def _parse_scale(text: str) -> list[int]:
     return values
 
 
+def _parse_only(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(SCENARIOS))
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"scenarios are {','.join(SCENARIOS)}")
+    return names
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=30, help="sequential ADD/DEL samples per set-up (30)")
@@ -313,8 +357,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=20, help="concurrent ADDs (20)")
     p.add_argument("--scale", type=_parse_scale, default=[1, 1000],
                    help="attachments present for the scaling probes (1,1000)")
+    p.add_argument("--scale-samples", type=int, default=15,
+                   help="probes at each count of --scale, taken in turns (15)")
     p.add_argument("--quiet", type=float, default=330.0,
                    help="seconds without any call before the quiet-period ADD (330)")
+    p.add_argument("--only", type=_parse_only, default=None, metavar="NAMES",
+                   help=f"run only these scenarios, comma-separated: {','.join(SCENARIOS)}")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "latest.json"))
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per plugin exec")
     p.add_argument("--ours-bin", default=str(REPO / "dist" / "bin" / "cni-bridge"),
@@ -338,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         netns.delete(names)
         print(f"removed {len(names)} namespaces: {' '.join(n.name for n in names)}")
         return 0
-    if min(args.n, args.parallel, args.samples) < 1 or args.quiet < 0:
-        sys.stderr.write("--n, --parallel and --samples must be >= 1, --quiet >= 0\n")
+    if min(args.n, args.parallel, args.samples, args.scale_samples) < 1 or args.quiet < 0:
+        sys.stderr.write("--n, --parallel, --samples and --scale-samples must be >= 1, "
+                         "--quiet >= 0\n")
         return 2
     if not Path(args.ours_bin).is_file():
         sys.stderr.write(f"cni-bridge executable not found at {args.ours_bin} (make build)\n")
@@ -368,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if bench is not None:
-            for side in bench.sides:
+            for side in (*bench.sides, *bench.scale_sides):
                 side.caller.close()
         survivors = lab.close(grace=5.0)
         if survivors:
