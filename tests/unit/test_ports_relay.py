@@ -79,6 +79,16 @@ def target_listener() -> tuple[socket.socket, Target]:
     return sock, Target("127.0.0.1", sock.getsockname()[1])
 
 
+def reader(held_sock: socket.socket, got: list[bytes]) -> Callable[[], None]:
+    """A client that connects to the held socket and reads what comes until EOF into `got`."""
+
+    def client() -> None:
+        with socket.create_connection(held_sock.getsockname()[:2], timeout=TIMEOUT) as c:
+            got.append(recv_all(c))
+
+    return client
+
+
 def recv_all(sock: socket.socket, slow: bool = False) -> bytes:
     got = bytearray()
     while data := sock.recv(4096 if slow else 65536):
@@ -202,12 +212,7 @@ def test_a_target_that_refuses_ends_the_client_connection(loop: Loop) -> None:
     sock = held("tcp")
     relay = TcpRelay(loop, sock, lambda: target)
     got: list[bytes] = []
-
-    def client() -> None:
-        with socket.create_connection(sock.getsockname()[:2], timeout=TIMEOUT) as c:
-            got.append(recv_all(c))
-
-    results = background(client)
+    results = background(reader(sock, got))
     spin(loop, lambda: finished(results))
     raised(results)
     assert got == [b""] and not relay.conns
@@ -275,12 +280,7 @@ def test_a_target_that_does_not_answer_is_given_up_after_the_connect_timeout(
     sock = held("tcp")
     relay = TcpRelay(loop, sock, lambda: target)
     got: list[bytes] = []
-
-    def client() -> None:
-        with socket.create_connection(sock.getsockname()[:2], timeout=TIMEOUT) as c:
-            got.append(recv_all(c))
-
-    results = background(client)
+    results = background(reader(sock, got))
     spin(loop, lambda: bool(relay.conns) or finished(results))
     assert not next(iter(relay.conns)).connected  # in progress, not refused
     spin(loop, lambda: finished(results))
