@@ -497,12 +497,10 @@ def test_a_missing_netns_is_left_to_the_in_process_path(env: Env) -> None:
     assert env.calls(rid) == []
 
 
-def test_requests_run_concurrently_each_once(env: Env) -> None:
-    host = env.netns("host")
-    env.start_server(host)
-    # A barrier, not a sleep: under load a short sleep can end before the last caller
-    # connects, and a freed worker may then rightly serve it.
-    requests = [env.request("ADD", mode="barrier", n=6, group="six") for _ in range(6)]
+def at_once(
+    env: Env, host: str, requests: list[tuple[dict[str, str], str, str]]
+) -> list[list[dict[str, Any]]]:
+    """Every request from a thread of its own, all at once; each must succeed. What each ran."""
     results: dict[str, Any] = {}
 
     def run(req: tuple[dict[str, str], str, str]) -> None:
@@ -513,8 +511,17 @@ def test_requests_run_concurrently_each_once(env: Env) -> None:
         t.start()
     for t in threads:
         t.join(60)
-    assert all(results[rid] is not None and results[rid][0] == 0 for _, _, rid in requests)
-    calls = [env.calls(rid) for _, _, rid in requests]
+    assert all(results.get(rid) is not None and results[rid][0] == 0 for _, _, rid in requests)
+    return [env.calls(rid) for _, _, rid in requests]
+
+
+def test_requests_run_concurrently_each_once(env: Env) -> None:
+    host = env.netns("host")
+    env.start_server(host)
+    # A barrier, not a sleep: under load a short sleep can end before the last caller
+    # connects, and a freed worker may then rightly serve it.
+    requests = [env.request("ADD", mode="barrier", n=6, group="six") for _ in range(6)]
+    calls = at_once(env, host, requests)
     assert all(len(c) == 1 for c in calls)
     assert len({c[0]["pid"] for c in calls}) == len(requests)  # one worker per request
 
@@ -526,18 +533,7 @@ def test_a_burst_beyond_the_cores_waits_for_free_workers(env: Env) -> None:
     env.start_server(host)
     count = waiting.busy_limit() + 3
     requests = [env.request("ADD", mode="hang", seconds=0.3) for _ in range(count)]
-    results: dict[str, Any] = {}
-
-    def run(req: tuple[dict[str, str], str, str]) -> None:
-        results[req[2]] = env.call(host, req[0], req[1])
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in requests]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert all(results[rid] is not None and results[rid][0] == 0 for _, _, rid in requests)
-    calls = [env.calls(rid) for _, _, rid in requests]
+    calls = at_once(env, host, requests)
     assert all(len(c) == 1 for c in calls)
     assert len({c[0]["pid"] for c in calls}) < count, env.server_log(host)
 
