@@ -275,6 +275,9 @@ class Bench:
                 slot[str(k)] = {"present": k,
                                 "add": report.summary(walls[side.impl, k, "ADD"]),
                                 "del": report.summary(walls[side.impl, k, "DEL"])}
+        # Our agent with each count present (its held ports: two descriptors per published port).
+        self.put(self.ours, "agent_scale", {
+            str(k): _brief(agent.snapshot(hosts["ours", k].host)) for k in counts})
 
     def quiet(self) -> None:
         """An ADD after --quiet seconds without any call, with an attachment present (the agent
