@@ -1,37 +1,153 @@
-"""The agent's duty for the name service: rebuild from the records once it listens, then look
-every SUPERVISE_EVERY seconds that the server runs while it has networks.
+"""The agent's duty for the name service (resident/duty.Duty): rebuild from the records once it
+listens, then look every SUPERVISE_EVERY seconds that the server runs while it has networks.
 
-Runs in the agent's parent between polls (no thread: the parent forks workers); each look is a
-directory listing and a pid check, a restart only when the server is gone.
+The look is cheap and runs in the agent's parent between polls: a directory listing and a pid
+check. What takes long runs in a child the duty forks, as the ruleset watch's heals do: the
+rebuild (every network's file written from the records, the server started or reloaded) and a
+restart of a server that died (aardvark-dns run, then its pid file and its sockets waited for,
+up to READY_TIMEOUT each, under its lock). Run in the parent, that restart paused every
+connection the held ports relay, and every caller waiting for a worker, for up to seconds.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+
 from cni_bridge.log import getLogger
+from cni_bridge.resident.duty import STOP_WAIT, detach_from_agent
 
 log = getLogger(__name__)
 
 SUPERVISE_EVERY = 5.0
+PR_SET_PDEATHSIG = 1
+
+
+def _needs_start() -> bool:
+    """The server has networks and does not run (it died, or was killed)."""
+    from cni_bridge.dns.aardvark import Aardvark
+
+    server = Aardvark()
+    return bool(server.networks()) and server.pid() is None
+
+
+def _rebuild(data_dirs: tuple[str, ...] | None) -> Callable[[], None]:
+    def run() -> None:
+        from cni_bridge.dns import rebuild
+
+        rebuild.rebuild(data_dirs)
+
+    return run
+
+
+def _supervise() -> None:
+    from cni_bridge.dns import rebuild
+
+    rebuild.supervise()
 
 
 class DnsDuty:
-    def __init__(self, data_dirs: tuple[str, ...] | None = None) -> None:
+    def __init__(
+        self,
+        data_dirs: tuple[str, ...] | None = None,
+        enabled: bool = True,
+        needs_start: Callable[[], bool] = _needs_start,
+    ) -> None:
         self.data_dirs = data_dirs  # None: those in use (datadirs.py)
+        self.needs_start = needs_start
+        self.stopping = not enabled
+        self.pid = 0  # the child rebuilding or restarting now
         self.next = 0.0  # the first look (the rebuild) as soon as the loop runs
         self.rebuilt = False
 
-    def tick(self, now: float) -> None:
-        """Does what is due at `now` (monotonic); `next` says when to come back."""
+    # ------------------------------------------------------------ the duty's interface
+
+    def tick(self) -> None:
+        if self.stopping or self.pid:
+            return
+        now = time.monotonic()
         if now < self.next:
             return
         self.next = now + SUPERVISE_EVERY
+        if not self.rebuilt:
+            self.rebuilt = True
+            self._fork(_rebuild(self.data_dirs), "rebuild")
+            return
         try:
-            from cni_bridge.dns import rebuild
-
-            if not self.rebuilt:
-                self.rebuilt = True
-                rebuild.rebuild(self.data_dirs)
-            else:
-                rebuild.supervise()
+            needed = self.needs_start()
         except Exception as exc:  # never the agent's end: the plugin manages the server too
             log.warning("dns duty: %s", exc)
+            return
+        if needed:
+            self._fork(_supervise, "restart")
+
+    def due_in(self) -> float:
+        if self.stopping or self.pid:
+            return math.inf  # the child's end wakes the loop (SIGCHLD)
+        return max(0.0, self.next - time.monotonic())
+
+    def fds(self) -> tuple[int, ...]:
+        return ()
+
+    def readable(self, fd: int) -> None:
+        pass
+
+    def reaped(self, pid: int, status: int) -> bool:
+        if pid == 0 or pid != self.pid:
+            return False
+        self.pid = 0
+        if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+            log.warning("dns duty: its child %d ended with wait status %d", pid, status)
+        return True
+
+    def forget(self) -> None:
+        """In a process the agent forked: the duty is the agent's."""
+        self.stopping = True
+        self.pid = 0
+
+    def stop(self) -> None:
+        self.stopping = True
+        if not self.pid:
+            return
+        # Most often done at once; given STOP_WAIT to finish a start it has begun, then ended.
+        deadline = time.monotonic() + STOP_WAIT
+        try:
+            while os.waitpid(self.pid, os.WNOHANG)[0] != self.pid:
+                if time.monotonic() >= deadline:
+                    os.kill(self.pid, signal.SIGKILL)
+                    os.waitpid(self.pid, 0)
+                    break
+                time.sleep(0.02)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        self.pid = 0
+
+    # ------------------------------------------------------------ the child
+
+    def _fork(self, work: Callable[[], None], what: str) -> None:
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            log.warning("dns duty: cannot fork its %s: %s", what, exc)
+            return
+        if pid == 0:
+            code = 1
+            try:
+                import ctypes
+
+                agent = os.getppid()
+                detach_from_agent()
+                # Ends with the agent, as its heals do: an agent stopped or killed leaves none.
+                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+                if os.getppid() != agent:
+                    os._exit(0)
+                work()
+                code = 0
+            except BaseException:
+                log.warning("dns duty: %s failed:\n%s", what, traceback.format_exc())
+            os._exit(code)
+        self.pid = pid

@@ -1,5 +1,6 @@
 """What the agent's parent loop (pool.Server) asks of a duty it runs besides serving requests:
-held ports (ports/duty.py), the ruleset watch (converge/watch.py).
+held ports (ports/duty.py), the ruleset watch (converge/watch.py), the name service
+(dns/agent.py).
 
 The parent is single-threaded and never blocks (its workers setns into callers' mount
 namespaces, which needs a single-threaded process, and every caller waits on its loop), so a

@@ -37,7 +37,6 @@ import sys
 import time
 from types import FrameType
 
-from cni_bridge.dns.agent import DnsDuty
 from cni_bridge.ports.loop import SHORT_OF
 from cni_bridge.resident import naming, policy
 from cni_bridge.resident.duty import Duty, NoDuty
@@ -125,6 +124,7 @@ class Server:
         holder: Duty | None = None,
         check_interval: float = IDENTITY_CHECK,
         watcher: Duty | None = None,
+        dns: Duty | None = None,
     ) -> None:
         self.listener = listener
         self.engine = engine
@@ -138,7 +138,8 @@ class Server:
         self.check_interval = check_interval  # code on disk, socket name
         self.holder = holder or NoDuty()  # published ports (cni_bridge/ports/duty.py)
         self.watcher = watcher or NoDuty()  # the ruleset watch (converge/watch)
-        self._duties: tuple[Duty, ...] = (self.holder, self.watcher)
+        self.dns = dns or NoDuty()  # the containerDNS server (cni_bridge/dns/agent.py)
+        self._duties: tuple[Duty, ...] = (self.holder, self.watcher, self.dns)
         self._duty_fds: dict[int, Duty] = {}  # the descriptors the loop polls for them
         self.workers: dict[int, float] = {}  # pid -> start of the request it runs
         self.channels: dict[int, Pooled] = {}  # channel fd -> worker, busy or free
@@ -175,7 +176,6 @@ class Server:
         poller.register(self.listener, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         next_check = time.monotonic() + self.check_interval
-        dns = DnsDuty()  # the containerDNS server: rebuilt from the records, then watched
         log(f"serving (idle {self.idle:g}s)")
         while True:
             self._reap()
@@ -209,9 +209,8 @@ class Server:
                     log("its socket was removed, leaving")
                     self.stopping = True
                     continue
-            dns.tick(now)
             self._poll_duties(poller)
-            timeout = min(next_check - now, *(duty.due_in() for duty in self._duties), dns.next - now)
+            timeout = min(next_check - now, *(duty.due_in() for duty in self._duties))
             if not self.workers and self.idle > 0:
                 timeout = min(timeout, self.idle - (now - self.last_activity))
             if not self.workers and self._renewable():

@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Sequence
 
 from cni_bridge.converge import watch
+from cni_bridge.dns.agent import DnsDuty
 from cni_bridge.ports.duty import HeldPorts
 from cni_bridge.resident import naming, policy, spawn, sweep
 from cni_bridge.resident.pool import (
@@ -192,5 +193,6 @@ def _serve(
         # The ports the engine's records publish: held only for the engine, not a test handler.
         holder=HeldPorts(enabled=args.handler == spawn.DEFAULT_HANDLER),
         watcher=watch.duty(enabled=args.handler == spawn.DEFAULT_HANDLER),
+        dns=DnsDuty(enabled=args.handler == spawn.DEFAULT_HANDLER),
     )
     return server.run()
