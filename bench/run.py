@@ -48,7 +48,7 @@ PORT_BASE = 20000
 CNI_VERSION = "1.0.0"
 PREFIX = "cbE"
 SIDES = ("reference", "ours")
-SCALE_ORDER = ("ours", "reference")  # ours first: its calls come closest together (scale())
+SCALE_SETTLE = 0.25  # seconds between the reference's scale probes and ours (scale())
 SCENARIOS = ("first", "keep", "fresh", "cold", "parallel", "unit", "quiet", "scale")
 UNIT_SETTLE = 2.0  # seconds between the unit-started agent's listening and the first ADD
 
@@ -238,12 +238,14 @@ class Bench:
         and count, populated first, then the probes taken in turns across all of them (sample
         i at every count before sample i+1 at any), so that a load that comes and goes, or the
         machine's drift over the minutes populating takes, weighs on every count alike; probing
-        one count after the other compared two different moments. Within a sample each side
-        runs its counts back to back, in turn first and last (by the sample's parity): what the
-        kernel still does after the other side's call (the reference's ADD at 1000 is ~0.8 s
-        of iptables work) lands on every count alike, and every host of ours gets a call at
-        least every ~1.5 s, so each agent's pool stays as warm as in the other rows (an agent
-        quiet for SHRINK_AFTER, 2 s, renews its worker) whatever the count."""
+        one count after the other compared two different moments. In each phase (ADD, then
+        DEL) the reference runs its counts, then, SCALE_SETTLE later, ours runs its counts back
+        to back, in turn first and second (by the sample's parity): so each of our probes
+        follows either that pause or our own other probe, never the reference's call at one
+        count only (its ADD at 1000 is ~0.8 s of iptables work whose freeing the kernel
+        defers). With two counts every host of ours gets a call about every 1.2 s, under
+        SHRINK_AFTER (2 s, after which an agent renews its worker), so each agent's pool stays
+        as warm as in the other rows; more counts lengthen that gap."""
         counts = sorted(set(self.args.scale))
         hosts: dict[tuple[str, int], Side] = {}
         for k in counts:
@@ -265,10 +267,13 @@ class Bench:
         for i in range(samples):
             order = counts if i % 2 == 0 else counts[::-1]
             for verb in ("ADD", "DEL"):
-                for impl in SCALE_ORDER:
-                    for k in order:
-                        walls.setdefault((impl, k, verb), []).append(
-                            hosts[impl, k].run(verb, probes[impl, k][i]))
+                for k in counts:
+                    walls.setdefault(("reference", k, verb), []).append(
+                        hosts["reference", k].run(verb, probes["reference", k][i]))
+                time.sleep(SCALE_SETTLE)
+                for k in order:
+                    walls.setdefault(("ours", k, verb), []).append(
+                        hosts["ours", k].run(verb, probes["ours", k][i]))
         for side in self.sides:
             slot = self.out[side.impl].setdefault("scale", {})
             for k in counts:
@@ -359,7 +364,8 @@ def parser() -> argparse.ArgumentParser:
                    help="samples of cold, first-ADD and scale probes (5)")
     p.add_argument("--parallel", type=int, default=20, help="concurrent ADDs (20)")
     p.add_argument("--scale", type=_parse_scale, default=[1, 1000],
-                   help="attachments present for the scaling probes (1,1000)")
+                   help="attachments present for the scaling probes (1,1000; two counts keep "
+                        "every agent's calls under 2 s apart, more may not)")
     p.add_argument("--scale-samples", type=int, default=15,
                    help="probes at each count of --scale, taken in turns (15)")
     p.add_argument("--quiet", type=float, default=330.0,

@@ -74,8 +74,9 @@ class DnsDuty:
             return
         self.next = now + SUPERVISE_EVERY
         if not self.rebuilt:
-            self.rebuilt = True
-            self._fork(_rebuild(self.data_dirs), "rebuild")
+            # Only once a child runs it: a fork refused for a moment (EAGAIN) must not lose
+            # the rebuild after a boot, which nothing else would do until each network's ADD.
+            self.rebuilt = self._fork(_rebuild(self.data_dirs), "rebuild")
             return
         try:
             needed = self.needs_start()
@@ -110,12 +111,16 @@ class DnsDuty:
         self.pid = 0
 
     def stop(self) -> None:
+        """As the watch stops its heal: SIGTERM, STOP_WAIT to leave, then SIGKILL (the child
+        would get SIGTERM anyway when the agent exits). A rebuild cut short may leave a
+        network's file rewritten without the server's reload; the next rebuild (the next
+        agent's start) or the network's next ADD or DEL writes it again and reloads."""
         self.stopping = True
         if not self.pid:
             return
-        # Most often done at once; given STOP_WAIT to finish a start it has begun, then ended.
-        deadline = time.monotonic() + STOP_WAIT
         try:
+            os.kill(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_WAIT
             while os.waitpid(self.pid, os.WNOHANG)[0] != self.pid:
                 if time.monotonic() >= deadline:
                     os.kill(self.pid, signal.SIGKILL)
@@ -128,12 +133,13 @@ class DnsDuty:
 
     # ------------------------------------------------------------ the child
 
-    def _fork(self, work: Callable[[], None], what: str) -> None:
+    def _fork(self, work: Callable[[], None], what: str) -> bool:
+        """Whether a child now runs `work`."""
         try:
             pid = os.fork()
         except OSError as exc:
             log.warning("dns duty: cannot fork its %s: %s", what, exc)
-            return
+            return False
         if pid == 0:
             code = 1
             try:
@@ -148,6 +154,11 @@ class DnsDuty:
                 work()
                 code = 0
             except BaseException:
-                log.warning("dns duty: %s failed:\n%s", what, traceback.format_exc())
-            os._exit(code)
+                try:  # noqa: SIM105 - whatever the log does, the child never returns
+                    log.warning("dns duty: %s failed:\n%s", what, traceback.format_exc())
+                except BaseException:
+                    pass
+            finally:
+                os._exit(code)
         self.pid = pid
+        return True

@@ -47,17 +47,23 @@ def done(tmp: Path, name: str) -> list[str]:
 
 def test_the_rebuild_runs_once_in_a_child_then_only_what_is_needed(marks: Path) -> None:
     needed = [False]
-    duty = agent.DnsDuty(needs_start=lambda: needed[0])
+    looks: list[float] = []
+
+    def needs_start() -> bool:
+        looks.append(time.monotonic())
+        return needed[0]
+
+    duty = agent.DnsDuty(needs_start=needs_start)
     duty.tick()
     child = duty.pid
     assert child and child != os.getpid() and duty.due_in() == float("inf")
     assert wait_reaped(duty) == 0 and duty.pid == 0
     assert done(marks, "rebuild") == [f"rebuild.{child}"]  # in the child, not here
-    duty.tick()  # not due yet
-    assert duty.pid == 0
+    duty.tick()  # not due yet: no look
+    assert duty.pid == 0 and not looks
     duty.next = 0.0
     duty.tick()  # due: the server runs, nothing to do
-    assert duty.pid == 0 and 0 < duty.due_in() <= agent.SUPERVISE_EVERY
+    assert duty.pid == 0 and len(looks) == 1 and 0 < duty.due_in() <= agent.SUPERVISE_EVERY
     needed[0] = True
     duty.next = 0.0
     duty.tick()
@@ -76,9 +82,11 @@ def test_a_slow_restart_does_not_hold_the_loop(
     duty.rebuilt = True
     started = time.monotonic()
     duty.tick()
-    assert time.monotonic() - started < 0.5 and duty.pid
+    child = duty.pid
+    assert time.monotonic() - started < 0.5 and child
     duty.next = 0.0
     duty.tick()  # one child at a time
+    assert duty.pid == child
     assert wait_reaped(duty) == 0
 
 
@@ -101,11 +109,31 @@ def test_stop_ends_a_child_that_does_not_finish(
 
 
 def test_a_disabled_or_forgotten_duty_does_nothing(marks: Path) -> None:
-    for duty in (agent.DnsDuty(enabled=False), agent.DnsDuty()):
-        duty.forget()
+    forgotten = agent.DnsDuty()
+    forgotten.forget()
+    for duty in (agent.DnsDuty(enabled=False), forgotten):
         duty.tick()
         assert duty.pid == 0 and duty.due_in() == float("inf")
     assert not list(marks.iterdir())
+
+
+def test_a_refused_fork_leaves_the_rebuild_due(
+    marks: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fork = os.fork
+
+    def refused() -> int:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refused)
+    duty = agent.DnsDuty(needs_start=lambda: False)
+    duty.tick()
+    assert duty.pid == 0 and not duty.rebuilt
+    monkeypatch.setattr(os, "fork", real_fork)
+    duty.next = 0.0
+    duty.tick()
+    assert duty.pid and wait_reaped(duty) == 0
+    assert len(done(marks, "rebuild")) == 1
 
 
 def test_a_failing_look_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
