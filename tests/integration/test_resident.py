@@ -32,7 +32,7 @@ import pytest
 from cni_bridge.background import Background
 from cni_bridge.resident import client, naming, pool, protocol, spawn, waiting, worker
 from cni_bridge.state import HOST_VETH_PREFIX
-from tests.lab.procs import children
+from tests.lab.procs import children, zombie_children
 from tests.lab.procs import command_line as cmdline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -1138,6 +1138,32 @@ stat -c "%u %a" /run/cni-bridge
 """
 
 
+def kill_groups_and_wait(groups: set[int], timeout: float = 10.0) -> None:
+    """SIGKILL to each process group, then wait until none of their processes is left: what
+    SIGKILL ends is gone only once reaped, and the run reaps the orphans handed to it (its
+    child subreaper, tests/conftest.py) between tests, so one still exiting then was reported
+    as left behind in its deleted namespace."""
+    for pgid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while groups and time.monotonic() < deadline:
+        for pid in zombie_children(os.getpid()):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+        alive = set()
+        for pgid in groups:
+            try:
+                os.killpg(pgid, 0)
+                alive.add(pgid)
+            except ProcessLookupError:
+                pass
+        groups = alive
+        if groups:
+            time.sleep(0.02)
+    assert not groups, f"process groups still alive after SIGKILL: {sorted(groups)}"
+
+
 def test_an_agent_started_in_the_callers_user_namespace_serves_its_later_calls(env: Env) -> None:
     """As rootless podman calls: in a user namespace of their own, a network namespace owned by
     it, a fresh mount namespace per call and a private /run. The first call starts an agent
@@ -1176,9 +1202,11 @@ def test_an_agent_started_in_the_callers_user_namespace_serves_its_later_calls(e
         assert os.stat(f"/proc/{agent}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
         assert dir_stat == "0 700"  # root's alone, as seen in that user namespace
     finally:
+        groups = set()
         for call in env.calls():
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(os.getpgid(call["ppid"]), signal.SIGKILL)
+                groups.add(os.getpgid(call["ppid"]))
+        kill_groups_and_wait(groups)
 
 
 # --- the exchange itself, on a socket pair (both ends in this process) ------------------------
