@@ -26,14 +26,11 @@ import errno
 import fcntl
 import math
 import os
-import signal
 import socket
 import time
-import traceback
-from typing import NoReturn
 
 from cni_bridge.ports import lockfile
-from cni_bridge.resident.duty import STOP_WAIT, detach_from_agent
+from cni_bridge.resident.duty import end_child, run_child
 
 DEBOUNCE = 0.3  # seconds without a ruleset change before a sync
 MAX_DELAY = 2.0  # a change is acted on within this long even if changes keep coming
@@ -42,7 +39,6 @@ RETRY = 1.0  # taking the lock (another agent's watch) or subscribing again afte
 RECENT = 30.0  # a reaped child's commits still count as ours this long (read after its end)
 PROGRAM = "cni-bridge"  # the committing process's name (comm) of our bundle, as exec'd
 LOCK_PREFIX = "watch-"  # watch-<netns inode>.lock in the agent's directory
-PR_SET_PDEATHSIG = 1
 
 
 def _log(message: str) -> None:
@@ -193,15 +189,7 @@ class Watch:
     def stop(self) -> None:
         self.stopping = True
         if self.pid:
-            with contextlib.suppress(ProcessLookupError, ChildProcessError):
-                os.kill(self.pid, signal.SIGTERM)
-                deadline = time.monotonic() + STOP_WAIT
-                while os.waitpid(self.pid, os.WNOHANG)[0] != self.pid:
-                    if time.monotonic() >= deadline:
-                        os.kill(self.pid, signal.SIGKILL)
-                        os.waitpid(self.pid, 0)
-                        break
-                    time.sleep(0.02)
+            end_child(self.pid)
             self.pid = 0
         self._unsubscribe()
         if self.lock >= 0:
@@ -285,7 +273,7 @@ class Watch:
             self.healed = self.not_before = self.started  # the next periodic one
             return
         if pid == 0:
-            _heal_child(why)
+            run_child(lambda: heal(why), lambda trace: _log(f"failed:\n{trace}"))
         self.pid = pid
 
     def drain(self, sock: socket.socket) -> set[str]:
@@ -310,24 +298,6 @@ class Watch:
 
 
 # ---------------------------------------------------------------- a heal
-
-
-def _heal_child(why: str) -> NoReturn:
-    """The heal process, right after the agent forked it: one sync, then it leaves."""
-    code = 1
-    try:
-        import ctypes
-
-        agent = os.getppid()
-        detach_from_agent()
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != agent:
-            os._exit(0)
-        heal(why)
-        code = 0
-    except BaseException:
-        _log(f"failed:\n{traceback.format_exc()}")
-    os._exit(code)
 
 
 def heal(why: str) -> None:

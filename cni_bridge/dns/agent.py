@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
-import traceback
 from collections.abc import Callable
 
 from cni_bridge.log import getLogger
-from cni_bridge.resident.duty import STOP_WAIT, detach_from_agent
+from cni_bridge.resident.duty import end_child, run_child
 
 log = getLogger(__name__)
 
 SUPERVISE_EVERY = 5.0
-PR_SET_PDEATHSIG = 1
 
 
 def _needs_start() -> bool:
@@ -116,20 +113,9 @@ class DnsDuty:
         network's file rewritten without the server's reload; the next rebuild (the next
         agent's start) or the network's next ADD or DEL writes it again and reloads."""
         self.stopping = True
-        if not self.pid:
-            return
-        try:
-            os.kill(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + STOP_WAIT
-            while os.waitpid(self.pid, os.WNOHANG)[0] != self.pid:
-                if time.monotonic() >= deadline:
-                    os.kill(self.pid, signal.SIGKILL)
-                    os.waitpid(self.pid, 0)
-                    break
-                time.sleep(0.02)
-        except (ProcessLookupError, ChildProcessError):
-            pass
-        self.pid = 0
+        if self.pid:
+            end_child(self.pid)
+            self.pid = 0
 
     # ------------------------------------------------------------ the child
 
@@ -141,24 +127,6 @@ class DnsDuty:
             log.warning("dns duty: cannot fork its %s: %s", what, exc)
             return False
         if pid == 0:
-            code = 1
-            try:
-                import ctypes
-
-                agent = os.getppid()
-                detach_from_agent()
-                # Ends with the agent, as its heals do: an agent stopped or killed leaves none.
-                ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-                if os.getppid() != agent:
-                    os._exit(0)
-                work()
-                code = 0
-            except BaseException:
-                try:  # noqa: SIM105 - whatever the log does, the child never returns
-                    log.warning("dns duty: %s failed:\n%s", what, traceback.format_exc())
-                except BaseException:
-                    pass
-            finally:
-                os._exit(code)
+            run_child(work, lambda trace: log.warning("dns duty: %s failed:\n%s", what, trace))
         self.pid = pid
         return True

@@ -15,9 +15,13 @@ import gc
 import math
 import os
 import signal
-from typing import Protocol
+import time
+import traceback
+from collections.abc import Callable
+from typing import NoReturn, Protocol
 
 STOP_WAIT = 2.0  # seconds a duty's child has to leave once told to, before SIGKILL
+PR_SET_PDEATHSIG = 1
 
 
 class Duty(Protocol):
@@ -87,3 +91,40 @@ def detach_from_agent() -> None:
         if fd > 2:
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+def run_child(work: Callable[[], None], failed: Callable[[str], None]) -> NoReturn:
+    """The whole life of a child the agent forked for a duty, right after the fork: nothing of
+    the agent's kept (detach_from_agent), ended with the agent (SIGTERM when it dies: an agent
+    stopped or killed leaves none; gone at once if the agent already is), then `work`. Exits 0,
+    or 1 after `failed` got the traceback; whatever `failed` does, it never returns into a copy
+    of the agent's loop."""
+    code = 1
+    try:
+        import ctypes
+
+        agent = os.getppid()
+        detach_from_agent()
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != agent:
+            os._exit(0)
+        work()
+        code = 0
+    except BaseException:
+        with contextlib.suppress(BaseException):
+            failed(traceback.format_exc())
+    finally:
+        os._exit(code)
+
+
+def end_child(pid: int) -> None:
+    """A duty's child told to leave (SIGTERM), given STOP_WAIT, then SIGKILL; reaped."""
+    with contextlib.suppress(ProcessLookupError, ChildProcessError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT
+        while os.waitpid(pid, os.WNOHANG)[0] != pid:
+            if time.monotonic() >= deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.02)

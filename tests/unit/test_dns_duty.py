@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cni_bridge.dns import agent
+from cni_bridge.resident import duty as duty_mod
 
 
 def wait_reaped(duty: agent.DnsDuty, timeout: float = 10.0) -> int:
@@ -93,7 +94,7 @@ def test_a_slow_restart_does_not_hold_the_loop(
 def test_stop_ends_a_child_that_does_not_finish(
     marks: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(agent, "STOP_WAIT", 0.2)
+    monkeypatch.setattr(duty_mod, "STOP_WAIT", 0.2)
     monkeypatch.setattr(agent, "_supervise", lambda: time.sleep(60))
     duty = agent.DnsDuty(needs_start=lambda: True)
     duty.rebuilt = True
